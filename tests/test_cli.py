@@ -1,0 +1,129 @@
+"""End to end: `python -m tnsearch` on embedded data, and every bad input stopping cleanly."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from tests.conftest import QUICK, compose_cfg, run_cli
+from tnsearch.__main__ import run as run_search
+from tnsearch.config import ConfigError
+
+pytestmark = pytest.mark.slow
+
+
+def load_study(root, name="quick"):
+    storage = JournalStorage(JournalFileBackend(str(root / name / "optuna.journal")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def test_quick_study_then_continue(tmp_path):
+    args = [f"root={tmp_path}", "trials=3", "epochs=1", *QUICK]
+    done = run_cli(args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = load_study(tmp_path)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 3
+    assert all(len(t.values) == 3 for t in complete)
+    first = min(complete, key=lambda t: t.number)
+    assert first.number == 0 and first.user_attrs["plan"]["layers"] == {}
+    assert all(t.user_attrs["test_accuracy"] is not None for t in complete)
+    # Console: a line per trial and the front.
+    assert done.stdout.count("trial ") >= 3 and "Pareto front" in done.stdout
+
+    # Files: pareto.csv and the trial folders.
+    study_dir = tmp_path / "quick"
+    rows = list(csv.DictReader((study_dir / "pareto.csv").open()))
+    assert rows and set(rows[0]) >= {
+        "number",
+        "accuracy",
+        "test_accuracy",
+        "params",
+        "compression",
+        "latency_ms",
+        "plan",
+    }
+    for t in complete:
+        folder = study_dir / "trials" / str(t.number)
+        assert json.loads((folder / "plan.json").read_text()) == t.user_attrs["plan"]
+        assert (folder / "weights.pt").stat().st_size > 0
+
+    # MLflow: one parent, three nested runs with the metrics, the front on the parent.
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("quick")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("tnsearch_role") == "parent"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(nested) == 3
+    for run in nested:
+        assert run.info.status == "FINISHED"
+        assert set(run.data.metrics) >= {
+            "accuracy",
+            "params",
+            "compression",
+            "latency_ms",
+            "train_loss",
+            "val_acc",
+        }
+        assert run.data.tags["state"] == "COMPLETE"
+        assert "tensorized_layers" in run.data.params
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        assert len(history) == 1
+        artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+        assert "plan.json" in artifacts
+    parent_files = [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert {"pareto.csv", "pareto.png"} <= set(parent_files)
+
+    # A rerun with a larger target continues: 5 trials, not 8 and not 2.
+    again = run_cli([f"root={tmp_path}", "trials=5", "epochs=1", *QUICK], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    study = load_study(tmp_path)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 5
+    runs = client.search_runs([exp.experiment_id])
+    assert len([r for r in runs if r.data.tags.get("tnsearch_role") == "parent"]) == 1
+    assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId")]) == 5
+
+
+BAD = [
+    (["space.topologies=[mpo,banana]"], "space.topologies"),
+    (["space.ranks=[0,4]"], "space.ranks"),
+    (["space.orders=[9]"], "space.orders"),
+    (["space.layers=[layer9.*]"], "space.layers"),
+    (["model.depth=21"], "model.depth"),
+    (["data=mnist", "data.root=/nonexistent/mnist"], "data.root"),
+    (["data=cifar10", "data.root=/nonexistent/cifar"], "data.root"),
+    (["storage=postgres", "storage.url=postgresql://nobody@127.0.0.1:9/none"], "storage.url"),
+    (["storage=postgres"], "storage.url"),
+    (["objectives=[accuracy,speed]"], "objectives"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key"), BAD, ids=[k for _, k in BAD])
+def test_bad_input_names_the_key_and_writes_nothing(overrides, key, tmp_path):
+    root = tmp_path / "studies"
+    with pytest.raises(ConfigError) as info:
+        run_search(compose_cfg([f"root={root}", *overrides]))
+    assert str(info.value).startswith(f"{key}: ")
+    assert "\n" not in str(info.value)
+    assert not root.exists()
+
+
+@pytest.mark.parametrize(("overrides", "key"), [BAD[0], BAD[4], BAD[5]], ids=lambda v: str(v))
+def test_cli_prints_one_line_and_exits_2(overrides, key, tmp_path):
+    done = run_cli([f"root={tmp_path}/studies", *overrides], cwd=tmp_path, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"error: {key}: "), lines[0]
+    assert "Traceback" not in done.stdout + done.stderr
+    assert list(tmp_path.iterdir()) == []

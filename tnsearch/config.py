@@ -1,0 +1,79 @@
+"""Checks of a composed configuration, so that bad input stops before anything is written.
+
+Every problem is a `ConfigError` naming the config key and the reason in one line; the command
+line prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "latency": "minimize"}
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A wrong configuration value: `key: reason`, one line."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = " ".join(str(reason).split())
+        super().__init__(f"{key}: {self.reason}")
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, default_key: str) -> ConfigError:
+        """Wrap an error raised by a constructor; keep its key when it starts with one."""
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        head, sep, tail = text.partition(": ")
+        if sep and " " not in head and head:
+            return cls(head, tail)
+        return cls(default_key, text)
+
+
+def check_basic(cfg: Mapping[str, Any]) -> None:
+    """Check the top-level keys that need no model, data or storage."""
+    objectives = list(cfg["objectives"])
+    if not objectives:
+        raise ConfigError("objectives", "must name at least one of accuracy, params, latency")
+    for name in objectives:
+        if name not in OBJECTIVES:
+            raise ConfigError("objectives", f"unknown {name!r} (known: {', '.join(OBJECTIVES)})")
+    if len(set(objectives)) != len(objectives):
+        raise ConfigError("objectives", f"duplicates in {objectives}")
+    _positive_int(cfg, "trials")
+    _positive_int(cfg, "epochs", minimum=0)
+    _positive_int(cfg, "retries", minimum=0)
+    _positive_int(cfg, "seed", minimum=0)
+    workers = cfg["workers"]
+    if workers != "auto" and (not isinstance(workers, int) or workers < 1):
+        raise ConfigError("workers", f"must be a positive integer or 'auto', got {workers!r}")
+    if not str(cfg["name"]).strip() or "/" in str(cfg["name"]):
+        raise ConfigError("name", f"must be a non-empty folder name, got {cfg['name']!r}")
+    latency = cfg["latency"]
+    _positive_int(latency, "batch_size", prefix="latency.")
+    _positive_int(latency, "repeats", prefix="latency.")
+    _positive_int(latency, "warmup", prefix="latency.", minimum=0)
+    if latency["dtype"] not in DTYPES:
+        raise ConfigError(
+            "latency.dtype", f"must be one of {', '.join(DTYPES)}, got {latency['dtype']!r}"
+        )
+    for key, value in (
+        ("trainer.compile", cfg["trainer"]["compile"]),
+        ("latency.compile", latency["compile"]),
+    ):
+        if str(value) not in COMPILE_MODES:
+            raise ConfigError(key, f"must be one of {', '.join(COMPILE_MODES)}, got {value!r}")
+    for key in ("max_params", "max_latency_ms"):
+        value = cfg["constraints"][key]
+        if value is not None and (not isinstance(value, int | float) or value <= 0):
+            raise ConfigError(
+                f"constraints.{key}", f"must be a positive number or null, got {value!r}"
+            )
+
+
+def _positive_int(node: Mapping[str, Any], key: str, *, prefix: str = "", minimum: int = 1) -> None:
+    value = node[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{prefix}{key}", f"must be an integer >= {minimum}, got {value!r}")

@@ -1,0 +1,146 @@
+"""The Pareto front of a study: the table (pareto.csv), the console view and the plot."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tnsearch import plan as plans
+
+COLUMNS = ("number", "accuracy", "test_accuracy", "params", "compression", "latency_ms", "plan")
+
+
+def front(study: optuna.Study) -> list[FrozenTrial]:
+    """The feasible Pareto-optimal trials, fewest parameters first."""
+    best = [t for t in study.best_trials if t.user_attrs.get("trained", True)]
+    return sorted(best, key=lambda t: (t.user_attrs.get("params", 0), t.number))
+
+
+def row(trial: FrozenTrial) -> dict[str, Any]:
+    """One line of pareto.csv for a finished trial."""
+    attrs = trial.user_attrs
+    plan = attrs.get("plan")
+    return {
+        "number": trial.number,
+        "accuracy": attrs.get("accuracy"),
+        "test_accuracy": attrs.get("test_accuracy"),
+        "params": attrs.get("params"),
+        "compression": attrs.get("compression"),
+        "latency_ms": attrs.get("latency_ms"),
+        "plan": plans.summary(plan) if plan else "",
+    }
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Write `rows` (see `row`) to `path` atomically."""
+    path = Path(path)
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: _fmt(r[k]) for k in COLUMNS})
+    tmp.replace(path)
+    return path
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    """The front as an aligned text table for the console."""
+    header = (
+        f"{'trial':>5}  {'val acc':>7}  {'test acc':>8}  {'params':>10}  {'x':>6}  {'ms':>8}  plan"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['number']:>5}  {_num(r['accuracy'], '.4f'):>7}"
+            f"  {_num(r['test_accuracy'], '.4f'):>8}"
+            f"  {_num(r['params'], ',d'):>10}  {_num(r['compression'], '.1f'):>6}"
+            f"  {_num(r['latency_ms'], '.3f'):>8}  {r['plan']}"
+        )
+    return "\n".join(lines)
+
+
+def _num(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def plot(study: optuna.Study, path: str | Path) -> Path:
+    """Scatter accuracy against parameters and against latency; the front and dense marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("trained", True)
+    ]
+    best = {t.number for t in front(study)}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for ax, key, label in (
+        (axes[0], "params", "parameters"),
+        (axes[1], "latency_ms", "latency (ms / batch)"),
+    ):
+        for group, style in (
+            ([t for t in done if t.number not in best], {"c": "0.7", "label": "trial"}),
+            ([t for t in done if t.number in best], {"c": "tab:blue", "label": "Pareto-optimal"}),
+        ):
+            if group:
+                ax.scatter(
+                    [t.user_attrs[key] for t in group],
+                    [t.user_attrs["accuracy"] for t in group],
+                    s=28,
+                    **style,
+                )
+        # The 2-D front of this projection: the best accuracy reached at each size or latency.
+        front_trials = sorted(done, key=lambda t: t.user_attrs[key])
+        if front_trials:
+            ax.step(
+                [t.user_attrs[key] for t in front_trials],
+                _running_max([t.user_attrs["accuracy"] for t in front_trials]),
+                where="post",
+                c="tab:blue",
+                lw=1,
+                alpha=0.6,
+            )
+        dense = [t for t in done if not t.user_attrs.get("plan", {}).get("layers")]
+        if dense:
+            ax.scatter(
+                [dense[0].user_attrs[key]],
+                [dense[0].user_attrs["accuracy"]],
+                marker="*",
+                s=220,
+                c="tab:red",
+                label="dense reference",
+                zorder=3,
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation accuracy")
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower right")
+    fig.suptitle(f"{study.study_name}: {len(done)} trials, {len(best)} on the front")
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _running_max(values: Sequence[float]) -> list[float]:
+    out, best = [], float("-inf")
+    for v in values:
+        best = max(best, v)
+        out.append(best)
+    return out

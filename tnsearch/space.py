@@ -1,0 +1,210 @@
+"""The search space: which layers may be tensorized, and how a trial chooses for each.
+
+The space exists once, as the `space.*` configuration; `Space.from_config` reads it against a
+model (and rejects what cannot work there), and `Space.suggest` turns an Optuna trial into the
+per-layer part of a plan, define-by-run: a layer that stays dense asks no further questions.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from tnsearch import tn
+from tnsearch.config import ConfigError
+from tnsearch.tn import shapes
+
+GRANULARITIES = ("layer", "group")
+FACTORIZATIONS = ("search", "balanced")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer that may be tensorized: its module name and the dimensions that get split."""
+
+    name: str
+    in_dim: int  # in_features or in_channels
+    out_dim: int  # out_features or out_channels
+    size: int  # number of weights
+
+
+def candidate_layers(model: nn.Module) -> list[Layer]:
+    """Every Linear and (groups=1) Conv2d of `model`, in module order."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            found.append(
+                Layer(name, module.in_features, module.out_features, module.weight.numel())
+            )
+        elif isinstance(module, nn.Conv2d) and module.groups == 1:
+            found.append(
+                Layer(name, module.in_channels, module.out_channels, module.weight.numel())
+            )
+    return found
+
+
+def _matches(name: str, globs: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in globs)
+
+
+def _orders_for(layer: Layer, orders: Sequence[int]) -> tuple[int, ...]:
+    """The orders both dimensions of `layer` can be split into (padding allowed)."""
+    return tuple(
+        k
+        for k in orders
+        if shapes.factorizations(layer.in_dim, k, pad=True)
+        and shapes.factorizations(layer.out_dim, k, pad=True)
+    )
+
+
+def _modes_label(modes: Sequence[int]) -> str:
+    return "x".join(str(m) for m in modes)
+
+
+def _parse_modes(label: str) -> list[int]:
+    return [int(m) for m in label.split("x")]
+
+
+@dataclass(frozen=True)
+class Space:
+    """The searchable layers of one model, grouped, with the choices open to each group."""
+
+    groups: dict[str, tuple[Layer, ...]]
+    topologies: tuple[str, ...]
+    orders: dict[str, tuple[int, ...]]  # group -> orders all its layers can take
+    ranks: tuple[int, ...]
+    factorizations: str
+    lr: tuple[float, ...] = ()  # learning rates to choose from; empty: the trainer's own
+
+    @classmethod
+    def from_config(cls, space: Mapping[str, Any], model: nn.Module) -> Space:
+        """Read `space.*` against `model`; raise ConfigError naming the key on bad input."""
+        layers = candidate_layers(model)
+        names = [layer.name for layer in layers]
+        known = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        for key in ("layers", "exclude"):
+            for pattern in space[key]:
+                if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                    raise ConfigError(
+                        f"space.{key}",
+                        f"{pattern!r} matches no Linear or Conv2d layer (layers: {known})",
+                    )
+        topologies = tuple(space["topologies"])
+        if not topologies:
+            raise ConfigError("space.topologies", "must name at least one topology")
+        for topology in topologies:
+            if topology not in tn.TOPOLOGIES:
+                raise ConfigError(
+                    "space.topologies",
+                    f"unknown {topology!r} (known: {', '.join(sorted(tn.TOPOLOGIES))})",
+                )
+        ranks = tuple(space["ranks"])
+        if not ranks:
+            raise ConfigError("space.ranks", "must list at least one bond dimension")
+        for rank in ranks:
+            if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+                raise ConfigError("space.ranks", f"must be >= 1, got {rank!r}")
+        orders = tuple(space["orders"])
+        if not orders:
+            raise ConfigError("space.orders", "must list at least one order")
+        for order in orders:
+            if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+                raise ConfigError("space.orders", f"must be >= 1, got {order!r}")
+        if space["granularity"] not in GRANULARITIES:
+            raise ConfigError(
+                "space.granularity",
+                f"must be one of {', '.join(GRANULARITIES)}, got {space['granularity']!r}",
+            )
+        if space["factorizations"] not in FACTORIZATIONS:
+            raise ConfigError(
+                "space.factorizations",
+                f"must be one of {', '.join(FACTORIZATIONS)}, got {space['factorizations']!r}",
+            )
+        min_size = space["min_size"]
+        eligible = [
+            layer
+            for layer in layers
+            if _matches(layer.name, space["layers"])
+            and not _matches(layer.name, space["exclude"])
+            and layer.size >= min_size
+        ]
+        if not eligible:
+            raise ConfigError(
+                "space.layers",
+                f"no layer is eligible (matching space.layers, not space.exclude, "
+                f"with at least space.min_size={min_size} weights)",
+            )
+        groups: dict[str, list[Layer]] = {}
+        for layer in eligible:
+            key = layer.name
+            if space["granularity"] == "group":
+                key = ".".join(layer.name.split(".")[: int(space["group_depth"])])
+            groups.setdefault(key, []).append(layer)
+        group_orders = {}
+        for key, members in groups.items():
+            allowed = set(orders)
+            for layer in members:
+                allowed &= set(_orders_for(layer, orders))
+            group_orders[key] = tuple(k for k in orders if k in allowed)
+        for order in orders:
+            if not any(order in allowed for allowed in group_orders.values()):
+                raise ConfigError(
+                    "space.orders",
+                    f"no eligible layer can be split into {order} modes of size >= 2",
+                )
+        lr = tuple(float(v) for v in (space.get("lr") or ()))
+        if any(not v > 0 for v in lr):
+            raise ConfigError("space.lr", f"learning rates must be > 0, got {list(lr)}")
+        return cls(
+            lr=lr,
+            groups={k: tuple(v) for k, v in groups.items() if group_orders[k]},
+            topologies=topologies,
+            orders={k: v for k, v in group_orders.items() if v},
+            ranks=ranks,
+            factorizations=space["factorizations"],
+        )
+
+    @property
+    def layers(self) -> list[Layer]:
+        return [layer for members in self.groups.values() for layer in members]
+
+    def dense_params(self) -> dict[str, bool]:
+        """The Optuna parameters of the plan that tensorizes nothing (the reference trial)."""
+        return {f"{group}.tensorize": False for group in self.groups}
+
+    def suggest(self, trial) -> dict[str, dict[str, Any]]:
+        """Ask `trial` for a choice per group; return {layer: plan} of the tensorized layers."""
+        chosen: dict[str, dict[str, Any]] = {}
+        for group, members in self.groups.items():
+            if not trial.suggest_categorical(f"{group}.tensorize", [False, True]):
+                continue
+            topology = trial.suggest_categorical(f"{group}.topology", list(self.topologies))
+            order = trial.suggest_categorical(f"{group}.order", list(self.orders[group]))
+            rank = trial.suggest_categorical(f"{group}.rank", list(self.ranks))
+            for layer in members:
+                chosen[layer.name] = {
+                    "topology": topology,
+                    "order": order,
+                    "in_modes": self._modes(trial, group, layer.in_dim, order),
+                    "out_modes": self._modes(trial, group, layer.out_dim, order),
+                    "rank": rank,
+                }
+        return chosen
+
+    def suggest_training(self, trial) -> dict[str, float]:
+        """Training hyperparameters the trial chooses too (overrides of trainer.optimizer)."""
+        if not self.lr:
+            return {}
+        return {"lr": trial.suggest_categorical("lr", list(self.lr))}
+
+    def _modes(self, trial, group: str, dim: int, order: int) -> list[int]:
+        if self.factorizations == "balanced" or order == 1:
+            return list(shapes.balanced(dim, order, pad=True))
+        choices = [_modes_label(f) for f in shapes.factorizations(dim, order, pad=True)]
+        if len(choices) == 1:
+            return _parse_modes(choices[0])
+        return _parse_modes(trial.suggest_categorical(f"{group}.modes{order}.{dim}", choices))

@@ -1,0 +1,37 @@
+"""Tensor-network layers: MPO, Tucker, CP and tree replacements for ``nn.Linear`` / ``nn.Conv2d``.
+
+>>> from tnsearch import tn
+>>> layer = tn.tensorize(nn.Linear(1024, 1024), topology="mpo", rank=16, order=4)
+>>> layer.paths, layer.path            # equivalent computations; "auto" measures and caches
+>>> layer.to_dense()                   # the equivalent nn.Linear
+
+Pure PyTorch (with tensorly's decompositions and opt_einsum's contraction orders); no global
+state is set on import.
+"""
+
+from tnsearch.tn import shapes
+from tnsearch.tn._base import TNLayer
+from tnsearch.tn._cp import CPLayer
+from tnsearch.tn._geometry import Geometry
+from tnsearch.tn._mpo import MPOLayer
+from tnsearch.tn._registry import TOPOLOGIES, register
+from tnsearch.tn._summary import describe, freeze_paths, n_params
+from tnsearch.tn._tensorize import tensorize
+from tnsearch.tn._tree import TreeLayer
+from tnsearch.tn._tucker import TuckerLayer
+
+__all__ = [
+    "CPLayer",
+    "Geometry",
+    "MPOLayer",
+    "TNLayer",
+    "TOPOLOGIES",
+    "TreeLayer",
+    "TuckerLayer",
+    "describe",
+    "freeze_paths",
+    "n_params",
+    "register",
+    "shapes",
+    "tensorize",
+]

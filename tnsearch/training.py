@@ -1,0 +1,211 @@
+"""Training of one trial's model with Lightning: a classifier module and the fit/evaluate steps."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Epoch metrics handed to the epoch callback: {"epoch": int, "train_loss": float, "val_acc": float}
+EpochSink = Callable[[dict[str, float]], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite: the trial fails with this reason."""
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's messages that tell a user of tnsearch nothing."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.*LeafSpec.*")
+
+
+class Classifier(pl.LightningModule):
+    """Cross-entropy training of any image classifier, with accuracy on val and test.
+
+    Args:
+        model: maps (B, C, H, W) images to (B, classes) logits.
+        optimizer: a partial optimizer (Hydra `_partial_: true`), called with the parameters.
+        scheduler: "cosine" (per step, down to zero over the whole run) or "none".
+        nan_check_every: steps between checks that the loss is finite (each check syncs CUDA).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: str = "cosine",
+        nan_check_every: int = 20,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self._optimizer = optimizer
+        self._scheduler = scheduler
+        self._nan_check_every = nan_check_every
+        self._correct = 0
+        self._seen = 0
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_steps = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], index: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        detached = loss.detach()
+        self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
+        self._loss_steps += 1
+        if index % self._nan_check_every == 0 and not math.isfinite(detached.item()):
+            raise NonFiniteLossError(
+                f"training loss became {detached.item()} at epoch {self.current_epoch}, "
+                f"step {index}"
+            )
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._loss_sum, self._loss_steps = None, 0
+
+    def on_train_epoch_end(self) -> None:
+        if self._loss_sum is not None:
+            mean = self._loss_sum.item() / self._loss_steps
+            if not math.isfinite(mean):
+                raise NonFiniteLossError(
+                    f"training loss became {mean} in epoch {self.current_epoch}"
+                )
+            self.train_loss = mean
+
+    def _count(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        x, y = batch
+        self._correct += int((self(x).argmax(dim=1) == y).sum())
+        self._seen += int(y.numel())
+
+    def on_validation_epoch_start(self) -> None:
+        self._correct, self._seen = 0, 0
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], index: int) -> None:
+        self._count(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc = self._correct / max(self._seen, 1)
+
+    def on_test_epoch_start(self) -> None:
+        self._correct, self._seen = 0, 0
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], index: int) -> None:
+        self._count(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_acc = self._correct / max(self._seen, 1)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self._optimizer(self.parameters())
+        if self._scheduler == "none":
+            return optimizer
+        if self._scheduler != "cosine":
+            raise ValueError(f"trainer.scheduler: unknown {self._scheduler!r} (cosine, none)")
+        steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+class EpochEnd(pl.Callback):
+    """Hands each epoch's train_loss and val_acc to `sink` (MLflow, learning curve, pruning)."""
+
+    def __init__(self, sink: EpochSink) -> None:
+        self._sink = sink
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: Classifier) -> None:
+        self._sink(
+            {
+                "epoch": trainer.current_epoch,
+                "train_loss": getattr(module, "train_loss", float("nan")),
+                "val_acc": getattr(module, "val_acc", float("nan")),
+            }
+        )
+
+
+@dataclass
+class TrainResult:
+    """What training gave: the final accuracies and the learning curve."""
+
+    val_acc: float
+    test_acc: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def make_trainer(
+    *,
+    epochs: int,
+    accelerator: str = "auto",
+    precision: str = "32-true",
+    gradient_clip_val: float | None = None,
+    callbacks: list[pl.Callback] | None = None,
+) -> pl.Trainer:
+    """A Lightning Trainer with nothing a search does not need (no logger, no checkpoints)."""
+    return pl.Trainer(
+        max_epochs=epochs,
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        gradient_clip_val=gradient_clip_val,
+        callbacks=callbacks or [],
+    )
+
+
+def fit(
+    module: Classifier,
+    datamodule: pl.LightningDataModule,
+    *,
+    epochs: int,
+    trainer_cfg: dict[str, Any],
+    on_epoch: EpochSink | None = None,
+) -> TrainResult:
+    """Train `module` for `epochs` (validating after each), then measure val and test accuracy.
+
+    With epochs == 0 the model is only evaluated (e.g. a trained model, or zero-shot).
+    """
+    quiet_lightning()
+    history: list[dict[str, float]] = []
+
+    def sink(metrics: dict[str, float]) -> None:
+        history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics)
+
+    trainer = make_trainer(
+        epochs=epochs,
+        accelerator=trainer_cfg.get("accelerator", "auto"),
+        precision=trainer_cfg.get("precision", "32-true"),
+        gradient_clip_val=trainer_cfg.get("gradient_clip_val"),
+        callbacks=[EpochEnd(sink)],
+    )
+    if epochs > 0:
+        trainer.fit(module, datamodule=datamodule)
+        val_acc = history[-1]["val_acc"] if history else float("nan")
+    else:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        val_acc = module.val_acc
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    return TrainResult(val_acc=val_acc, test_acc=module.test_acc, history=history)
