@@ -24,12 +24,23 @@ def load_study(root, name="quick"):
     return optuna.load_study(study_name=name, storage=storage)
 
 
+def trained(study):
+    """Complete, trained trials; a sampler's repeat of a plan is told again but not trained."""
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    for t in complete:
+        if not t.user_attrs.get("trained", True):
+            earlier = study.trials[t.user_attrs["duplicate_of"]]
+            assert earlier.user_attrs["plan"] == t.user_attrs["plan"]
+            assert earlier.values == t.values
+    return [t for t in complete if t.user_attrs.get("trained", True)]
+
+
 def test_quick_study_then_continue(tmp_path):
     args = [f"root={tmp_path}", "trials=3", "epochs=1", *QUICK]
     done = run_cli(args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     study = load_study(tmp_path)
-    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    complete = trained(study)
     assert len(complete) == 3
     assert all(len(t.values) == 3 for t in complete)
     first = min(complete, key=lambda t: t.number)
@@ -88,7 +99,7 @@ def test_quick_study_then_continue(tmp_path):
     again = run_cli([f"root={tmp_path}", "trials=5", "epochs=1", *QUICK], cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     study = load_study(tmp_path)
-    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 5
+    assert len(trained(study)) == 5
     runs = client.search_runs([exp.experiment_id])
     assert len([r for r in runs if r.data.tags.get("tnsearch_role") == "parent"]) == 1
     assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId")]) == 5

@@ -51,6 +51,11 @@ def check_basic(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("workers", f"must be a positive integer or 'auto', got {workers!r}")
     if not str(cfg["name"]).strip() or "/" in str(cfg["name"]):
         raise ConfigError("name", f"must be a non-empty folder name, got {cfg['name']!r}")
+    _positive_int(cfg["pretrain"], "epochs", prefix="pretrain.", minimum=0)
+    _positive_int(cfg["pruning"], "min_epochs", prefix="pruning.", minimum=0)
+    margin = cfg["pruning"]["margin"]
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or margin < 0:
+        raise ConfigError("pruning.margin", f"must be a number >= 0, got {margin!r}")
     latency = cfg["latency"]
     _positive_int(latency, "batch_size", prefix="latency.")
     _positive_int(latency, "repeats", prefix="latency.")

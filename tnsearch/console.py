@@ -26,6 +26,8 @@ def trial_line(
         )
     if outcome == "infeasible":
         return f"{head}  infeasible: {attrs.get('infeasible', '')}"
+    if outcome == "duplicate":
+        return f"{head}  same plan as trial {attrs['duplicate_of']}: not trained again"
     return f"{head}  {outcome.upper()}: {attrs.get('fail_reason', attrs.get('prune_reason', ''))}"
 
 

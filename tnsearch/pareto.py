@@ -144,3 +144,70 @@ def _running_max(values: Sequence[float]) -> list[float]:
         best = max(best, v)
         out.append(best)
     return out
+
+
+#: Reference point of the hypervolume, per objective, in normalized space: accuracy 0, and 10%
+#: more parameters / latency than the dense model. Normalized space: 1 - accuracy, params / dense
+#: params, latency / dense latency, so fronts of different runs and machines compare.
+REFERENCE = {"accuracy": 1.0, "params": 1.1, "latency": 1.1}
+_ATTR = {"accuracy": "accuracy", "params": "params", "latency": "latency_ms"}
+
+
+def _dense(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
+    return next((t for t in trials if not t.user_attrs.get("plan", {}).get("layers")), None)
+
+
+def normalized(trial: FrozenTrial, dense: FrozenTrial, objectives: Sequence[str]) -> list[float]:
+    """A trial's objectives as losses in normalized space (see REFERENCE)."""
+    out = []
+    for name in objectives:
+        value = float(trial.user_attrs[_ATTR[name]])
+        if name == "accuracy":
+            out.append(1.0 - value)
+        else:
+            out.append(value / float(dense.user_attrs[_ATTR[name]]))
+    return out
+
+
+def hypervolume_history(study: optuna.Study) -> list[tuple[int, float]]:
+    """(trial number, hypervolume of the front of all trials up to it), for finished trials.
+
+    Normalized objective space; the reference point is REFERENCE (accuracy 0, 1.1x the dense
+    model's parameters and latency). Infeasible trials count for nothing.
+    """
+    import numpy as np
+    from optuna._hypervolume import compute_hypervolume
+
+    objectives = study.metric_names or ["accuracy", "params", "latency"]
+    done = sorted(
+        (
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("trained", True) and _feasible(t)
+        ),
+        key=lambda t: t.number,
+    )
+    dense = _dense(done)
+    if dense is None:
+        return []
+    reference = np.array([REFERENCE[name] for name in objectives])
+    history, points = [], []
+    for trial in done:
+        point = normalized(trial, dense, objectives)
+        if all(p < r for p, r in zip(point, reference, strict=True)):
+            points.append(point)
+        volume = compute_hypervolume(np.array(points), reference) if points else 0.0
+        history.append((trial.number, float(volume)))
+    return history
+
+
+def hypervolume(study: optuna.Study) -> float:
+    """Hypervolume of the study's front in normalized objective space (see REFERENCE)."""
+    history = hypervolume_history(study)
+    return history[-1][1] if history else 0.0
+
+
+def _feasible(trial: FrozenTrial) -> bool:
+    return all(
+        value <= 0.0 for key, value in trial.system_attrs.items() if key.startswith("constraints")
+    )

@@ -17,9 +17,10 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from tnsearch import console, liveness, pareto, tn
+from tnsearch import console, liveness, pareto, pruning, tn, warmstart
 from tnsearch import plan as plans
 from tnsearch.config import OBJECTIVES, ConfigError, check_basic
+from tnsearch.pruning import ParetoPruner
 from tnsearch.space import Space
 
 #: Trial states that count towards `trials` (failed and surplus trials do not).
@@ -40,6 +41,8 @@ class Setup:
     inputs: dict[str, int]
     dense_params: int
     study_dir: Path
+    pretrained: dict[str, torch.Tensor] | None = None  # trained dense weights (warm start)
+    pruner: ParetoPruner | None = None
 
     @property
     def directions(self) -> list[str]:
@@ -92,6 +95,10 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
     except Exception as exc:  # noqa: BLE001 - any constructor error is a model config error
         raise ConfigError.from_exception(_root_cause(exc), "model") from None
     space = Space.from_config(cfg["space"], dense)
+    checkpoint = cfg["model"].get("checkpoint")
+    if checkpoint and cfg["pretrain"]["epochs"]:
+        raise ConfigError("pretrain.epochs", "give either model.checkpoint or pretrain.epochs")
+    state = warmstart.load_checkpoint(checkpoint, dense) if checkpoint else None
     try:
         instantiate(cfg["sampler"])
     except Exception as exc:  # noqa: BLE001
@@ -106,6 +113,8 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
         inputs=inputs,
         dense_params=tn.n_params(dense),
         study_dir=Path(cfg["root"]) / cfg["name"],
+        pretrained=state,
+        pruner=pruning.from_config(cfg),
     )
 
 
@@ -181,6 +190,10 @@ def work(setup: Setup, study: optuna.Study, tracker) -> int:
     from tnsearch.trial import run_trial
 
     target = setup.cfg["trials"]
+    if setup.cfg["pretrain"]["epochs"] and setup.pretrained is None:
+        setup.pretrained = warmstart.pretrained(
+            setup.study_dir, setup.cfg["pretrain"]["epochs"], lambda: pretrain(setup)
+        )
     console.say(
         f"worker {liveness.worker_id()} joined study {study.study_name!r}: "
         f"{counted(study)}/{target} trials done"
@@ -198,12 +211,13 @@ def work(setup: Setup, study: optuna.Study, tracker) -> int:
             break
         outcome = run_trial(setup, study, trial, tracker)
         ran += 1
-        infeasible_in_a_row = infeasible_in_a_row + 1 if outcome == "infeasible" else 0
+        untrained = outcome in ("infeasible", "duplicate")
+        infeasible_in_a_row = infeasible_in_a_row + 1 if untrained else 0
         failed_in_a_row = failed_in_a_row + 1 if outcome == "failed" else 0
         if infeasible_in_a_row >= max(100, 10 * target):
             raise StudyStopped(
-                f"{infeasible_in_a_row} infeasible plans in a row: "
-                "loosen constraints.* or the space"
+                f"{infeasible_in_a_row} infeasible or repeated plans in a row: "
+                "loosen constraints.* or widen the space"
             )
         if failed_in_a_row >= max(5, target):
             raise StudyStopped(
@@ -211,6 +225,27 @@ def work(setup: Setup, study: optuna.Study, tracker) -> int:
                 "fail_reason): something is wrong beyond one plan"
             )
     return ran
+
+
+def pretrain(setup: Setup) -> dict[str, torch.Tensor]:
+    """Train the dense model for `pretrain.epochs` (seeded with `seed`); return its weights."""
+    from hydra.utils import instantiate
+
+    from tnsearch import training
+
+    cfg = setup.cfg
+    torch.manual_seed(cfg["seed"])
+    model = plans.build_dense(plans.make(cfg["model"], setup.inputs, {}))
+    module = training.Classifier(
+        model,
+        optimizer=instantiate(dict(cfg["trainer"]["optimizer"])),
+        scheduler=cfg["trainer"].get("scheduler", "cosine"),
+    )
+    result = training.fit(
+        module, setup.datamodule, epochs=cfg["pretrain"]["epochs"], trainer_cfg=cfg["trainer"]
+    )
+    console.say(f"pretrained dense model: val acc {result.val_acc:.4f}")
+    return model.state_dict()
 
 
 def _surplus(study: optuna.Study, trial: optuna.Trial, target: int) -> bool:

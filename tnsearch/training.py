@@ -148,6 +148,7 @@ class TrainResult:
     val_acc: float
     test_acc: float
     history: list[dict[str, float]] = field(default_factory=list)
+    zero_shot_acc: float | None = None  # before any training (warm-started trials)
 
 
 def make_trainer(
@@ -181,10 +182,12 @@ def fit(
     epochs: int,
     trainer_cfg: dict[str, Any],
     on_epoch: EpochSink | None = None,
+    zero_shot: bool = False,
 ) -> TrainResult:
     """Train `module` for `epochs` (validating after each), then measure val and test accuracy.
 
-    With epochs == 0 the model is only evaluated (e.g. a trained model, or zero-shot).
+    With epochs == 0 the model is only evaluated (e.g. a trained model). With `zero_shot`, the
+    validation accuracy before any training is measured too (a decomposed trained model).
     """
     quiet_lightning()
     history: list[dict[str, float]] = []
@@ -201,6 +204,10 @@ def fit(
         gradient_clip_val=trainer_cfg.get("gradient_clip_val"),
         callbacks=[EpochEnd(sink)],
     )
+    zero_shot_acc = None
+    if zero_shot and epochs > 0:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        zero_shot_acc = module.val_acc
     if epochs > 0:
         trainer.fit(module, datamodule=datamodule)
         val_acc = history[-1]["val_acc"] if history else float("nan")
@@ -208,4 +215,8 @@ def fit(
         trainer.validate(module, datamodule=datamodule, verbose=False)
         val_acc = module.val_acc
     trainer.test(module, datamodule=datamodule, verbose=False)
-    return TrainResult(val_acc=val_acc, test_acc=module.test_acc, history=history)
+    if zero_shot and epochs == 0:
+        zero_shot_acc = val_acc
+    return TrainResult(
+        val_acc=val_acc, test_acc=module.test_acc, history=history, zero_shot_acc=zero_shot_acc
+    )

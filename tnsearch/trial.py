@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from tnsearch import console, latency, liveness, tn, training
 from tnsearch import plan as plans
-from tnsearch.search import Setup, trial_device
+from tnsearch.search import COUNTED, Setup, trial_device
 
 #: Optuna objective value of each objective name, from a trial's record.
 _VALUE = {"accuracy": "accuracy", "params": "params", "latency": "latency_ms"}
@@ -30,131 +30,255 @@ def run_trial(setup: Setup, study: optuna.Study, trial: optuna.Trial, tracker) -
     an interrupt (Ctrl-C, SystemExit) fails the trial with that reason and propagates.
     """
     with liveness.heartbeat(trial):
-        return _run(setup, study, trial, tracker)
+        return _Trial(setup, study, trial, tracker).run()
 
 
-def _run(setup: Setup, study: optuna.Study, trial: optuna.Trial, tracker) -> str:
-    cfg = setup.cfg
-    start = time.perf_counter()
-    number = trial.number
-    run_id = None
-    attrs: dict[str, Any] = {}
-    plan: dict[str, Any] = {"layers": {}}
-    try:
-        plan = plans.make(cfg["model"], setup.inputs, setup.space.suggest(trial))
-        optimizer = {**cfg["trainer"]["optimizer"], **setup.space.suggest_training(trial)}
-        seed = cfg["seed"] + number
-        torch.manual_seed(seed)
-        model = plans.build(plan, init="random")
-        plan["params"] = tn.n_params(model)
-        attrs.update(params=plan["params"], compression=setup.dense_params / plan["params"])
-        trial.set_user_attr("plan", plan)
-        folder = setup.study_dir / "trials" / str(number)
-        plans.save(plan, folder / "plan.json")
-        run_id = tracker.start_trial(number, plan, _run_params(cfg, plan, seed, optimizer))
-        if run_id is not None:
-            trial.set_user_attr("mlflow_run_id", run_id)
+class _Trial:
+    """The steps of one trial, sharing its state."""
 
-        device = trial_device(cfg)
-        lat_cfg = cfg["latency"]
-        stats = latency.measure(
-            model,
-            setup.datamodule.example_input(lat_cfg["batch_size"]),
-            warmup=lat_cfg["warmup"],
-            repeats=lat_cfg["repeats"],
-            device=lat_cfg["device"] or device,
-            dtype=lat_cfg["dtype"],
+    def __init__(self, setup: Setup, study: optuna.Study, trial: optuna.Trial, tracker) -> None:
+        self.setup, self.cfg = setup, setup.cfg
+        self.study, self.trial, self.tracker = study, trial, tracker
+        self.start = time.perf_counter()
+        self.run_id = None
+        self.attrs: dict[str, Any] = {}
+        self.plan: dict[str, Any] = {"layers": {}}
+
+    def run(self) -> str:
+        try:
+            self.propose()
+            earlier = self.duplicate_of()
+            if earlier is not None:
+                return self.duplicate(earlier)
+            model = self.build()
+            self.measure(model)
+            if self.infeasible():
+                return "infeasible"
+            self.train(model)
+            return "complete"
+        except optuna.TrialPruned as exc:
+            self.attrs["prune_reason"] = str(exc)
+            self.attrs["seconds"] = time.perf_counter() - self.start
+            _record(self.trial, self.attrs)
+            self.study.tell(self.trial, state=TrialState.PRUNED)
+            self.tracker.end_trial(
+                self.run_id,
+                state="PRUNED",
+                metrics=_final_metrics(self.attrs),
+                tags={"prune_reason": str(exc)},
+            )
+            self.say("pruned")
+            return "pruned"
+        except (KeyboardInterrupt, SystemExit) as exc:
+            self.fail(f"interrupted ({type(exc).__name__})", killed=True)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failing trial is recorded, the study goes on
+            self.fail(_reason(exc), trace=traceback.format_exc())
+            _retry(self.study, self.trial, self.cfg["retries"])
+            return "failed"
+
+    # -- steps ------------------------------------------------------------------------------
+    def propose(self) -> None:
+        """Ask the sampler for this trial's plan (and training choices)."""
+        setup, trial = self.setup, self.trial
+        self.plan = plans.make(self.cfg["model"], setup.inputs, setup.space.suggest(trial))
+        self.training_choices = setup.space.suggest_training(trial)
+        self.optimizer = {**self.cfg["trainer"]["optimizer"], **self.training_choices}
+
+    def duplicate_of(self) -> optuna.trial.FrozenTrial | None:
+        """An earlier trained trial with exactly this plan, if any (samplers do repeat)."""
+        for other in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            attrs = other.user_attrs
+            if (
+                attrs.get("trained", True)
+                and attrs.get("plan", {}).get("layers") == self.plan["layers"]
+                and attrs.get("training_choices", {}) == self.training_choices
+            ):
+                return other
+        return None
+
+    def duplicate(self, earlier: optuna.trial.FrozenTrial) -> str:
+        """Tell the earlier trial's values again instead of training the same plan twice."""
+        self.attrs.update(
+            {k: earlier.user_attrs.get(k) for k in ("params", "compression", "latency_ms")},
+            trained=False,
+            duplicate_of=earlier.number,
+            accuracy=earlier.user_attrs["accuracy"],
         )
-        attrs.update(latency_ms=stats.p50, latency_p10_ms=stats.p10, latency_p90_ms=stats.p90)
-        violations = _constraints(cfg["constraints"], attrs)
-        for key, value in violations.items():
-            trial.set_constraint(key, value)
-        broken = [k for k, v in violations.items() if v > 0]
-        if broken:
-            # Not trained: the sampler still learns that this region is infeasible.
-            attrs.update(
-                trained=False,
-                accuracy=0.0,
-                infeasible=", ".join(f"{k} exceeded by {violations[k]:.4g}" for k in broken),
-            )
-            _record(trial, attrs)
-            study.tell(trial, _values(cfg, attrs))
-            tracker.end_trial(
-                run_id,
-                state="COMPLETE",
-                metrics=_final_metrics(attrs),
-                tags={"infeasible": attrs["infeasible"]},
-            )
-            console.say(
-                console.trial_line(
-                    number, plans.summary(plan), "infeasible", attrs, time.perf_counter() - start
-                )
-            )
-            return "infeasible"
+        self.trial.set_user_attr("plan", earlier.user_attrs["plan"])
+        _record(self.trial, self.attrs)
+        self.study.tell(self.trial, list(earlier.values))
+        self.say("duplicate")
+        return "duplicate"
 
-        torch.manual_seed(seed)
+    def build(self) -> torch.nn.Module:
+        """Build the planned model (from the trained dense weights when warm)."""
+        setup, trial = self.setup, self.trial
+        trial.set_user_attr("training_choices", self.training_choices)
+        self.seed = self.cfg["seed"] + trial.number
+        torch.manual_seed(self.seed)
+        model = plans.build_dense(self.plan)
+        if setup.pretrained is not None:
+            model.load_state_dict(setup.pretrained)
+        warm = setup.pretrained is not None
+        plans.tensorize(model, self.plan, init="decompose" if warm else "random")
+        self.plan["params"] = tn.n_params(model)
+        self.attrs.update(
+            params=self.plan["params"], compression=setup.dense_params / self.plan["params"]
+        )
+        trial.set_user_attr("plan", self.plan)
+        self.folder = setup.study_dir / "trials" / str(trial.number)
+        plans.save(self.plan, self.folder / "plan.json")
+        self.run_id = self.tracker.start_trial(
+            trial.number, self.plan, _run_params(self.cfg, self.plan, self.seed, self.optimizer)
+        )
+        if self.run_id is not None:
+            trial.set_user_attr("mlflow_run_id", self.run_id)
+        return model
+
+    def measure(self, model: torch.nn.Module) -> None:
+        """Latency of the whole model in eval mode, compiled as `latency.compile` says."""
+        cfg = self.cfg["latency"]
+        example = self.setup.datamodule.example_input(cfg["batch_size"])
+        device = torch.device(cfg["device"] or trial_device(self.cfg))
+        if cfg["compile"] != "none" or self.cfg["trainer"]["compile"] != "none":
+            self.freeze_paths(model, device)
+        measured = model if cfg["compile"] == "none" else _compile(model, cfg["compile"])
+        stats = latency.measure(
+            measured,
+            example,
+            warmup=max(cfg["warmup"], 1 if cfg["compile"] != "none" else 0),
+            repeats=cfg["repeats"],
+            device=device,
+            dtype=cfg["dtype"],
+        )
+        self.attrs.update(latency_ms=stats.p50, latency_p10_ms=stats.p10, latency_p90_ms=stats.p90)
+
+    def freeze_paths(self, model: torch.nn.Module, device: torch.device) -> None:
+        """Choose every tensorized layer's path for the shapes it will see, then fix them, so
+        that torch.compile traces one graph with no measuring in it."""
+        dm = self.setup.datamodule
+        model.to(device)
+        was_training = model.training
+        model.train()
+        tn.freeze_paths(model, dm.example_input(dm.batch_size).to(device), grad=True)
+        model.eval()
+        for size in {self.cfg["latency"]["batch_size"], dm.eval_batch_size}:
+            tn.freeze_paths(model, dm.example_input(size).to(device), grad=False)
+        model.train(was_training)
+
+    def infeasible(self) -> bool:
+        """Record the constraints; an infeasible trial is told at once and not trained."""
+        violations = _constraints(self.cfg["constraints"], self.attrs)
+        for key, value in violations.items():
+            self.trial.set_constraint(key, value)
+        broken = [k for k, v in violations.items() if v > 0]
+        if not broken:
+            return False
+        # Not trained: the sampler still learns that this region is infeasible.
+        self.attrs.update(
+            trained=False,
+            accuracy=0.0,
+            infeasible=", ".join(f"{k} exceeded by {violations[k]:.4g}" for k in broken),
+        )
+        _record(self.trial, self.attrs)
+        self.study.tell(self.trial, _values(self.cfg, self.attrs))
+        self.tracker.end_trial(
+            self.run_id,
+            state="COMPLETE",
+            metrics=_final_metrics(self.attrs),
+            tags={"infeasible": self.attrs["infeasible"]},
+        )
+        self.say("infeasible")
+        return True
+
+    def train(self, model: torch.nn.Module) -> None:
+        """Train (or, for the warm-started dense model, only evaluate), then record."""
+        cfg, setup = self.cfg, self.setup
+        warm = setup.pretrained is not None
+        epochs = 0 if warm and not self.plan["layers"] else cfg["epochs"]
+        torch.manual_seed(self.seed)
+        mode = cfg["trainer"]["compile"]
         module = training.Classifier(
-            model,
-            optimizer=_optimizer(optimizer),
+            model if mode == "none" else _compile(model, mode),
+            optimizer=_instantiate(self.optimizer),
             scheduler=cfg["trainer"].get("scheduler", "cosine"),
+        )
+        history: list[dict[str, float]] = []
+        self.attrs["history"] = history
+        finished = (
+            [
+                t
+                for t in self.study.get_trials(deepcopy=False, states=COUNTED)
+                if t.state == TrialState.COMPLETE
+            ]
+            if setup.pruner is not None
+            else []
         )
 
         def on_epoch(metrics: dict[str, float]) -> None:
-            tracker.log_metrics(
-                run_id,
+            history.append(metrics)
+            self.tracker.log_metrics(
+                self.run_id,
                 {"train_loss": metrics["train_loss"], "val_acc": metrics["val_acc"]},
                 step=int(metrics["epoch"]),
             )
+            if setup.pruner is not None and int(metrics["epoch"]) + 1 < epochs:
+                reason = setup.pruner.dominator(
+                    finished, self.attrs, int(metrics["epoch"]), metrics["val_acc"]
+                )
+                if reason:
+                    raise optuna.TrialPruned(reason)
 
         result = training.fit(
             module,
             setup.datamodule,
-            epochs=cfg["epochs"],
+            epochs=epochs,
             trainer_cfg=cfg["trainer"],
             on_epoch=on_epoch,
+            zero_shot=warm and bool(self.plan["layers"]),
         )
-        attrs.update(
+        self.attrs.update(
             trained=True,
             accuracy=result.val_acc,
             test_accuracy=result.test_acc,
             history=result.history,
-            seconds=time.perf_counter() - start,
+            seconds=time.perf_counter() - self.start,
         )
-        torch.save(model.state_dict(), folder / "weights.pt")
-        _record(trial, attrs)
-        study.tell(trial, _values(cfg, attrs))
-        tracker.end_trial(run_id, state="COMPLETE", metrics=_final_metrics(attrs))
-        console.say(
-            console.trial_line(number, plans.summary(plan), "complete", attrs, attrs["seconds"])
-        )
-        return "complete"
-    except (KeyboardInterrupt, SystemExit) as exc:
-        reason = f"interrupted ({type(exc).__name__})"
-        _fail(study, trial, tracker, run_id, reason, status="KILLED")
-        console.say(
-            console.trial_line(
-                number,
-                plans.summary(plan),
-                "failed",
-                {"fail_reason": reason},
-                time.perf_counter() - start,
-            )
-        )
-        raise
-    except Exception as exc:  # noqa: BLE001 - a failing trial is recorded and the study goes on
-        reason = _reason(exc)
-        _fail(study, trial, tracker, run_id, reason, trace=traceback.format_exc())
-        _retry(study, trial, cfg["retries"])
+        if result.zero_shot_acc is not None:
+            self.attrs["zero_shot_accuracy"] = result.zero_shot_acc
+        torch.save(model.state_dict(), self.folder / "weights.pt")
+        _record(self.trial, self.attrs)
+        self.study.tell(self.trial, _values(cfg, self.attrs))
+        self.tracker.end_trial(self.run_id, state="COMPLETE", metrics=_final_metrics(self.attrs))
+        self.say("complete")
+
+    # -- endings ----------------------------------------------------------------------------
+    def fail(self, reason: str, *, killed: bool = False, trace: str | None = None) -> None:
+        self.trial.set_user_attr("fail_reason", reason)
+        self.study.tell(self.trial, state=TrialState.FAIL)
+        tags = {"fail_reason": reason}
+        if trace:
+            tags["traceback"] = trace[-4000:]
+        self.tracker.end_trial(self.run_id, state="KILLED" if killed else "FAIL", tags=tags)
+        self.attrs["fail_reason"] = reason
+        self.say("failed")
+
+    def say(self, outcome: str) -> None:
         console.say(
             console.trial_line(
-                number,
-                plans.summary(plan),
-                "failed",
-                {"fail_reason": reason},
-                time.perf_counter() - start,
+                self.trial.number,
+                plans.summary(self.plan),
+                outcome,
+                self.attrs,
+                time.perf_counter() - self.start,
             )
         )
-        return "failed"
+
+
+def _compile(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """torch.compile with tnsearch's mode names ("default", "reduce-overhead", "max-autotune")."""
+    return torch.compile(model, mode=None if mode == "default" else mode)
 
 
 def _reason(exc: BaseException) -> str:
@@ -162,17 +286,6 @@ def _reason(exc: BaseException) -> str:
         return f"out of memory: {' '.join(str(exc).split())[:300]}"
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}"[:500]
-
-
-def _fail(
-    study, trial, tracker, run_id, reason: str, *, status: str = "FAILED", trace: str | None = None
-) -> None:
-    trial.set_user_attr("fail_reason", reason)
-    study.tell(trial, state=TrialState.FAIL)
-    tags = {"fail_reason": reason}
-    if trace:
-        tags["traceback"] = trace[-4000:]
-    tracker.end_trial(run_id, state="FAIL" if status == "FAILED" else "KILLED", tags=tags)
 
 
 def _retry(study: optuna.Study, trial: optuna.Trial, retries: int) -> None:
@@ -215,11 +328,12 @@ def _final_metrics(attrs: Mapping[str, Any]) -> dict[str, float]:
         "latency_ms",
         "latency_p10_ms",
         "latency_p90_ms",
+        "zero_shot_accuracy",
     )
     return {k: float(attrs[k]) for k in keys if attrs.get(k) is not None}
 
 
-def _optimizer(node: Mapping[str, Any]):
+def _instantiate(node: Mapping[str, Any]):
     from hydra.utils import instantiate
 
     return instantiate(dict(node))
@@ -235,6 +349,13 @@ def _run_params(
         seed=seed,
         batch_size=cfg["data"].get("batch_size"),
         data=cfg["data"]["_target_"].rsplit(".", 1)[-1],
+        compile=cfg["trainer"]["compile"],
+        latency_compile=cfg["latency"]["compile"],
+        latency_dtype=cfg["latency"]["dtype"],
+        warm_start=cfg["model"].get("checkpoint")
+        or (
+            f"pretrain {cfg['pretrain']['epochs']} epochs" if cfg["pretrain"]["epochs"] else "none"
+        ),
     )
     for key, value in optimizer.items():
         if not key.startswith("_"):
