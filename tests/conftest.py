@@ -42,3 +42,95 @@ def run_cli(args: list[str], *, cwd: Path, timeout: float = 600, env: dict | Non
 @pytest.fixture
 def cfg_factory():
     return compose_cfg
+
+
+# -- shared by the report, export and selection tests ------------------------------------------
+
+#: The plan of a constructed trial: an MLP on 8x8 digits (built, never trained).
+_MLP = {"_target_": "tnsearch.models.MLP", "hidden": [300, 100]}
+_INPUTS = {"in_channels": 1, "image_size": 8, "num_classes": 10}
+_LAYERS = ("fc1", "fc2")
+
+
+def constructed_trial(accuracy, params, latency_ms, layers=None, *, trained=True, lr=None):
+    """A finished trial as `python -m tnsearch` records it, with made-up measurements.
+
+    `layers` maps a layer name to (topology, order, rank); layers not listed stay dense.
+    """
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    layers = layers or {}
+    params_, dists = {}, {}
+    plan_layers = {}
+    for name in _LAYERS:
+        params_[f"{name}.tensorize"] = name in layers
+        dists[f"{name}.tensorize"] = CategoricalDistribution([False, True])
+        if name in layers:
+            topology, order, rank = layers[name]
+            choices = {"topology": ["cp", "mpo", "tree", "tucker"], "order": [1, 2]}
+            choices["rank"] = [2, 4, 8, 16]
+            for key, value in (("topology", topology), ("order", order), ("rank", rank)):
+                params_[f"{name}.{key}"] = value
+                dists[f"{name}.{key}"] = CategoricalDistribution(choices[key])
+            plan_layers[name] = {"topology": topology, "order": order, "rank": rank}
+    if lr is not None:
+        params_["lr"] = lr
+        dists["lr"] = CategoricalDistribution([0.01, 0.1])
+    plan = {"version": 1, "model": _MLP, "inputs": _INPUTS, "layers": plan_layers}
+    attrs = {
+        "plan": {**plan, "params": params},
+        "params": params,
+        "compression": 50610 / params,
+        "accuracy": accuracy if trained else 0.0,
+        "latency_ms": latency_ms,
+        "trained": trained,
+    }
+    if trained:
+        attrs["test_accuracy"] = accuracy - 0.01
+    return optuna.trial.create_trial(
+        values=[attrs["accuracy"], params, latency_ms],
+        params=params_,
+        distributions=dists,
+        user_attrs=attrs,
+    )
+
+
+def constructed_study(trials, name="constructed"):
+    """An in-memory study holding `trials` (see `constructed_trial`), objectives as tnsearch's."""
+    import warnings
+
+    import optuna
+
+    study = optuna.create_study(study_name=name, directions=["maximize", "minimize", "minimize"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["accuracy", "params", "latency"])
+    study.set_user_attr("dense_params", 50610)
+    study.add_trials(trials)
+    return study
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """One real 3-trial study (TINY, run in this process), shared by the report and export
+    tests: `root`, `overrides` (for the commands), `name`, and `load()` for the Optuna study."""
+    from types import SimpleNamespace
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from tnsearch.__main__ import run as run_search
+
+    root = tmp_path_factory.mktemp("tiny")
+    overrides = [f"root={root}", "trials=3", *TINY]
+    assert run_search(compose_cfg(overrides)) == 0
+    journal = str(root / "mlp" / "optuna.journal")
+
+    def load():
+        return optuna.load_study(
+            study_name="mlp", storage=JournalStorage(JournalFileBackend(journal))
+        )
+
+    return SimpleNamespace(root=root, overrides=overrides, name="mlp", load=load)

@@ -46,6 +46,9 @@ def test_quick_study_then_continue(tmp_path):
     first = min(complete, key=lambda t: t.number)
     assert first.number == 0 and first.user_attrs["plan"]["layers"] == {}
     assert all(t.user_attrs["test_accuracy"] is not None for t in complete)
+    for t in complete:  # latency: the spread, not only the median
+        attrs = t.user_attrs
+        assert 0 < attrs["latency_p10_ms"] <= attrs["latency_ms"] <= attrs["latency_p90_ms"]
     # Console: a line per trial and the front.
     assert done.stdout.count("trial ") >= 3 and "Pareto front" in done.stdout
 
@@ -79,6 +82,8 @@ def test_quick_study_then_continue(tmp_path):
     for run in nested:
         assert run.info.status == "FINISHED"
         assert set(run.data.metrics) >= {
+            "latency_p10_ms",
+            "latency_p90_ms",
             "accuracy",
             "params",
             "compression",

@@ -10,8 +10,10 @@ from typing import Any
 
 def say(text: str) -> None:
     """Print a line for the user (stdout, flushed, so progress shows under launchers too)."""
+    from tnsearch import progress
+
     tag = os.environ.get("TNSEARCH_WORKER_TAG", "")
-    print("\n".join(tag + line for line in text.split("\n")) if tag else text, flush=True)
+    progress.print_above("\n".join(tag + line for line in text.split("\n")) if tag else text)
 
 
 def trial_line(

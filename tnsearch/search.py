@@ -17,9 +17,10 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from tnsearch import console, liveness, pareto, pruning, tn, warmstart
+from tnsearch import console, liveness, pareto, pruning, tn, warmstart, workers
 from tnsearch import plan as plans
 from tnsearch.config import OBJECTIVES, ConfigError, check_basic
+from tnsearch.progress import Progress
 from tnsearch.pruning import ParetoPruner
 from tnsearch.space import Space
 
@@ -199,32 +200,53 @@ def work(setup: Setup, study: optuna.Study, tracker) -> int:
         f"{counted(study)}/{target} trials done"
     )
     ran = 0
-    infeasible_in_a_row = failed_in_a_row = 0
-    while True:
-        liveness.reap(study, tracker)
-        if counted(study) >= target:
-            break
-        trial = study.ask()
-        if _surplus(study, trial, target):
-            trial.set_user_attr("fail_reason", "surplus: the study reached its target meanwhile")
-            study.tell(trial, state=TrialState.FAIL)
-            break
-        outcome = run_trial(setup, study, trial, tracker)
-        ran += 1
-        untrained = outcome in ("infeasible", "duplicate")
-        infeasible_in_a_row = infeasible_in_a_row + 1 if untrained else 0
-        failed_in_a_row = failed_in_a_row + 1 if outcome == "failed" else 0
-        if infeasible_in_a_row >= max(100, 10 * target):
+    stuck = _Stuck(target)
+    # The live status line: only in a terminal, and only in the parent (it counts all workers).
+    status = Progress(
+        target,
+        enabled=False if workers.is_spawned() else None,
+        workers=workers.count(setup.cfg["workers"]) if setup.cfg["worker"] is None else 1,
+    )
+    with status:
+        status.update(study)
+        while True:
+            liveness.reap(study, tracker)
+            if counted(study) >= target:
+                break
+            trial = study.ask()
+            if _surplus(study, trial, target):
+                reason = "surplus: the study reached its target meanwhile"
+                trial.set_user_attr("fail_reason", reason)
+                study.tell(trial, state=TrialState.FAIL)
+                break
+            outcome = run_trial(setup, study, trial, tracker)
+            status.update(study)
+            ran += 1
+            stuck.check(outcome)
+    return ran
+
+
+class _Stuck:
+    """Gives up when no trial has trained for too long: every recent plan failed, or was
+    infeasible or a repeat. One bad plan fails alone; a broken setup fails them all."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.untrained = self.failed = 0
+
+    def check(self, outcome: str) -> None:
+        self.untrained = self.untrained + 1 if outcome in ("infeasible", "duplicate") else 0
+        self.failed = self.failed + 1 if outcome == "failed" else 0
+        if self.untrained >= max(100, 10 * self.target):
             raise StudyStopped(
-                f"{infeasible_in_a_row} infeasible or repeated plans in a row: "
+                f"{self.untrained} infeasible or repeated plans in a row: "
                 "loosen constraints.* or widen the space"
             )
-        if failed_in_a_row >= max(5, target):
+        if self.failed >= max(5, self.target):
             raise StudyStopped(
-                f"{failed_in_a_row} failed trials in a row (see their "
-                "fail_reason): something is wrong beyond one plan"
+                f"{self.failed} failed trials in a row (see their fail_reason): "
+                "something is wrong beyond one plan"
             )
-    return ran
 
 
 def pretrain(setup: Setup) -> dict[str, torch.Tensor]:

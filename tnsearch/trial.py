@@ -142,12 +142,17 @@ class _Trial:
         example = self.setup.datamodule.example_input(cfg["batch_size"])
         device = torch.device(cfg["device"] or trial_device(self.cfg))
         if cfg["compile"] != "none" or self.cfg["trainer"]["compile"] != "none":
+            # Every trial is a new model behind the same forward functions: start Dynamo
+            # afresh, or its per-function recompile limit turns compilation off after 8 trials.
+            torch._dynamo.reset()
             self.freeze_paths(model, device)
         measured = model if cfg["compile"] == "none" else _compile(model, cfg["compile"])
         stats = latency.measure(
             measured,
             example,
-            warmup=max(cfg["warmup"], 1 if cfg["compile"] != "none" else 0),
+            # A compiled model runs slowly for its first few calls after compiling (measured:
+            # 3-4 calls on CPU), whatever latency.warmup says.
+            warmup=max(cfg["warmup"], 10 if cfg["compile"] != "none" else 0),
             repeats=cfg["repeats"],
             device=device,
             dtype=cfg["dtype"],

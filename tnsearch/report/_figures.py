@@ -1,0 +1,179 @@
+"""The report's figures: the Pareto front in 2-D projections and the hypervolume over trials.
+
+Each comes as a static PNG (matplotlib) and, for the interactive report, as a plotly figure with
+the trial and its plan on hover.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from optuna.trial import FrozenTrial
+
+from tnsearch import plan as plans
+from tnsearch.report._data import ReportData
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+    from matplotlib.figure import Figure
+
+#: (trial attribute, axis label, log scale) of the three measured quantities.
+AXES = {
+    "accuracy": ("accuracy", "validation accuracy", False),
+    "params": ("params", "parameters", True),
+    "latency": ("latency_ms", "latency (ms / batch)", True),
+}
+#: The 2-D projections of the three objectives: (x, y).
+PROJECTIONS = (("params", "accuracy"), ("latency", "accuracy"), ("params", "latency"))
+FRONT, OTHER, DENSE = "#1f6fc5", "#b8c0c8", "#d62728"
+
+
+def _groups(data: ReportData) -> list[tuple[str, list[FrozenTrial], dict]]:
+    """(label, trials, style) of the three kinds of points, drawn in this order."""
+    best = {t.number for t in data.front}
+    dense = [data.dense] if data.dense is not None else []
+    others = [t for t in data.done if t.number not in best and t is not data.dense]
+    front = [t for t in data.front if t is not data.dense]
+    return [
+        ("trial", others, {"color": OTHER, "size": 7, "symbol": "circle"}),
+        ("Pareto-optimal", front, {"color": FRONT, "size": 9, "symbol": "circle"}),
+        ("dense reference", dense, {"color": DENSE, "size": 16, "symbol": "star"}),
+    ]
+
+
+def _value(trial: FrozenTrial, axis: str) -> float:
+    return float(trial.user_attrs[AXES[axis][0]])
+
+
+def front_png(data: ReportData) -> bytes:
+    """The three projections side by side, as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
+    for ax, (x, y) in zip(axes, PROJECTIONS, strict=True):
+        for label, trials, style in _groups(data):
+            if not trials:
+                continue
+            ax.scatter(
+                [_value(t, x) for t in trials],
+                [_value(t, y) for t in trials],
+                c=style["color"],
+                s=style["size"] ** 2 * (1.6 if style["symbol"] == "star" else 0.6),
+                marker="*" if style["symbol"] == "star" else "o",
+                label=label,
+                zorder=3 if style["symbol"] == "star" else 2,
+            )
+        for t in data.front:
+            ax.annotate(
+                str(t.number),
+                (_value(t, x), _value(t, y)),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+                color="#444",
+            )
+        ax.set_xlabel(AXES[x][1])
+        ax.set_ylabel(AXES[y][1])
+        ax.set_xscale("log" if AXES[x][2] else "linear")
+        ax.set_yscale("log" if AXES[y][2] else "linear")
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"{data.name}: {len(data.done)} trials, {len(data.front)} Pareto-optimal")
+    return _png(fig)
+
+
+def front_plotly(data: ReportData) -> go.Figure:
+    """The three projections as one interactive plotly figure."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.07)
+    for col, (x, y) in enumerate(PROJECTIONS, start=1):
+        for label, trials, style in _groups(data):
+            fig.add_trace(
+                go.Scatter(
+                    x=[_value(t, x) for t in trials],
+                    y=[_value(t, y) for t in trials],
+                    mode="markers",
+                    name=label,
+                    legendgroup=label,
+                    showlegend=col == 1,
+                    marker={k: style[k] for k in ("color", "size", "symbol")},
+                    text=[_hover(t) for t in trials],
+                    hovertemplate="%{text}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+        fig.update_xaxes(title_text=AXES[x][1], type="log" if AXES[x][2] else None, row=1, col=col)
+        fig.update_yaxes(title_text=AXES[y][1], type="log" if AXES[y][2] else None, row=1, col=col)
+    fig.update_layout(
+        height=430,
+        margin={"l": 50, "r": 20, "t": 30, "b": 50},
+        legend={"orientation": "h", "y": 1.1},
+        template="plotly_white",
+    )
+    return fig
+
+
+def _hover(t: FrozenTrial) -> str:
+    a = t.user_attrs
+    return (
+        f"trial {t.number}<br>{plans.summary(a['plan'])}<br>acc {a['accuracy']:.4f}"
+        f"<br>params {a['params']:,} ({a.get('compression', 1.0):.1f}x)"
+        f"<br>latency {a['latency_ms']:.3f} ms"
+    )
+
+
+def hypervolume_png(history: Sequence[tuple[int, float]]) -> bytes:
+    """The hypervolume after each finished trial, as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2), constrained_layout=True)
+    ax.step([n for n, _ in history], [v for _, v in history], where="post", color=FRONT)
+    ax.plot([n for n, _ in history], [v for _, v in history], "o", color=FRONT, ms=3)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("hypervolume")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def hypervolume_plotly(history: Sequence[tuple[int, float]]) -> go.Figure:
+    """The hypervolume after each finished trial, as a plotly figure."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(
+        go.Scatter(
+            x=[n for n, _ in history],
+            y=[v for _, v in history],
+            mode="lines+markers",
+            line={"shape": "hv", "color": FRONT},
+            hovertemplate="trial %{x}<br>hypervolume %{y:.4f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        height=300,
+        width=720,
+        margin={"l": 50, "r": 20, "t": 20, "b": 45},
+        xaxis_title="trial",
+        yaxis_title="hypervolume",
+        template="plotly_white",
+    )
+    return fig
+
+
+def _png(fig: Figure) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()

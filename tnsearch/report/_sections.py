@@ -1,0 +1,269 @@
+"""The sections of the report: each is one function from the study snapshot to an HTML fragment.
+
+A section is a `Section(title, render)`; `SECTIONS` lists them in page order. To add one, write a
+function ``render(data: ReportData) -> str`` and append ``Section("Title", render)`` to it.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections import Counter
+from collections.abc import Callable
+from typing import NamedTuple
+
+from optuna.trial import FrozenTrial
+
+from tnsearch import __version__, pareto, tn
+from tnsearch.report import _figures, _importance
+from tnsearch.report._data import ReportData
+from tnsearch.report._html import (
+    PALETTE,
+    bar,
+    esc,
+    facts,
+    note,
+    plotly_figure,
+    png,
+    table,
+    tag,
+)
+
+
+class Section(NamedTuple):
+    """One section of the report: its heading and the function that renders its body."""
+
+    title: str
+    render: Callable[[ReportData], str]
+
+
+def _interactive(data: ReportData) -> bool:
+    return bool(data.options.get("interactive", True))
+
+
+def _num(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def overview(data: ReportData) -> str:
+    """The study at a glance: objectives, trials by state, the dense reference, the best."""
+    states = data.states()
+    directions = ", ".join(
+        f"{name} ({d.name.lower()})"
+        for name, d in zip(data.objectives, data.study.directions, strict=True)
+    )
+    pairs = [
+        ("study", esc(data.name)),
+        ("objectives", esc(directions)),
+        ("trials", esc(", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) or "none")),
+        ("Pareto-optimal", esc(len(data.front))),
+    ]
+    if data.dense is not None:
+        a = data.dense.user_attrs
+        pairs.append(
+            (
+                "dense reference",
+                esc(
+                    f"trial {data.dense.number}: accuracy {a['accuracy']:.4f}, "
+                    f"{a['params']:,} parameters, {a['latency_ms']:.3f} ms / batch"
+                ),
+            )
+        )
+    if data.done:
+        best = max(data.done, key=lambda t: t.user_attrs["accuracy"])
+        pairs.append(
+            ("best accuracy", esc(f"{best.user_attrs['accuracy']:.4f} (trial {best.number})"))
+        )
+        pairs.append(("hypervolume", esc(f"{pareto.hypervolume(data.study):.4f}")))
+    parent = data.study.user_attrs.get("mlflow_parent_run_id")
+    if parent:
+        pairs.append(("MLflow parent run", esc(parent)))
+    stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    pairs.append(("report", esc(f"{stamp}, tnsearch {__version__}")))
+    return facts(pairs)
+
+
+def front(data: ReportData) -> str:
+    """The front in the three 2-D projections of accuracy, parameters and latency."""
+    if not data.done:
+        return note("No finished trial yet.")
+    parts = []
+    if _interactive(data):
+        parts.append(plotly_figure(_figures.front_plotly(data)))
+    parts.append(png(_figures.front_png(data), f"Pareto front of {data.name}"))
+    parts.append(
+        note(
+            "Blue: Pareto-optimal trials on all objectives "
+            f"({esc(', '.join(data.objectives))}), numbered; grey: the other finished trials; "
+            "red star: the dense reference. Each panel is a projection, so a trial can be "
+            "optimal without being on the edge of every panel."
+        )
+    )
+    return "\n".join(parts)
+
+
+def hypervolume(data: ReportData) -> str:
+    """The hypervolume of the front after each finished trial."""
+    history = pareto.hypervolume_history(data.study)
+    if not history:
+        return note("No hypervolume yet: it needs the dense reference trial to have finished.")
+    reference = ", ".join(f"{k} {v}" for k, v in pareto.REFERENCE.items() if k in data.objectives)
+    figure = (
+        plotly_figure(_figures.hypervolume_plotly(history))
+        if _interactive(data)
+        else png(_figures.hypervolume_png(history), "hypervolume over trials")
+    )
+    return figure + note(
+        f"Hypervolume {history[-1][1]:.4f} after trial {history[-1][0]}, in normalized "
+        "objective space: 1 - accuracy, parameters and latency divided by the dense model's; "
+        f"reference point ({esc(reference)})."
+    )
+
+
+def front_table(data: ReportData) -> str:
+    """One row per Pareto-optimal trial."""
+    if not data.front:
+        return note("No Pareto-optimal trial yet.")
+    rows = []
+    for t in data.front:
+        r = pareto.row(t)
+        a = t.user_attrs
+        spread = ""
+        if a.get("latency_p10_ms") is not None and a.get("latency_p90_ms") is not None:
+            spread = f" ({a['latency_p10_ms']:.3f}-{a['latency_p90_ms']:.3f})"
+        rows.append(
+            [
+                esc(r["number"]),
+                _num(r["accuracy"], ".4f"),
+                _num(r["test_accuracy"], ".4f"),
+                _num(r["params"], ",d"),
+                _num(r["compression"], ".1f") + "x",
+                _num(r["latency_ms"], ".3f") + spread,
+                esc(r["plan"]),
+            ]
+        )
+    header = ["trial", "val acc", "test acc", "params", "compression", "latency ms (p10-p90)"]
+    return table([*header, "plan"], rows, numeric=range(1, 6))
+
+
+def importances(data: ReportData) -> str:
+    """Parameter importances per objective, for each configured evaluator."""
+    options = data.options.get("importance", {})
+    min_trials = int(options.get("min_trials", 8))
+    top = int(options.get("top", 15))
+    parts = [
+        note(
+            "How much each choice explains each objective, over the finished trials. A layer "
+            "kept dense asks no topology, order or rank (the space is define-by-run), so the "
+            "evaluators see features that every trial has: <code>&lt;layer&gt;.topology</code> "
+            "(a topology, or <i>dense</i>), <code>&lt;layer&gt;.order</code> and "
+            "<code>&lt;layer&gt;.rank</code> (0 when dense), and the other parameters all "
+            "trials share. Factorizations (<code>modesK</code>) are left out; importances of "
+            "one objective sum to 1; the tables sum them per layer (open <i>by feature</i> for the "
+            "features)."
+        )
+    ]
+    for name, evaluator in _importance.evaluators(options).items():
+        parts.append(f"<h3>{esc(name)} ({esc(type(evaluator).__name__)})</h3>")
+        found = _importance.evaluate(data, evaluator, min_trials)
+        if isinstance(found, str):
+            parts.append(note(esc(found)))
+            continue
+        parts.append(_ranking("layer", _importance.by_layer(found, data.groups()), top))
+        parts.append(
+            f"<details><summary>by feature</summary>{_ranking('feature', found, top)}</details>"
+        )
+    return "\n".join(parts)
+
+
+def _ranking(label: str, found: dict[str, dict[str, float]], top: int) -> str:
+    """Importances per objective (columns), most important first; bars relative to the column's
+    largest value."""
+    objectives = list(found)
+    names = sorted(
+        {f for values in found.values() for f in values},
+        key=lambda f: -max(found[o].get(f, 0.0) for o in objectives),
+    )
+    peak = {o: max(found[o].values(), default=0.0) or 1.0 for o in objectives}
+    rows = [
+        [
+            esc(f),
+            *(
+                bar(found[o].get(f, 0.0) / peak[o], f"{found[o].get(f, 0.0):.3f}")
+                for o in objectives
+            ),
+        ]
+        for f in names[:top]
+    ]
+    hidden = len(names) - top
+    more = note(f"{hidden} more, of lower importance, not shown.") if hidden > 0 else ""
+    return table([label, *objectives], rows) + more
+
+
+def _colour(topology: str) -> str:
+    known = sorted(tn.TOPOLOGIES)
+    return PALETTE[known.index(topology) % len(PALETTE)] if topology in known else "#eee"
+
+
+def _counts(counter: Counter) -> str:
+    return ", ".join(f"{k} &times;{n}" for k, n in counter.most_common()) or "-"
+
+
+def layers(data: ReportData) -> str:
+    """For each eligible layer, how often the best trials tensorize it, and how."""
+    groups = data.group_layers()
+    best = data.tensorized_front
+    if not groups:
+        return note("No trial has asked about any layer yet.")
+    if not best:
+        return note("No Pareto-optimal trial tensorizes a layer yet.")
+    rows, matrix = [], []
+    for group, members in groups.items():
+        specs = [_spec(t, group, members) for t in best]
+        used = [s for s in specs if s is not None]
+        label = esc(group) + (
+            f'<br><span class="note">{esc(", ".join(members))}</span>'
+            if members and members != [group]
+            else ""
+        )
+        rows.append(
+            [
+                label,
+                bar(len(used) / len(best), f"{len(used)} of {len(best)}"),
+                _counts(Counter(s["topology"] for s in used)),
+                _counts(Counter(f"r{s['rank']}" for s in used)),
+                _counts(Counter(f"o{s['order']}" for s in used)),
+            ]
+        )
+        matrix.append(
+            [esc(group)]
+            + [
+                tag(f"{s['topology']} r{s['rank']} o{s['order']}", _colour(s["topology"]))
+                if s
+                else '<span class="note">dense</span>'
+                for s in specs
+            ]
+        )
+    head = note(
+        f"Over the {len(best)} Pareto-optimal trials that tensorize at least one layer "
+        "(the dense reference left out). Ranks are the requested bond dimensions (rN), orders "
+        "the number of modes per dimension (oN)."
+    )
+    summary = table(["layer", "tensorized", "topologies", "ranks", "orders"], rows)
+    detail = table(["layer", *(f"trial {t.number}" for t in best)], matrix)
+    return head + summary + "<h3>Per Pareto-optimal trial</h3>" + detail
+
+
+def _spec(trial: FrozenTrial, group: str, members: list[str]) -> dict | None:
+    layers_ = trial.user_attrs.get("plan", {}).get("layers", {})
+    return next((layers_[m] for m in [group, *members] if m in layers_), None)
+
+
+#: The report's sections, in page order.
+SECTIONS: list[Section] = [
+    Section("Overview", overview),
+    Section("Pareto front", front),
+    Section("Hypervolume", hypervolume),
+    Section("Pareto-optimal trials", front_table),
+    Section("Parameter importances", importances),
+    Section("Layers", layers),
+]
