@@ -38,8 +38,11 @@ def plain_loop(cfg: dict, epochs: int) -> float:
 
     dm = instantiate(cfg["data"])
     dm.setup()
-    inputs = {"in_channels": dm.in_channels, "image_size": dm.image_size,
-              "num_classes": dm.num_classes}
+    inputs = {
+        "in_channels": dm.in_channels,
+        "image_size": dm.image_size,
+        "num_classes": dm.num_classes,
+    }
     torch.manual_seed(0)
     model = plans.build_dense(plans.make(cfg["model"], inputs, {}))
     opt = instantiate(cfg["trainer"]["optimizer"])(model.parameters())
@@ -75,9 +78,9 @@ def trial_seconds(overrides: list[str], epochs: int, root: Path) -> tuple[float,
     start = time.perf_counter()
     run_search(cfg)
     total = time.perf_counter() - start
+    import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
-    import optuna
 
     name = resolved["name"]
     study = optuna.load_study(
@@ -94,9 +97,20 @@ def startup_seconds(overrides: list[str], root: Path) -> float:
     """Seconds from process start until the first trial starts (imports, data, study, MLflow)."""
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "tnsearch", f"root={root}", "trials=1", "epochs=0",
-         "latency.warmup=0", "latency.repeats=1", *overrides],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "tnsearch",
+            f"root={root}",
+            "trials=1",
+            "epochs=0",
+            "latency.warmup=0",
+            "latency.repeats=1",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     total = time.perf_counter() - start
     trial_line = next(line for line in done.stdout.splitlines() if line.startswith("trial"))
@@ -130,12 +144,16 @@ def main() -> None:
                 startup_seconds(overrides, Path(tmp) / str(i)) for i in range(args.repeats)
             )
         rows.append((label, plain, trial, latency, startup))
-    print(f"| study | plain loop (s) | tnsearch trial (s) | of which latency measurement (s) "
-          f"| trial / plain | (trial - latency) / plain | worker start-up (s) |")
+    print(
+        "| study | plain loop (s) | tnsearch trial (s) | of which latency measurement (s) "
+        "| trial / plain | (trial - latency) / plain | worker start-up (s) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for label, plain, trial, latency, startup in rows:
-        print(f"| {label}, {args.epochs} epochs | {plain:.2f} | {trial:.2f} | {latency:.2f} "
-              f"| {trial / plain:.2f} | {(trial - latency) / plain:.2f} | {startup:.1f} |")
+        print(
+            f"| {label}, {args.epochs} epochs | {plain:.2f} | {trial:.2f} | {latency:.2f} "
+            f"| {trial / plain:.2f} | {(trial - latency) / plain:.2f} | {startup:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -46,6 +46,11 @@ def check_basic(cfg: Mapping[str, Any]) -> None:
     _positive_int(cfg, "epochs", minimum=0)
     _positive_int(cfg, "retries", minimum=0)
     _positive_int(cfg, "seed", minimum=0)
+    timeout = cfg.get("timeout")
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        raise ConfigError(
+            "timeout", f"must be a positive number of seconds or null, got {timeout!r}"
+        )
     workers = cfg["workers"]
     if workers != "auto" and (not isinstance(workers, int) or workers < 1):
         raise ConfigError("workers", f"must be a positive integer or 'auto', got {workers!r}")

@@ -191,6 +191,8 @@ def work(setup: Setup, study: optuna.Study, tracker) -> int:
     from tnsearch.trial import run_trial
 
     target = setup.cfg["trials"]
+    started = time.monotonic()
+    timeout = setup.cfg.get("timeout")
     if setup.cfg["pretrain"]["epochs"] and setup.pretrained is None:
         setup.pretrained = warmstart.pretrained(
             setup.study_dir, setup.cfg["pretrain"]["epochs"], lambda: pretrain(setup)
@@ -212,6 +214,9 @@ def work(setup: Setup, study: optuna.Study, tracker) -> int:
         while True:
             liveness.reap(study, tracker)
             if counted(study) >= target:
+                break
+            if timeout is not None and time.monotonic() - started > timeout:
+                console.say(f"timeout: {timeout} s passed, no new trial started")
                 break
             trial = study.ask()
             if _surplus(study, trial, target):

@@ -271,7 +271,11 @@ class TNLayer(nn.Module, abc.ABC):
             x2 = x.reshape(-1, g.in_features)  # (B, I)
             if m > g.in_features:
                 x2 = F.pad(x2, (0, m - g.in_features))
-            y = run_plan(self._plan("linear", x2.shape[0]), (x2, *self.factors()))  # (B, N)
+            plan = self._plan("linear", x2.shape[0])
+            if plan[3] and n == g.out_features and self.bias is not None:  # bias in the addmm
+                y = run_plan(plan, (x2, *self.factors()), self.bias)  # (B, N)
+                return y.reshape(*lead, g.out_features)
+            y = run_plan(plan, (x2, *self.factors()))  # (B, N)
             if n > g.out_features:
                 y = y[:, : g.out_features]
             return self._bias_add(y, -1).reshape(*lead, g.out_features)
