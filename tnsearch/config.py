@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "latency": "minimize"}
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+COMPILE_MODES = ("auto", "none", "default", "reduce-overhead", "max-autotune")
 DTYPES = ("float32", "bfloat16")
 
 
