@@ -104,6 +104,7 @@ def test_report_of_a_real_study(tiny_study, monkeypatch, capsys):
         "pareto-optimal-trials",
         "parameter-importances",
         "layers",
+        "bonds",
     ]
     assert len(checker.images) >= 1  # the static Pareto front
     assert "Plotly.newPlot" in text and "This section failed" not in text

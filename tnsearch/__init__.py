@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # for the annotations of `load`, without importing torch
     from torch import nn
 
 __version__ = "0.1.0"
-__all__ = ["hypervolume", "load"]
+__all__ = ["hypervolume", "load", "truncate"]
 
 
 def hypervolume(study) -> float:
@@ -40,3 +40,19 @@ def load(path: str | Path) -> nn.Module:
     from tnsearch.export import load as _load
 
     return _load(path)
+
+
+def truncate(model: nn.Module, *, energy: float = 0.99) -> nn.Module:
+    """A smaller copy of ``model``: every tensorized layer's bonds cut to their effective rank.
+
+    Each MPO / tree / Tucker bond is cut by SVD at the bond in canonical form to the fewest
+    singular values that keep ``energy`` of the weight's Frobenius energy; CP drops its weakest
+    components. ``energy=1.0`` is exact (the outputs do not change). See `tnsearch.bonds`.
+
+    Args:
+        model: any module with tensorized layers (or one tensorized layer); it is not modified.
+        energy: the fraction of each bond's energy to keep, in (0, 1].
+    """
+    from tnsearch.bonds import truncate as _truncate
+
+    return _truncate(model, energy=energy)

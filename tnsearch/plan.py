@@ -96,12 +96,17 @@ def summary(plan: Mapping[str, Any], *, eligible: int | None = None) -> str:
         return "dense"
     counts = Counter(spec["topology"] for spec in layers.values())
     parts = ", ".join(f"{topology} x{n}" for topology, n in counts.most_common())
-    ranks = sorted({spec["rank"] for spec in layers.values()})
+    # A rank is one bond dimension, or one per bond (e.g. after tnsearch.truncate).
+    ranks = sorted({r for spec in layers.values() for r in _as_list(spec["rank"])})
     orders = sorted({spec["order"] for spec in layers.values()})
     rank = f"r{ranks[0]}" if len(ranks) == 1 else f"r{ranks[0]}-{ranks[-1]}"
     order = f"o{orders[0]}" if len(orders) == 1 else f"o{orders[0]}-{orders[-1]}"
     dense = f", {eligible - len(layers)} dense" if eligible is not None else ""
     return f"{parts} ({order}, {rank}){dense}"
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 def flatten(plan: Mapping[str, Any]) -> dict[str, str]:

@@ -14,7 +14,7 @@ from typing import NamedTuple
 from optuna.trial import FrozenTrial
 
 from tnsearch import __version__, pareto, tn
-from tnsearch.report import _figures, _importance
+from tnsearch.report import _bonds, _figures, _importance
 from tnsearch.report._data import ReportData
 from tnsearch.report._html import (
     PALETTE,
@@ -266,4 +266,5 @@ SECTIONS: list[Section] = [
     Section("Pareto-optimal trials", front_table),
     Section("Parameter importances", importances),
     Section("Layers", layers),
+    Section("Bonds", _bonds.render),
 ]

@@ -1,0 +1,262 @@
+"""How each topology's bonds are analyzed and cut: a registry, topology name -> method.
+
+MPO, tree and Tucker networks are trees of factors: :class:`TreeBonds` reads one as a
+:class:`~tnsearch.bonds._network.TreeNetwork`, given where each entry of ``layer.rank`` sits (a
+bond index, or an open mode for a full-rank tree leaf / Tucker mode, which then gets an identity
+factor so that it is a bond too). CP's components share one index and are no tree:
+:class:`ComponentBonds` ranks them by norm. Adding a topology is one decorated layout function
+(or one method instance).
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import math
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from tnsearch.bonds._network import TreeNetwork
+from tnsearch.bonds._spectrum import RTOL, Bond, LayerBonds, effective_rank, normalize
+from tnsearch.tn import TNLayer
+from tnsearch.tn._tree import tree_nodes
+
+__all__ = ["METHODS", "BondMethod", "ComponentBonds", "TreeBonds", "method", "tree_layout"]
+
+#: A layout: the index name of each entry of ``layer.rank``, and the root factor's name.
+Layout = Callable[[TNLayer], tuple[list[str], str]]
+
+
+class BondMethod(abc.ABC):
+    """Analyzes and cuts the bonds of the layers of some topologies."""
+
+    kind: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def analyze(self, layer: TNLayer, *, name: str, energy: float) -> LayerBonds:
+        """The spectra of ``layer``'s bonds (effective ranks at ``energy``)."""
+
+    @abc.abstractmethod
+    def truncate(self, layer: TNLayer, *, energy: float) -> TNLayer:
+        """A new layer of the same class with every bond cut to its effective rank."""
+
+
+#: Topology name -> its method.
+METHODS: dict[str, BondMethod] = {}
+
+
+def method(layer: TNLayer) -> BondMethod | None:
+    """The method for ``layer``'s topology (None: not analyzable)."""
+    return METHODS.get(layer.topology)
+
+
+def _new_layer(layer: TNLayer, rank: list[int]) -> TNLayer:
+    """An empty layer like ``layer`` with bond dimensions ``rank`` (exactly those)."""
+    ref = layer.factors()[0]
+    new = type(layer)(
+        layer.geometry, layer.in_modes, layer.out_modes, rank, device=ref.device, dtype=ref.dtype
+    )
+    if new.rank != tuple(rank):
+        raise RuntimeError(f"rank: the layer clipped {tuple(rank)} to {new.rank}")
+    with torch.no_grad():
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias)
+            new.bias.requires_grad_(layer.bias.requires_grad)
+    grad = ref.requires_grad
+    for p in new.factors():
+        p.requires_grad_(grad)
+    new.path = layer.path
+    return new.train(layer.training)
+
+
+def _padded(layer: TNLayer) -> bool:
+    g = layer.geometry
+    return layer.in_features_padded > g.in_features or layer.out_features_padded > g.out_features
+
+
+def _params(tree: TreeNetwork, bond: str, k: int) -> int:
+    """Entries of the network's factors with ``bond`` of size ``k`` (a square identity-made
+    factor of a full-rank mode counts nothing: the layer keeps no factor there)."""
+    total = 0
+    for node, idx in tree.indices.items():
+        shape = [k if i == bond else n for i, n in zip(idx, tree.tensors[node].shape, strict=True)]
+        if not (node.startswith("+") and shape[0] == shape[1]):
+            total += math.prod(shape)
+    return total
+
+
+def _mode_order(layer: TNLayer) -> list[str]:
+    d = len(layer.in_modes)
+    return [i for k in range(d) for i in (f"m{k}", f"n{k}")] + ["k"]
+
+
+class TreeBonds(BondMethod):
+    """Canonical-form bond spectra of a tree of factors (MPO chain, tree, Tucker star)."""
+
+    kind = "singular values"
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    def network(self, layer: TNLayer) -> tuple[TreeNetwork, str]:
+        """``layer``'s factors as a float64 network whose bond ``#p`` is ``layer.rank[p]``."""
+        net = layer.network
+        tensors = [p.detach().to("cpu", torch.float64) for p in layer.factors()]
+        tree = TreeNetwork(
+            dict(zip(net.names, tensors, strict=True)),
+            dict(zip(net.names, net.factors, strict=True)),
+        )
+        index, root = self.layout(layer)
+        holders = tree.holders()
+        for p, i in enumerate(index):
+            if len(holders[i]) == 1:  # an open mode at full rank: an identity factor makes a bond
+                size = tree.size(i)
+                tree.rename(i, f"#{p}")
+                tree.tensors[f"+{i}"] = torch.eye(size, dtype=torch.float64)
+                tree.indices[f"+{i}"] = (i, f"#{p}")
+            else:
+                tree.rename(i, f"#{p}")
+        tree.check_tree()
+        return tree, root
+
+    def analyze(self, layer: TNLayer, *, name: str, energy: float) -> LayerBonds:
+        tree, root = self.network(layer)
+        index, _ = self.layout(layer)
+        order = _mode_order(layer)
+        bonds = []
+        for p, i in enumerate(index):
+            s = tree.spectrum(f"#{p}")
+            modes = {m for n in tree.side(f"#{p}", root) for m in tree.indices[n] if m in order}
+            bonds.append(
+                Bond.from_values(
+                    i, p, sorted(modes, key=order.index), layer.rank[p], s, energy=energy
+                )
+            )
+        tree.orthonormalize(root)
+        return LayerBonds(
+            name,
+            layer.topology,
+            self.kind,
+            tuple(layer.rank),
+            float(tree.tensors[root].norm()),
+            _padded(layer),
+            tuple(bonds),
+        )
+
+    def truncate(self, layer: TNLayer, *, energy: float) -> TNLayer:
+        found = self.analyze(layer, name="", energy=energy)
+        if not found.bonds:
+            return copy.deepcopy(layer)
+        tree, _ = self.network(layer)
+        floor = RTOL * found.norm
+        bonds = [f"#{b.position}" for b in found.bonds]
+
+        def chooser(bond: str, target: int | None = None) -> Callable[[Tensor], int]:
+            def choose(s: Tensor) -> int:
+                k = int((s > floor).sum())
+                k = k if target is None else min(k, target)
+                # a full-rank mode has no factor: cut it only where the new factor pays off
+                if k < s.numel() and _params(tree, bond, k) >= _params(tree, bond, s.numel()):
+                    return s.numel()
+                return k
+
+            return choose
+
+        for b, bond in zip(found.bonds, bonds, strict=True):
+            tree.cut(bond, chooser(bond, b.effective_rank))  # discards <= 1 - energy
+        for _ in range(len(bonds) + 1):  # exact: drop dimensions that later cuts made redundant
+            before = [tree.size(b) for b in bonds]
+            for bond in bonds:
+                tree.cut(bond, chooser(bond))
+            if [tree.size(b) for b in bonds] == before:
+                break
+        new = _new_layer(layer, [tree.size(b) for b in bonds])
+        self._fill(tree, new)
+        return new
+
+    def _fill(self, tree: TreeNetwork, new: TNLayer) -> None:
+        """Copy the network's tensors into ``new``'s factors (matched by their indices)."""
+        index, _ = self.layout(new)
+        net = new.network
+        open_idx = set(net.in_idx + net.out_idx + net.kernel_idx)
+        for p, i in enumerate(index):
+            if i in open_idx:  # full rank again: fold the identity-like factor into its neighbour
+                tree.absorb(f"+{i}")
+            else:
+                tree.rename(f"#{p}", i)
+        nodes = {frozenset(idx): node for node, idx in tree.indices.items()}
+        with torch.no_grad():
+            for param, idx in zip(new.factors(), net.factors, strict=True):
+                node = nodes.pop(frozenset(idx))
+                t = tree.tensors[node].permute([tree.indices[node].index(i) for i in idx])
+                param.copy_(t.reshape(param.shape).to(param.dtype))
+        if nodes:
+            raise RuntimeError(f"network: factors {sorted(nodes.values())} have no place")
+
+
+class ComponentBonds(BondMethod):
+    """CP: the norms of the rank-one components (factors normalized, norms collected)."""
+
+    kind = "component norms"
+
+    @staticmethod
+    def weights(layer: TNLayer) -> Tensor:
+        """The norm of each component ``(R,)``: the product of its factor rows' norms."""
+        rows = [f.detach().to("cpu", torch.float64).norm(dim=1) for f in layer.factors()]
+        return math.prod(rows[1:], start=rows[0])
+
+    def analyze(self, layer: TNLayer, *, name: str, energy: float) -> LayerBonds:
+        w = self.weights(layer)
+        bond = Bond.from_values("r", 0, (), layer.rank[0], w, energy=energy)
+        norm, padded = float(w.norm()), _padded(layer)
+        return LayerBonds(name, layer.topology, self.kind, layer.rank, norm, padded, (bond,))
+
+    def truncate(self, layer: TNLayer, *, energy: float) -> TNLayer:
+        w = self.weights(layer)
+        k = effective_rank(normalize(w), energy)
+        keep = w.argsort(descending=True)[:k].sort().values  # in their order: 1.0 is a no-op
+        keep = keep.to(layer.factors()[0].device)
+        new = _new_layer(layer, [k])
+        with torch.no_grad():
+            for p, old in zip(new.factors(), layer.factors(), strict=True):
+                p.copy_(old[keep])
+        return new
+
+
+def tree_layout(topology: str) -> Callable[[Layout], Layout]:
+    """Register a layout function as the :class:`TreeBonds` method of ``topology``."""
+
+    def add(layout: Layout) -> Layout:
+        METHODS[topology] = TreeBonds(layout)
+        return layout
+
+    return add
+
+
+@tree_layout("mpo")
+def _mpo(layer: TNLayer) -> tuple[list[str], str]:
+    # bond k joins core k-1 and core k; the chain's last core is the root
+    return [f"r{p + 1}" for p in range(len(layer.rank))], layer.network.names[-1]
+
+
+@tree_layout("tree")
+def _tree(layer: TNLayer) -> tuple[list[str], str]:
+    # rank is per edge in post-order; an edge is e<t>, or the leaf's mode when it has no factor
+    nodes = tree_nodes(len(layer.in_modes), layer.geometry.conv)
+    sizes = dict(layer.network.sizes)
+    edges = [f"e{t}" if f"e{t}" in sizes else str(nodes[t].mode) for t in range(len(nodes) - 1)]
+    return edges, "root"
+
+
+@tree_layout("tucker")
+def _tucker(layer: TNLayer) -> tuple[list[str], str]:
+    # rank is per mode, outputs first; a mode without a factor is the core's own index
+    d, sizes = len(layer.in_modes), dict(layer.network.sizes)
+    modes = [f"n{k}" for k in range(d)] + [f"m{k}" for k in range(d)]
+    return [f"a_{m}" if f"a_{m}" in sizes else m for m in modes], "core"
+
+
+METHODS["cp"] = ComponentBonds()
