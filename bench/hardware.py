@@ -623,6 +623,7 @@ def config(argv: list[str] | None = None) -> Config:
     add("--device", help="cpu or cuda (default: cuda when available)")
     add("--budget", type=float, help="seconds for the run (default 450 CUDA, 110 quick)")
     add("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
+    add("--paths", choices=("all", "auto"), help="forced paths too, or auto only (quick: auto)")
     add("--profile", action="store_true", help="top ops of a training step, dense vs Tucker-2")
     args = parser.parse_args(argv)
     if args.threads:
@@ -637,6 +638,8 @@ def config(argv: list[str] | None = None) -> Config:
     for key in ("models", "topologies", "modes", "dtypes"):
         if getattr(args, key):
             setattr(cfg, key, tuple(getattr(args, key).split(",")))
+    if args.paths:
+        cfg.all_paths = args.paths == "all"
     for key in ("steps", "batch", "budget"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
