@@ -1,8 +1,10 @@
 """Trials per hour with one worker against two on the same study and machine.
 
 Runs the same study (same seed, same plans in the same order for the first worker) with
-`workers=1` and then `workers=2`, each from a fresh folder, and times the whole command,
-start-up included.
+`workers=1` and then `workers=2`, each from a fresh folder. Two rates: the whole command
+(start-up of every worker included, as a short study sees it) and the steady state (trials
+trained between the first trial's start and the last one's end, as a long study sees it: a
+worker's start-up is paid once, not per trial).
 
     python bench/workers.py [--study mlp] [--trials 16] [--epochs 2]
 """
@@ -14,9 +16,32 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
 
-def run(workers: int, args: argparse.Namespace) -> float:
+def steady(root: str) -> tuple[int, float]:
+    """Trained trials (duplicates of an earlier plan excluded) and the seconds they spanned."""
+    journal = next(Path(root).glob("*/optuna.journal"))
+    study = optuna.load_study(
+        study_name=None, storage=JournalStorage(JournalFileBackend(str(journal)))
+    )
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if "duplicate_of" not in t.user_attrs
+    ]
+    first = min(t.datetime_start for t in done)
+    last = max(t.datetime_complete for t in done)
+    return len(done), (last - first).total_seconds()
+
+
+def run(workers: int, args: argparse.Namespace) -> tuple[float, int, float]:
+    """Seconds of the whole command, trained trials, and the seconds they spanned."""
     with tempfile.TemporaryDirectory() as root:
         start = time.perf_counter()
         subprocess.run(
@@ -36,7 +61,7 @@ def run(workers: int, args: argparse.Namespace) -> float:
             capture_output=True,
             text=True,
         )
-        return time.perf_counter() - start
+        return (time.perf_counter() - start, *steady(root))
 
 
 def main() -> None:
@@ -46,17 +71,22 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("overrides", nargs="*", help="more key=value overrides")
     args = parser.parse_args()
-    one = run(1, args)
-    two = run(2, args)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    (one, n1, s1), (two, n2, s2) = run(1, args), run(2, args)
+    study = f"{args.study} {' '.join(args.overrides)}".strip()
     print(
-        "| study | trials | workers=1 (s) | workers=2 (s) | trials/h, 1 | trials/h, 2 | speed-up |"
+        "| study | trials | rate | workers=1 | workers=2 | trials/h, 1 | trials/h, 2 | speed-up |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
+    whole1, whole2 = 3600 * args.trials / one, 3600 * args.trials / two
     print(
-        f"| {args.study} {' '.join(args.overrides)}, {args.epochs} epochs | {args.trials} "
-        f"| {one:.0f} | {two:.0f} | {3600 * args.trials / one:.0f} "
-        f"| {3600 * args.trials / two:.0f} "
-        f"| {one / two:.2f}x |"
+        f"| {study}, {args.epochs} epochs | {args.trials} | whole command | {one:.0f} s "
+        f"| {two:.0f} s | {whole1:.0f} | {whole2:.0f} | {whole2 / whole1:.2f}x |"
+    )
+    rate1, rate2 = 3600 * n1 / s1, 3600 * n2 / s2
+    print(
+        f"| | | steady state | {n1} in {s1:.0f} s | {n2} in {s2:.0f} s "
+        f"| {rate1:.0f} | {rate2:.0f} | {rate2 / rate1:.2f}x |"
     )
 
 

@@ -129,3 +129,32 @@ def test_two_workers_share_one_pretraining(tmp_path):
     saved = torch.load(tmp_path / "mlp" / "pretrained.pt", weights_only=True)
     assert saved["epochs"] == 1
     assert not list((tmp_path / "mlp").glob("pretrained.tmp*"))
+
+
+def test_zero_shot_accuracy_is_handed_on_before_training_so_a_pruned_trial_keeps_it():
+    import functools
+
+    from tnsearch import training
+    from tnsearch.data import DigitsDataModule
+
+    torch.manual_seed(0)
+    module = training.Classifier(
+        models.MLP(in_channels=1, image_size=8, num_classes=10, hidden=[16]),
+        optimizer=functools.partial(torch.optim.SGD, lr=0.05),
+    )
+    seen = []
+
+    def prune(metrics):  # the pruner stops the trial after its first epoch
+        raise optuna.TrialPruned("dominated")
+
+    with pytest.raises(optuna.TrialPruned):
+        training.fit(
+            module,
+            DigitsDataModule(batch_size=64),
+            epochs=2,
+            trainer_cfg={"accelerator": "cpu"},
+            on_epoch=prune,
+            zero_shot=True,
+            on_zero_shot=seen.append,
+        )
+    assert len(seen) == 1 and 0.0 <= seen[0] <= 1.0

@@ -183,11 +183,13 @@ def fit(
     trainer_cfg: dict[str, Any],
     on_epoch: EpochSink | None = None,
     zero_shot: bool = False,
+    on_zero_shot: Callable[[float], None] | None = None,
 ) -> TrainResult:
     """Train `module` for `epochs` (validating after each), then measure val and test accuracy.
 
     With epochs == 0 the model is only evaluated (e.g. a trained model). With `zero_shot`, the
-    validation accuracy before any training is measured too (a decomposed trained model).
+    validation accuracy before any training is measured too (a decomposed trained model), and
+    handed to `on_zero_shot` at once (a trial pruned later still keeps it).
     """
     quiet_lightning()
     history: list[dict[str, float]] = []
@@ -208,6 +210,8 @@ def fit(
     if zero_shot and epochs > 0:
         trainer.validate(module, datamodule=datamodule, verbose=False)
         zero_shot_acc = module.val_acc
+        if on_zero_shot is not None:
+            on_zero_shot(zero_shot_acc)
     if epochs > 0:
         trainer.fit(module, datamodule=datamodule)
         val_acc = history[-1]["val_acc"] if history else float("nan")

@@ -242,6 +242,7 @@ class _Trial:
             trainer_cfg=cfg["trainer"],
             on_epoch=on_epoch,
             zero_shot=warm and bool(self.plan["layers"]),
+            on_zero_shot=lambda acc: self.attrs.update(zero_shot_accuracy=acc),
         )
         self.attrs.update(
             trained=True,

@@ -15,10 +15,8 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-import tensorly as tl
 import torch
 import torch.nn.functional as F
-from tensorly.decomposition import parafac
 
 from tnsearch.tn._base import TNLayer
 from tnsearch.tn._factorized import ConvSequence, run_sequence, sequence_macs
@@ -43,6 +41,9 @@ def cp_decompose(
         One ``(rank, size)`` factor per mode; the weights are spread evenly over the factors.
     """
     t = tensor.detach().cpu().double().numpy()
+    import tensorly as tl  # imported here: it adds about a second to every start-up
+    from tensorly.decomposition import parafac
+
     with tl.backend_context("numpy", local_threadsafe=True), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "n_eigenvecs larger than ..." (rank > size)
         weights, factors = parafac(

@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import tensorly as tl
 import torch
-from tensorly.decomposition import tensor_train_matrix
 
 from tnsearch.tn._base import TNLayer
 from tnsearch.tn._network import Network, build_network
@@ -53,6 +51,9 @@ def mpo_decompose(
     t = t.transpose([*range(d, 2 * d), *([2 * d] if conv else []), *range(d)])
     if conv:
         t = t.reshape(*t.shape, 1)
+    import tensorly as tl  # imported here: it adds about a second to every start-up
+    from tensorly.decomposition import tensor_train_matrix
+
     with tl.backend_context("numpy", local_threadsafe=True):
         cores = tensor_train_matrix(tl.tensor(t), [1, *rank, 1]).factors
     bonds, out = [1, *rank, 1], []

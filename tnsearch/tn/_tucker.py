@@ -14,10 +14,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import tensorly as tl
 import torch
 import torch.nn.functional as F
-from tensorly.decomposition import partial_tucker
 
 from tnsearch.tn._base import TNLayer
 from tnsearch.tn._factorized import ConvSequence, run_sequence, sequence_macs
@@ -57,6 +55,9 @@ def tucker_decompose(
     modes = [j for j, r in enumerate(rank) if r < t.shape[j]]
     if not modes:
         return torch.from_numpy(t.copy()), [None] * len(rank)
+    import tensorly as tl  # imported here: it adds about a second to every start-up
+    from tensorly.decomposition import partial_tucker
+
     with tl.backend_context("numpy", local_threadsafe=True):
         (core, factors), _ = partial_tucker(
             tl.tensor(t), [rank[j] for j in modes], modes=modes, init="svd", n_iter_max=n_iter_max
