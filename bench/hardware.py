@@ -236,6 +236,17 @@ def rank_fraction(spec: ModelSpec, topology: str, level: float) -> float:
     return FRACTIONS[lo]
 
 
+def tensorized(spec: ModelSpec, topology: str, fraction: float) -> nn.Module:
+    """The model of ``spec`` with its target layers tensorized at rank ``fraction`` x outputs."""
+    model, order = spec.build(), spec.orders.get(topology, 2)
+    for name, m in _targets(model, spec.layers).items():
+        rank = _rank(fraction, m)
+        model.set_submodule(
+            name, tn.tensorize(m, topology=topology, rank=rank, order=order, init="random")
+        )
+    return model
+
+
 def variants(cfg: Config) -> list[Variant]:
     """The grid, without modules: dense, then topology x level x (auto, forced paths)."""
     target = TARGET if TARGET in cfg.topologies else cfg.topologies[0]
@@ -267,14 +278,7 @@ def build(cfg: Config, vs: list[Variant], device: torch.device, x: torch.Tensor)
         elif v.path == "auto":
             v.fraction = rank_fraction(spec, v.topology, v.level)
             torch.manual_seed(0)
-            model = spec.build()
-            order = spec.orders.get(v.topology, 2)
-            for name, m in _targets(model, spec.layers).items():
-                layer = tn.tensorize(
-                    m, topology=v.topology, rank=_rank(v.fraction, m), order=order, init="random"
-                )
-                model.set_submodule(name, layer)
-            v.module = model.to(device)
+            v.module = tensorized(spec, v.topology, v.fraction).to(device)
             for dtype in cfg.dtypes:
                 with _autocast(device, dtype):
                     tn.freeze_paths(v.module, x)

@@ -20,18 +20,10 @@ from tnsearch import tn  # noqa: E402
 def test_rank_level_is_the_largest_fraction_that_is_small_enough(topology):
     spec = hardware.MODELS["lenet300"]
     f = hardware.rank_fraction(spec, topology, 3.0)
-    dense = spec.build()
-    layers = hardware._targets(dense, spec.layers)
-    rest = tn.n_params(dense) - sum(tn.n_params(m) for m in layers.values())
+    dense = tn.n_params(spec.build())
 
-    def compression(fraction):
-        params = rest + sum(
-            hardware._tn_params(
-                tuple(m.weight.shape), m.bias is not None, topology, 2, hardware._rank(fraction, m)
-            )
-            for m in layers.values()
-        )
-        return tn.n_params(dense) / params
+    def compression(fraction):  # counted on the built model, not on the per-layer estimate
+        return dense / tn.n_params(hardware.tensorized(spec, topology, fraction))
 
     assert compression(f) >= 3.0
     assert compression(f + 1 / 256) < 3.0
@@ -56,7 +48,7 @@ def test_eager_grid_rows_ratios_and_table():
     for t in cfg.topologies:  # each path forced on every layer, beside the measured choice
         expected |= {f"{t} >=3x {p}" for p in tn.TOPOLOGIES[t].available_paths(conv=False)}
     assert set(rows) == expected
-    dense = rows["dense"]
+    dense, spec = rows["dense"], hardware.MODELS["lenet300"]
     assert dense.train_ratio == pytest.approx(1.0) and dense.infer_ratio == pytest.approx(1.0)
     for name, row in rows.items():
         assert row.train_ms > 0 and row.infer_ms > 0
@@ -64,24 +56,14 @@ def test_eager_grid_rows_ratios_and_table():
         if name == "dense":
             continue
         v = row.variant
-        assert v.compression >= 3.0 and v.params == tn.n_params(_rebuilt(v))
+        # run() drops a model's modules once its rows are taken: count the same model again
+        built = hardware.tensorized(spec, v.topology, v.fraction)
+        assert v.compression >= 3.0 and v.params == tn.n_params(built)
         if v.path == "auto":  # the auto row names the paths its layers picked
             assert row.picks and " / " in row.picks
     table = hardware.format_table(report.rows)
     assert table.count("\n| LeNet-300-100 |") == len(rows)
     assert any("not evaluated (no ResNet" in line for line in hardware.targets(report.rows, "cpu"))
-
-
-def _rebuilt(variant):
-    # run() drops a model's modules once its rows are taken; count the same model again
-    spec = hardware.MODELS[variant.model]
-    model = spec.build()
-    for name, m in hardware._targets(model, spec.layers).items():
-        layer = tn.tensorize(
-            m, topology=variant.topology, rank=hardware._rank(variant.fraction, m), order=2
-        )
-        model.set_submodule(name, layer)
-    return model
 
 
 def test_quick_flag_is_ci_sized():

@@ -154,7 +154,6 @@ def test_zero_shot_accuracy_is_handed_on_before_training_so_a_pruned_trial_keeps
             epochs=2,
             trainer_cfg={"accelerator": "cpu"},
             on_epoch=prune,
-            zero_shot=True,
             on_zero_shot=seen.append,
         )
     assert len(seen) == 1 and 0.0 <= seen[0] <= 1.0

@@ -148,7 +148,6 @@ class TrainResult:
     val_acc: float
     test_acc: float
     history: list[dict[str, float]] = field(default_factory=list)
-    zero_shot_acc: float | None = None  # before any training (warm-started trials)
 
 
 def make_trainer(
@@ -182,14 +181,13 @@ def fit(
     epochs: int,
     trainer_cfg: dict[str, Any],
     on_epoch: EpochSink | None = None,
-    zero_shot: bool = False,
     on_zero_shot: Callable[[float], None] | None = None,
 ) -> TrainResult:
     """Train `module` for `epochs` (validating after each), then measure val and test accuracy.
 
-    With epochs == 0 the model is only evaluated (e.g. a trained model). With `zero_shot`, the
-    validation accuracy before any training is measured too (a decomposed trained model), and
-    handed to `on_zero_shot` at once (a trial pruned later still keeps it).
+    With epochs == 0 the model is only evaluated (e.g. a trained model). With `on_zero_shot`, the
+    validation accuracy before any training (a decomposed trained model) is measured too and
+    handed to it at once, so a trial pruned later still keeps it.
     """
     quiet_lightning()
     history: list[dict[str, float]] = []
@@ -206,21 +204,16 @@ def fit(
         gradient_clip_val=trainer_cfg.get("gradient_clip_val"),
         callbacks=[EpochEnd(sink)],
     )
-    zero_shot_acc = None
-    if zero_shot and epochs > 0:
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-        zero_shot_acc = module.val_acc
-        if on_zero_shot is not None:
-            on_zero_shot(zero_shot_acc)
     if epochs > 0:
+        if on_zero_shot is not None:
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+            on_zero_shot(module.val_acc)
         trainer.fit(module, datamodule=datamodule)
         val_acc = history[-1]["val_acc"] if history else float("nan")
     else:
         trainer.validate(module, datamodule=datamodule, verbose=False)
         val_acc = module.val_acc
+        if on_zero_shot is not None:  # untrained: the evaluation is the zero-shot accuracy
+            on_zero_shot(val_acc)
     trainer.test(module, datamodule=datamodule, verbose=False)
-    if zero_shot and epochs == 0:
-        zero_shot_acc = val_acc
-    return TrainResult(
-        val_acc=val_acc, test_acc=module.test_acc, history=history, zero_shot_acc=zero_shot_acc
-    )
+    return TrainResult(val_acc=val_acc, test_acc=module.test_acc, history=history)

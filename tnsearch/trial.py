@@ -241,8 +241,11 @@ class _Trial:
             epochs=epochs,
             trainer_cfg=cfg["trainer"],
             on_epoch=on_epoch,
-            zero_shot=warm and bool(self.plan["layers"]),
-            on_zero_shot=lambda acc: self.attrs.update(zero_shot_accuracy=acc),
+            on_zero_shot=(
+                (lambda acc: self.attrs.update(zero_shot_accuracy=acc))
+                if warm and self.plan["layers"]
+                else None
+            ),
         )
         self.attrs.update(
             trained=True,
@@ -251,8 +254,6 @@ class _Trial:
             history=result.history,
             seconds=time.perf_counter() - self.start,
         )
-        if result.zero_shot_acc is not None:
-            self.attrs["zero_shot_accuracy"] = result.zero_shot_acc
         torch.save(model.state_dict(), self.folder / "weights.pt")
         _record(self.trial, self.attrs)
         self.study.tell(self.trial, _values(cfg, self.attrs))
