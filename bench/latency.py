@@ -2,7 +2,7 @@
 
 For each model (a dense ResNet-20, the same with Tucker-2 convolutions, and LeNet-300-100 dense
 and tensorized), run `--runs` fresh processes that each build the model and measure it exactly as a
-trial does (`tnsearch.latency.measure`: eval mode, batch 64, warm-up 10, median of 50, torch
+trial does (`tnsearch.measure.latency.measure`: eval mode, batch 64, warm-up 10, median of 50, torch
 threads = the cores this process owns). Report the median of each run, the coefficient of
 variation across runs, and whether the ranking of every pair that differs by more than 15% ever
 flips between runs.
@@ -35,7 +35,8 @@ MODELS = {
 
 CHILD = r"""
 import fnmatch, json, os, sys, torch
-from tnsearch import latency, tn
+from tnsearch import tn
+from tnsearch.measure import latency
 from tnsearch import plan as plans
 model_cfg, spec = json.loads(sys.argv[1])
 torch.set_num_threads(len(os.sched_getaffinity(0)))

@@ -71,7 +71,7 @@ def plain_loop(cfg: dict, epochs: int) -> float:
 
 def trial_seconds(overrides: list[str], epochs: int, root: Path) -> tuple[float, float]:
     """Seconds of one dense tnsearch trial (in-process, warm), and of its latency measurement."""
-    from tnsearch.search import resolve
+    from tnsearch.cli import resolve
 
     cfg = compose_cfg([f"root={root}", "trials=1", f"epochs={epochs}", *overrides])
     resolved = resolve(cfg)
@@ -87,10 +87,12 @@ def trial_seconds(overrides: list[str], epochs: int, root: Path) -> tuple[float,
         study_name=name,
         storage=JournalStorage(JournalFileBackend(str(root / name / "optuna.journal"))),
     )
-    trial = study.trials[0]
+    from tnsearch.study.record import Record
+
+    trial = Record.from_trial(study.trials[0])
     lat = resolved["latency"]
-    latency_s = trial.user_attrs["latency_ms"] * (lat["warmup"] + lat["repeats"]) / 1e3
-    return trial.user_attrs["seconds"], latency_s, total
+    latency_s = trial.latency_ms * (lat["warmup"] + lat["repeats"]) / 1e3
+    return trial.seconds, latency_s, total
 
 
 def startup_seconds(overrides: list[str], root: Path) -> float:
@@ -126,7 +128,7 @@ def main() -> None:
     torch.set_num_threads(2)
     rows = []
     for label, overrides in STUDIES.items():
-        from tnsearch.search import resolve
+        from tnsearch.cli import resolve
 
         cfg = resolve(compose_cfg([*overrides, f"epochs={args.epochs}"]))
         plain_loop(cfg, 1)  # warm caches (data, allocator)

@@ -6,7 +6,7 @@ Arms, each with the same budget (`timeout`, pretraining included) and seeds:
   (c) (b) + warm start (pretrain.epochs) (d) (c) + Pareto-aware pruning
 
 For each run: the hypervolume of the front over time (normalized space, see
-tnsearch.pareto.REFERENCE), the time (d) needs to reach (a)'s final hypervolume, and the
+tnsearch.results.pareto.REFERENCE), the time (d) needs to reach (a)'s final hypervolume, and the
 largest compression among trials within 1 point of the dense model's accuracy.
 
     python bench/search.py [--studies mlp lenet] [--seeds 0 1 2] [--budget 150]
@@ -27,7 +27,8 @@ import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from tnsearch.pareto import hypervolume_history
+from tnsearch.results.pareto import hypervolume_history
+from tnsearch.study import record
 
 ARMS = {
     "a random": ["sampler=random", "pruning.enabled=false"],
@@ -70,16 +71,16 @@ def run_arm(study: str, arm: str, seed: int, args, root: Path) -> dict:
         ((finish[n].timestamp() if isinstance(finish[n], datetime) else launched) - launched, hv)
         for n, hv in hypervolume_history(loaded)
     ]
-    trained = [t for t in loaded.trials if t.user_attrs.get("trained") and t.values]
-    dense = next(t for t in trained if not t.user_attrs["plan"]["layers"])
-    near = [t for t in trained if t.user_attrs["accuracy"] >= dense.user_attrs["accuracy"] - 0.01]
+    trained = [r for r in record.records(loaded) if r.trained and r.values]
+    dense = record.dense(trained)
+    near = [t for t in trained if t.accuracy >= dense.accuracy - 0.01]
     return {
         "curve": curve,
         "final": curve[-1][1] if curve else 0.0,
         "trials": len(loaded.trials),
         "pruned": sum(t.state.name == "PRUNED" for t in loaded.trials),
-        "compression": max(t.user_attrs["compression"] for t in near),
-        "dense_acc": dense.user_attrs["accuracy"],
+        "compression": max(t.compression for t in near),
+        "dense_acc": dense.accuracy,
     }
 
 

@@ -23,6 +23,8 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from tnsearch.study import record
+
 
 def steady(root: str) -> tuple[int, float]:
     """Trained trials (duplicates of an earlier plan excluded) and the seconds they spanned."""
@@ -31,12 +33,12 @@ def steady(root: str) -> tuple[int, float]:
         study_name=None, storage=JournalStorage(JournalFileBackend(str(journal)))
     )
     done = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        if "duplicate_of" not in t.user_attrs
+        r
+        for r in record.records(study, (TrialState.COMPLETE, TrialState.PRUNED))
+        if r.duplicate_of is None
     ]
-    first = min(t.datetime_start for t in done)
-    last = max(t.datetime_complete for t in done)
+    first = min(r.started for r in done)
+    last = max(r.completed for r in done)
     return len(done), (last - first).total_seconds()
 
 

@@ -132,10 +132,45 @@ def test_tree_of_known_rank_has_exactly_that_many_singular_values():
 
 
 @pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_every_topology_declares_its_bond_layout(topology):
+    cls = tn.TOPOLOGIES[topology]
+    assert cls.bond_layout is not tn.TNLayer.bond_layout, f"{cls.__name__} declares no layout"
+    for case in CASES:
+        torch.manual_seed(0)
+        kwargs = case[3]
+        layer = tn.tensorize(case[1](), topology=topology, rank=3, init="random", **kwargs)
+        layout = layer.bond_layout()
+        assert isinstance(layout, tn.BondLayout) and bonds.method(layer) is not None
+        if isinstance(layout, tn.TreeLayout):
+            assert len(layout.bonds) == len(layer.rank) and layout.root in layer.network.names
+            index = list(layout.bonds)
+        else:
+            assert all(layout.component in idx for idx in layer.network.factors)
+            index = [layout.component]
+        found = bonds.analyze_layer(layer)  # analyzable
+        assert [b.index for b in found.bonds] == index and len(index) == len(layer.rank)
+
+
+def test_a_layer_without_a_layout_is_not_analyzed():
+    class Opaque(tn.MPOLayer):  # not registered: only its missing layout matters here
+        topology = "opaque"
+
+        def bond_layout(self):
+            return None
+
+    layer = Opaque.from_module(nn.Linear(6, 6), rank=2, in_modes=(2, 3), out_modes=(3, 2))
+    assert bonds.method(layer) is None and bonds.analyze(nn.Sequential(layer)) == {}
+    with pytest.raises(ValueError, match="^topology: no bond analysis for 'opaque'"):
+        bonds.analyze_layer(layer)
+    copied = bonds.truncate(layer)
+    assert type(copied) is Opaque and copied is not layer and copied.rank == layer.rank
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_spectra_are_those_of_the_weight_across_each_bond(case, topology):
-    assert topology in bonds.METHODS, f"no bond method for topology {topology!r}"
     layer = make(case, topology, rank=8, dtype=torch.float64)
+    assert bonds.method(layer) is not None, f"no bond method for topology {topology!r}"
     found = bonds.analyze_layer(layer, energy=0.95)
     assert found.topology == topology and found.rank == layer.rank
     assert found.padded == (case[0] == "linear_padded")
@@ -247,7 +282,7 @@ def test_energy_must_be_in_0_1(energy):
 def _trial(number, accuracy, layers, root):
     import optuna
 
-    from tests.conftest import _INPUTS
+    from tests.helpers import _INPUTS
 
     specs = {
         name: {"topology": t, "order": o, "rank": r, "in_modes": None, "out_modes": None}
@@ -266,7 +301,7 @@ def _trial(number, accuracy, layers, root):
 
 
 def test_report_section_shows_spectra_and_truncation(tmp_path):
-    from tests.conftest import constructed_study
+    from tests.helpers import constructed_study
     from tests.test_report import check_html
     from tnsearch.report import SECTIONS, build_report
 

@@ -12,7 +12,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from tests.conftest import QUICK, compose_cfg, run_cli
+from tests.helpers import QUICK, compose_cfg, run_cli
 from tnsearch.__main__ import run as run_search
 from tnsearch.config import ConfigError
 

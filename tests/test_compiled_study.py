@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import FAST, compose_cfg
+from tests.helpers import FAST, compose_cfg
 from tests.test_cli import load_study
 from tnsearch.__main__ import run as run_search
 

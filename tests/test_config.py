@@ -8,11 +8,12 @@ import optuna
 import pytest
 from hydra.utils import instantiate
 
-from tests.conftest import compose_cfg
-from tnsearch import search
+from tests.helpers import compose_cfg
+from tnsearch.cli import resolve
 from tnsearch.config import ConfigError, check_basic
+from tnsearch.study.setup import check_objectives
 
-CONF = Path(__file__).resolve().parents[1] / "tnsearch" / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def options(group: str) -> list[str]:
@@ -29,7 +30,7 @@ def test_every_group_has_the_spec_options():
 
 @pytest.mark.parametrize("study", options("study"))
 def test_study_presets_compose_and_pass_the_basic_checks(study):
-    cfg = search.resolve(compose_cfg([f"study={study}"]))
+    cfg = resolve(compose_cfg([f"study={study}"]))
     assert cfg["name"] == study
     check_basic(cfg)
     assert cfg["tracking"]["uri"] == "sqlite:///studies/mlflow.db"
@@ -37,14 +38,14 @@ def test_study_presets_compose_and_pass_the_basic_checks(study):
 
 
 def test_cli_group_choice_beats_the_preset():
-    cfg = search.resolve(compose_cfg(["study=resnet", "data=mnist5k"]))
+    cfg = resolve(compose_cfg(["study=resnet", "data=mnist5k"]))
     assert cfg["data"]["_target_"].endswith("MNIST5kDataModule")
     assert cfg["model"]["depth"] == 20
 
 
 @pytest.mark.parametrize("model", options("model"))
 def test_every_model_config_builds(model):
-    cfg = search.resolve(compose_cfg([f"model={model}"]))
+    cfg = resolve(compose_cfg([f"model={model}"]))
     node = {k: v for k, v in cfg["model"].items() if k != "checkpoint"}
     net = instantiate(node, in_channels=1, image_size=28, num_classes=10)
     assert sum(p.numel() for p in net.parameters()) > 0
@@ -52,7 +53,7 @@ def test_every_model_config_builds(model):
 
 @pytest.mark.parametrize("data", ["digits", "mnist5k"])
 def test_embedded_data_configs_build(data):
-    cfg = search.resolve(compose_cfg([f"data={data}"]))
+    cfg = resolve(compose_cfg([f"data={data}"]))
     dm = instantiate(cfg["data"])
     dm.check()
     assert dm.num_classes == 10
@@ -60,7 +61,7 @@ def test_embedded_data_configs_build(data):
 
 @pytest.mark.parametrize("data", ["mnist", "cifar10"])
 def test_file_data_configs_build_and_name_the_missing_root(data, tmp_path):
-    cfg = search.resolve(compose_cfg([f"data={data}", f"data.root={tmp_path}"]))
+    cfg = resolve(compose_cfg([f"data={data}", f"data.root={tmp_path}"]))
     dm = instantiate(cfg["data"])
     with pytest.raises(FileNotFoundError, match=r"^data\.root: "):
         dm.check()
@@ -68,13 +69,13 @@ def test_file_data_configs_build_and_name_the_missing_root(data, tmp_path):
 
 @pytest.mark.parametrize("sampler", options("sampler"))
 def test_every_sampler_config_builds(sampler):
-    cfg = search.resolve(compose_cfg([f"sampler={sampler}"]))
+    cfg = resolve(compose_cfg([f"sampler={sampler}"]))
     assert isinstance(instantiate(cfg["sampler"]), optuna.samplers.BaseSampler)
 
 
 @pytest.mark.parametrize("storage", ["journal", "sqlite"])
 def test_local_storage_configs_build(storage, tmp_path):
-    cfg = search.resolve(compose_cfg([f"storage={storage}", f"root={tmp_path}"]))
+    cfg = resolve(compose_cfg([f"storage={storage}", f"root={tmp_path}"]))
     store = instantiate(cfg["storage"])
     optuna.create_study(storage=store, study_name="x")
     assert str(tmp_path) in str(list(tmp_path.rglob("*"))[0])
@@ -82,11 +83,11 @@ def test_local_storage_configs_build(storage, tmp_path):
 
 def test_postgres_needs_a_url():
     with pytest.raises(ConfigError, match=r"^storage\.url: is required"):
-        search.resolve(compose_cfg(["storage=postgres"]))
+        resolve(compose_cfg(["storage=postgres"]))
 
 
 def test_trainer_optimizer_is_a_partial():
-    cfg = search.resolve(compose_cfg([]))
+    cfg = resolve(compose_cfg([]))
     import torch
 
     make = instantiate(cfg["trainer"]["optimizer"])
@@ -108,8 +109,9 @@ def test_trainer_optimizer_is_a_partial():
     ],
 )
 def test_basic_checks_name_the_key(override, key):
-    cfg = search.resolve(compose_cfg([override]))
+    cfg = resolve(compose_cfg([override]))
     with pytest.raises(ConfigError) as info:
+        check_objectives(list(cfg["objectives"]))
         check_basic(cfg)
     assert str(info.value).startswith(f"{key}: ")
     assert "\n" not in str(info.value)

@@ -13,12 +13,13 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from tests.conftest import constructed_study, constructed_trial
-from tnsearch import pareto
+from tests.helpers import constructed_study, constructed_trial
 from tnsearch.report import SECTIONS, Section, build_report
 from tnsearch.report import __main__ as report_cli
 from tnsearch.report._data import ReportData
 from tnsearch.report._importance import evaluate, evaluators, features
+from tnsearch.results import pareto
+from tnsearch.study.record import Record
 
 VOID = {"meta", "img", "br", "hr", "input", "link", "source", "col", "wbr"}
 
@@ -150,7 +151,8 @@ def _grid_study(n: int = 24):
 
 def test_importances_use_features_that_every_trial_has():
     study = _grid_study()
-    distributions, rows = features(study.trials, ["fc1", "fc2"])
+    trials = [Record.from_trial(t) for t in study.trials]
+    distributions, rows = features(trials, ["fc1", "fc2"])
     dense = {f"fc{k}.{key}": 0 for k in (1, 2) for key in ("order", "rank")}
     assert rows[0] == {**dense, "fc1.topology": "dense", "fc2.topology": "dense"}
     assert rows[1] == {
@@ -159,7 +161,7 @@ def test_importances_use_features_that_every_trial_has():
     }
     assert distributions["fc2.topology"].choices == ("dense", "cp", "mpo", "tree", "tucker")
     # A feature with one value in every trial cannot matter: left out.
-    distributions, _ = features(study.trials[1:], ["fc1", "fc2"])
+    distributions, _ = features(trials[1:], ["fc1", "fc2"])
     assert set(distributions) == {"fc1.rank", "fc2.topology", "fc2.order"}
     data = ReportData.collect(study, report_options())
     for name, evaluator in evaluators(data.options["importance"]).items():

@@ -21,9 +21,10 @@ def hypervolume(study) -> float:
 
     Objectives are normalized as (1 - accuracy, params / dense params, latency / dense latency);
     the reference point is accuracy 0 and 1.1x the dense model's parameters and latency, so
-    fronts of different runs compare. See `tnsearch.pareto.hypervolume_history` for its growth.
+    fronts of different runs compare. `tnsearch.results.pareto.hypervolume_history` gives its
+    growth.
     """
-    from tnsearch.pareto import hypervolume as _hypervolume
+    from tnsearch.results.pareto import hypervolume as _hypervolume
 
     return _hypervolume(study)
 
@@ -37,7 +38,7 @@ def load(path: str | Path) -> nn.Module:
     Returns:
         The ``torch.nn.Module``, with the trial's trained weights.
     """
-    from tnsearch.export import load as _load
+    from tnsearch.results.export import load as _load
 
     return _load(path)
 

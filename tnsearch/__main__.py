@@ -2,36 +2,37 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
-import hydra
 from omegaconf import DictConfig
 
-from tnsearch import console
-from tnsearch.config import ConfigError
-from tnsearch.search import StudyStopped
+from tnsearch.cli import command, resolve
+from tnsearch.ui import Console, error
 
 
-def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
+def run(cfg: DictConfig, overrides: Sequence[str] = (), *, show_status: bool | None = None) -> int:
     """Check the config, join the study, work (or start workers) until it holds its trials.
 
     Args:
         cfg: the composed configuration.
         overrides: the command line's overrides, handed on to local worker processes.
+        show_status: draw the live status line (None: when stdout is a terminal, and only in
+            the command's own process, which counts all its workers).
 
     Returns:
         0 when the study reached its target, 1 when a local worker failed.
     """
-    from tnsearch import liveness, search, tracking, workers
+    from tnsearch.results import pareto
+    from tnsearch.study import liveness, loop, setup, tracking, workers
 
-    resolved = search.resolve(cfg)
+    resolved = resolve(cfg)
     workers.apply_placement()
-    setup = search.prepare(resolved)  # raises ConfigError: nothing written yet
-    study = search.open_study(setup)
+    local = workers.count(resolved["workers"]) if resolved["worker"] is None else 1
+    console = Console(workers.tag(resolved["worker"], local))
+    ready = setup.prepare(resolved, console)  # raises ConfigError: nothing written yet
+    study = setup.open_study(ready)
     tracker = tracking.from_config(resolved["tracking"], resolved["name"])
     tracker.attach(study)
-    local = workers.count(resolved["workers"]) if resolved["worker"] is None else 1
     status, code = "KILLED", 1
     try:
         children = []
@@ -42,41 +43,46 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
             children = workers.spawn(overrides, local, gpus=gpus)
             workers.place_self(local, gpus=gpus)
         try:
-            search.work(setup, study, tracker)
+            loop.work(
+                ready, study, tracker, show_status=False if workers.is_spawned() else show_status
+            )
         finally:
             code = int(any(workers.wait(children)))
         status = "FINISHED" if code == 0 else "FAILED"
     finally:
         if not workers.is_spawned():
             liveness.reap(study, tracker)
-            search.finish(setup, study, tracker)
-            if search.running(study) == 0:  # other jobs of an array may still be at work
+            pareto.finish(study, ready.study_dir, list(resolved["objectives"]), tracker, console)
+            if loop.running(study) == 0:  # other jobs of an array may still be at work
                 tracker.finish_parent(status)
     return code
 
 
-@hydra.main(config_path="conf", config_name="config", version_base=None)
-def _hydra_main(cfg: DictConfig) -> None:
+@command("config")
+def main(cfg: DictConfig) -> int:
+    """Console-script entry point (`tnsearch ...`, `python -m tnsearch ...`)."""
     from hydra.core.hydra_config import HydraConfig
 
+    from tnsearch.study.loop import StudyStopped
+
+    hydra = HydraConfig.get()
+    # Local workers are copies of this command: they need the user's config folders too.
+    extra = [
+        f"{source.schema}://{source.path}"
+        for source in hydra.runtime.config_sources
+        if source.provider not in ("hydra", "main", "schema")
+    ]
+    overrides = list(hydra.overrides.task)
+    if extra:
+        overrides.append(f"hydra.searchpath=[{','.join(extra)}]")
     try:
-        code = run(cfg, HydraConfig.get().overrides.task)
-    except ConfigError as exc:
-        console.error(str(exc))
-        sys.exit(2)
+        return run(cfg, overrides)
     except KeyboardInterrupt:
-        console.error("interrupted: running trials were recorded as failed")
-        sys.exit(130)
+        error("interrupted: running trials were recorded as failed")
+        return 130
     except StudyStopped as exc:
-        console.error(f"stopped: {exc}")
-        sys.exit(1)
-    if code:
-        sys.exit(code)
-
-
-def main() -> None:
-    """Console-script entry point (`tnsearch ...`)."""
-    _hydra_main()
+        error(f"stopped: {exc}")
+        return 1
 
 
 if __name__ == "__main__":

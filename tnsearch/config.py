@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "latency": "minimize"}
 COMPILE_MODES = ("auto", "none", "default", "reduce-overhead", "max-autotune")
 DTYPES = ("float32", "bfloat16")
 
@@ -33,15 +32,8 @@ class ConfigError(ValueError):
 
 
 def check_basic(cfg: Mapping[str, Any]) -> None:
-    """Check the top-level keys that need no model, data or storage."""
-    objectives = list(cfg["objectives"])
-    if not objectives:
-        raise ConfigError("objectives", "must name at least one of accuracy, params, latency")
-    for name in objectives:
-        if name not in OBJECTIVES:
-            raise ConfigError("objectives", f"unknown {name!r} (known: {', '.join(OBJECTIVES)})")
-    if len(set(objectives)) != len(objectives):
-        raise ConfigError("objectives", f"duplicates in {objectives}")
+    """Check the top-level keys that need no model, data or storage (the objectives are
+    checked against the record's objective map, `tnsearch.study.setup.check_objectives`)."""
     _positive_int(cfg, "trials")
     _positive_int(cfg, "epochs", minimum=0)
     _positive_int(cfg, "retries", minimum=0)

@@ -24,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from tnsearch import tn
+from tnsearch.files import write_text
 
 VERSION = 1
 #: Config keys of the `model/` group that are not constructor arguments.
@@ -123,11 +124,7 @@ def flatten(plan: Mapping[str, Any]) -> dict[str, str]:
 
 def save(plan: Mapping[str, Any], path: str | Path) -> None:
     """Write the plan as JSON (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(plan, indent=2, sort_keys=True) + "\n")
 
 
 def load(path: str | Path) -> dict[str, Any]:

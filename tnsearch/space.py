@@ -8,6 +8,7 @@ per-layer part of a plan, define-by-run: a layer that stays dense asks no furthe
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,28 @@ def _orders_for(layer: Layer, orders: Sequence[int]) -> tuple[int, ...]:
         if shapes.factorizations(layer.in_dim, k, pad=True)
         and shapes.factorizations(layer.out_dim, k, pad=True)
     )
+
+
+#: What a trial chooses per group, besides the modes: the Optuna parameter `<group>.<choice>`.
+CHOICES = ("tensorize", "topology", "order", "rank")
+_PARAM = re.compile(r"^(?P<group>.+)\.(?P<choice>tensorize|topology|order|rank|modes\d+\.\d+)$")
+
+
+def param_name(group: str, choice: str) -> str:
+    """The Optuna parameter of `group`'s `choice` (one of CHOICES)."""
+    return f"{group}.{choice}"
+
+
+def modes_param(group: str, order: int, dim: int) -> str:
+    """The Optuna parameter of how `group` splits its dimension `dim` into `order` modes."""
+    return param_name(group, f"modes{order}.{dim}")
+
+
+def parse_param(name: str) -> tuple[str | None, str]:
+    """(group, choice) of an Optuna parameter this space wrote; (None, name) for the others,
+    such as the training choice `lr`."""
+    found = _PARAM.match(name)
+    return (found["group"], found["choice"]) if found else (None, name)
 
 
 def _modes_label(modes: Sequence[int]) -> str:
@@ -174,17 +197,19 @@ class Space:
 
     def dense_params(self) -> dict[str, bool]:
         """The Optuna parameters of the plan that tensorizes nothing (the reference trial)."""
-        return {f"{group}.tensorize": False for group in self.groups}
+        return {param_name(group, "tensorize"): False for group in self.groups}
 
     def suggest(self, trial) -> dict[str, dict[str, Any]]:
         """Ask `trial` for a choice per group; return {layer: plan} of the tensorized layers."""
         chosen: dict[str, dict[str, Any]] = {}
         for group, members in self.groups.items():
-            if not trial.suggest_categorical(f"{group}.tensorize", [False, True]):
+            if not trial.suggest_categorical(param_name(group, "tensorize"), [False, True]):
                 continue
-            topology = trial.suggest_categorical(f"{group}.topology", list(self.topologies))
-            order = trial.suggest_categorical(f"{group}.order", list(self.orders[group]))
-            rank = trial.suggest_categorical(f"{group}.rank", list(self.ranks))
+            topology = trial.suggest_categorical(
+                param_name(group, "topology"), list(self.topologies)
+            )
+            order = trial.suggest_categorical(param_name(group, "order"), list(self.orders[group]))
+            rank = trial.suggest_categorical(param_name(group, "rank"), list(self.ranks))
             for layer in members:
                 chosen[layer.name] = {
                     "topology": topology,
@@ -207,4 +232,4 @@ class Space:
         choices = [_modes_label(f) for f in shapes.factorizations(dim, order, pad=True)]
         if len(choices) == 1:
             return _parse_modes(choices[0])
-        return _parse_modes(trial.suggest_categorical(f"{group}.modes{order}.{dim}", choices))
+        return _parse_modes(trial.suggest_categorical(modes_param(group, order, dim), choices))

@@ -1,11 +1,13 @@
-"""How each topology's bonds are analyzed and cut: a registry, topology name -> method.
+"""How a layer's bonds are analyzed and cut: by the bond layout its topology declares.
 
-MPO, tree and Tucker networks are trees of factors: :class:`TreeBonds` reads one as a
+Each layer class says where its bonds sit (:meth:`tnsearch.tn.TNLayer.bond_layout`);
+:func:`method` picks the method for that kind of layout. MPO, tree and Tucker networks are trees
+of factors (:class:`tnsearch.tn.TreeLayout`): :class:`TreeBonds` reads one as a
 :class:`~tnsearch.bonds._network.TreeNetwork`, given where each entry of ``layer.rank`` sits (a
 bond index, or an open mode for a full-rank tree leaf / Tucker mode, which then gets an identity
-factor so that it is a bond too). CP's components share one index and are no tree:
-:class:`ComponentBonds` ranks them by norm. Adding a topology is one decorated layout function
-(or one method instance).
+factor so that it is a bond too). CP's components share one index and are no tree
+(:class:`tnsearch.tn.ComponentLayout`): :class:`ComponentBonds` ranks them by norm. A new
+topology is analyzable once its class declares its layout.
 """
 
 from __future__ import annotations
@@ -14,24 +16,22 @@ import abc
 import copy
 import math
 from collections.abc import Callable
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import torch
 from torch import Tensor
 
 from tnsearch.bonds._network import TreeNetwork
 from tnsearch.bonds._spectrum import RTOL, Bond, LayerBonds, effective_rank, normalize
-from tnsearch.tn import TNLayer
-from tnsearch.tn._tree import tree_nodes
+from tnsearch.tn import ComponentLayout, TNLayer, TreeLayout
 
-__all__ = ["METHODS", "BondMethod", "ComponentBonds", "TreeBonds", "method", "tree_layout"]
+__all__ = ["BondMethod", "ComponentBonds", "TreeBonds", "method"]
 
-#: A layout: the index name of each entry of ``layer.rank``, and the root factor's name.
-Layout = Callable[[TNLayer], tuple[list[str], str]]
+_L = TypeVar("_L", TreeLayout, ComponentLayout)
 
 
 class BondMethod(abc.ABC):
-    """Analyzes and cuts the bonds of the layers of some topologies."""
+    """Analyzes and cuts the bonds of layers that declare one kind of bond layout."""
 
     kind: ClassVar[str] = ""
 
@@ -44,13 +44,22 @@ class BondMethod(abc.ABC):
         """A new layer of the same class with every bond cut to its effective rank."""
 
 
-#: Topology name -> its method.
-METHODS: dict[str, BondMethod] = {}
-
-
 def method(layer: TNLayer) -> BondMethod | None:
-    """The method for ``layer``'s topology (None: not analyzable)."""
-    return METHODS.get(layer.topology)
+    """The method for ``layer``'s declared bond layout (None: it declares none)."""
+    layout = layer.bond_layout()
+    if isinstance(layout, TreeLayout):
+        return _TREE
+    if isinstance(layout, ComponentLayout):
+        return _COMPONENTS
+    return None
+
+
+def _layout(layer: TNLayer, kind: type[_L]) -> _L:
+    """``layer``'s bond layout, which must be a ``kind``."""
+    layout = layer.bond_layout()
+    if not isinstance(layout, kind):
+        raise TypeError(f"layer: {type(layer).__name__} declares no {kind.__name__}")
+    return layout
 
 
 def _new_layer(layer: TNLayer, rank: list[int]) -> TNLayer:
@@ -89,17 +98,18 @@ def _params(tree: TreeNetwork, bond: str, k: int) -> int:
 
 
 def _mode_order(layer: TNLayer) -> list[str]:
-    d = len(layer.in_modes)
-    return [i for k in range(d) for i in (f"m{k}", f"n{k}")] + ["k"]
+    # the weight's modes in the order a bond lists them: m0, n0, m1, n1, ..., then the kernel
+    net = layer.network
+    return [i for pair in zip(net.in_idx, net.out_idx, strict=True) for i in pair] + list(
+        net.kernel_idx
+    )
 
 
 class TreeBonds(BondMethod):
-    """Canonical-form bond spectra of a tree of factors (MPO chain, tree, Tucker star)."""
+    """Canonical-form bond spectra of a tree of factors (MPO chain, tree, Tucker star), for
+    layers that declare a :class:`~tnsearch.tn.TreeLayout`."""
 
     kind = "singular values"
-
-    def __init__(self, layout: Layout) -> None:
-        self.layout = layout
 
     def network(self, layer: TNLayer) -> tuple[TreeNetwork, str]:
         """``layer``'s factors as a float64 network whose bond ``#p`` is ``layer.rank[p]``."""
@@ -109,7 +119,7 @@ class TreeBonds(BondMethod):
             dict(zip(net.names, tensors, strict=True)),
             dict(zip(net.names, net.factors, strict=True)),
         )
-        index, root = self.layout(layer)
+        index, root = _layout(layer, TreeLayout)
         holders = tree.holders()
         for p, i in enumerate(index):
             if len(holders[i]) == 1:  # an open mode at full rank: an identity factor makes a bond
@@ -124,7 +134,7 @@ class TreeBonds(BondMethod):
 
     def analyze(self, layer: TNLayer, *, name: str, energy: float) -> LayerBonds:
         tree, root = self.network(layer)
-        index, _ = self.layout(layer)
+        index = _layout(layer, TreeLayout).bonds
         order = _mode_order(layer)
         bonds = []
         for p, i in enumerate(index):
@@ -179,7 +189,7 @@ class TreeBonds(BondMethod):
 
     def _fill(self, tree: TreeNetwork, new: TNLayer) -> None:
         """Copy the network's tensors into ``new``'s factors (matched by their indices)."""
-        index, _ = self.layout(new)
+        index = _layout(new, TreeLayout).bonds
         net = new.network
         open_idx = set(net.in_idx + net.out_idx + net.kernel_idx)
         for p, i in enumerate(index):
@@ -198,19 +208,25 @@ class TreeBonds(BondMethod):
 
 
 class ComponentBonds(BondMethod):
-    """CP: the norms of the rank-one components (factors normalized, norms collected)."""
+    """CP: the norms of the rank-one components (factors normalized, norms collected), for
+    layers that declare a :class:`~tnsearch.tn.ComponentLayout`."""
 
     kind = "component norms"
 
     @staticmethod
     def weights(layer: TNLayer) -> Tensor:
-        """The norm of each component ``(R,)``: the product of its factor rows' norms."""
-        rows = [f.detach().to("cpu", torch.float64).norm(dim=1) for f in layer.factors()]
-        return math.prod(rows[1:], start=rows[0])
+        """The norm of each component ``(R,)``: the product of its factor slices' norms."""
+        index = _layout(layer, ComponentLayout).component
+        norms = []
+        for f, idx in zip(layer.factors(), layer.network.factors, strict=True):
+            f = f.detach().to("cpu", torch.float64).movedim(idx.index(index), 0)  # (R, ...)
+            norms.append(f.reshape(f.shape[0], -1).norm(dim=1))
+        return math.prod(norms[1:], start=norms[0])
 
     def analyze(self, layer: TNLayer, *, name: str, energy: float) -> LayerBonds:
         w = self.weights(layer)
-        bond = Bond.from_values("r", 0, (), layer.rank[0], w, energy=energy)
+        index = _layout(layer, ComponentLayout).component
+        bond = Bond.from_values(index, 0, (), layer.rank[0], w, energy=energy)
         norm, padded = float(w.norm()), _padded(layer)
         return LayerBonds(name, layer.topology, self.kind, layer.rank, norm, padded, (bond,))
 
@@ -219,44 +235,15 @@ class ComponentBonds(BondMethod):
         k = effective_rank(normalize(w), energy)
         keep = w.argsort(descending=True)[:k].sort().values  # in their order: 1.0 is a no-op
         keep = keep.to(layer.factors()[0].device)
+        index = _layout(layer, ComponentLayout).component
+        dims = [idx.index(index) for idx in layer.network.factors]  # where R sits in each factor
         new = _new_layer(layer, [k])
         with torch.no_grad():
-            for p, old in zip(new.factors(), layer.factors(), strict=True):
-                p.copy_(old[keep])
+            for p, old, dim in zip(new.factors(), layer.factors(), dims, strict=True):
+                p.copy_(old.index_select(dim, keep))
         return new
 
 
-def tree_layout(topology: str) -> Callable[[Layout], Layout]:
-    """Register a layout function as the :class:`TreeBonds` method of ``topology``."""
-
-    def add(layout: Layout) -> Layout:
-        METHODS[topology] = TreeBonds(layout)
-        return layout
-
-    return add
-
-
-@tree_layout("mpo")
-def _mpo(layer: TNLayer) -> tuple[list[str], str]:
-    # bond k joins core k-1 and core k; the chain's last core is the root
-    return [f"r{p + 1}" for p in range(len(layer.rank))], layer.network.names[-1]
-
-
-@tree_layout("tree")
-def _tree(layer: TNLayer) -> tuple[list[str], str]:
-    # rank is per edge in post-order; an edge is e<t>, or the leaf's mode when it has no factor
-    nodes = tree_nodes(len(layer.in_modes), layer.geometry.conv)
-    sizes = dict(layer.network.sizes)
-    edges = [f"e{t}" if f"e{t}" in sizes else str(nodes[t].mode) for t in range(len(nodes) - 1)]
-    return edges, "root"
-
-
-@tree_layout("tucker")
-def _tucker(layer: TNLayer) -> tuple[list[str], str]:
-    # rank is per mode, outputs first; a mode without a factor is the core's own index
-    d, sizes = len(layer.in_modes), dict(layer.network.sizes)
-    modes = [f"n{k}" for k in range(d)] + [f"m{k}" for k in range(d)]
-    return [f"a_{m}" if f"a_{m}" in sizes else m for m in modes], "core"
-
-
-METHODS["cp"] = ComponentBonds()
+# the method of each kind of layout (see `method`)
+_TREE = TreeBonds()
+_COMPONENTS = ComponentBonds()

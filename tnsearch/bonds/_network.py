@@ -171,6 +171,3 @@ class TreeNetwork:
         """Rename an index everywhere."""
         for node, idx in self.indices.items():
             self.indices[node] = tuple(new if i == old else i for i in idx)
-
-    def copy(self) -> TreeNetwork:
-        return TreeNetwork(dict(self.tensors), dict(self.indices), self.centre)

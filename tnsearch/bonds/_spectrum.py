@@ -139,12 +139,3 @@ class LayerBonds:
     norm: float
     padded: bool
     bonds: tuple[Bond, ...]
-
-    @property
-    def effective_ranks(self) -> tuple[int, ...]:
-        """The effective rank of every bond (at the energy of the analysis)."""
-        return tuple(b.effective_rank for b in self.bonds)
-
-    def ranks_at(self, energy: float) -> tuple[int, ...]:
-        """The effective rank of every bond at another ``energy``."""
-        return tuple(b.rank_at(energy) for b in self.bonds)

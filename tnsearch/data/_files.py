@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from tnsearch.data._base import _ImageDataModule
+from tnsearch.files import atomic_path
 
 MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -45,21 +46,22 @@ def _find(folder: Path, name: str) -> Path | None:
 
 def _fetch(urls: Sequence[str], dest: Path, md5: str) -> None:
     """Download the first reachable url to dest, checking its MD5."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part, errors = dest.with_name(dest.name + ".part"), []
+    errors = []
     for url in urls:
         try:
             digest = hashlib.md5(usedforsecurity=False)
-            with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as f:
+            with (
+                atomic_path(dest) as part,
+                urllib.request.urlopen(url, timeout=60) as response,
+                open(part, "wb") as f,
+            ):
                 while chunk := response.read(1 << 20):
                     f.write(chunk)
                     digest.update(chunk)
-            if digest.hexdigest() != md5:
-                raise OSError("checksum mismatch")
-            os.replace(part, dest)
+                if digest.hexdigest() != md5:
+                    raise OSError("checksum mismatch")
             return
         except OSError as err:  # URLError and timeouts are OSErrors
-            part.unlink(missing_ok=True)
             errors.append(f"{url}: {err}")
     raise RuntimeError(f"data.download: could not fetch {dest.name} ({'; '.join(errors)})")
 

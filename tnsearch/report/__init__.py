@@ -1,9 +1,8 @@
 """The study report: one self-contained HTML file (`python -m tnsearch.report`).
 
 It reads the study and writes nothing to its storage, so it can be made while the study runs:
-
->>> from tnsearch.report import build_report, write_report
->>> html = build_report(study, cfg)          # cfg: the resolved config, with its `report` node
+``write_report(build_report(study, cfg), path)``, where ``cfg`` is the resolved config with its
+``report`` node.
 
 The page is a list of sections (`SECTIONS`, see `tnsearch.report._sections`); a section that fails
 shows its error and the others still render.
@@ -57,12 +56,9 @@ def build_report(
 
 def write_report(html: str, path: str | Path) -> Path:
     """Write `html` to `path` atomically (a reader never sees half a file); return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    from tnsearch.files import write_text
+
+    return write_text(path, html)
 
 
 def log_report(study: optuna.Study, tracking: Mapping[str, Any], path: str | Path) -> str | None:
@@ -71,9 +67,9 @@ def log_report(study: optuna.Study, tracking: Mapping[str, Any], path: str | Pat
     Nothing is logged when tracking is off or the study has no parent run; the run's status is
     left as it is.
     """
-    from tnsearch.tracking import PARENT_ATTR
+    from tnsearch.study import record
 
-    parent = study.user_attrs.get(PARENT_ATTR)
+    parent = record.parent_run(study)
     uri = str(tracking.get("uri", ""))
     if not tracking.get("enabled", True) or parent is None:
         return None

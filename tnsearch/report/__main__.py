@@ -6,29 +6,24 @@ Takes the keys of `python -m tnsearch` (root=, name=, study=, storage=, tracking
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig
-
-from tnsearch import console
-from tnsearch.config import ConfigError
+from tnsearch.cli import command, resolve
+from tnsearch.ui import Console
 
 
-def run(cfg: Mapping[str, Any]) -> Path:
+def run(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
     """Write the report the resolved config asks for, log it to the parent run; return its path.
 
     Raises:
         ConfigError: ``name: no study 'x' in <storage>`` (and nothing is written).
     """
     from tnsearch.report import build_report, log_report, write_report
-    from tnsearch.search import quiet
-    from tnsearch.select import open_existing
+    from tnsearch.results.selection import open_existing
 
-    quiet()
+    console = console or Console()
     study = open_existing(cfg["storage"], cfg["name"])
     path = write_report(build_report(study, cfg), cfg["report"]["path"])
     console.say(f"report: {path}")
@@ -38,20 +33,10 @@ def run(cfg: Mapping[str, Any]) -> Path:
     return path
 
 
-@hydra.main(config_path="pkg://tnsearch.conf", config_name="report", version_base=None)
-def _hydra_main(cfg: DictConfig) -> None:
-    from tnsearch.search import resolve
-
-    try:
-        run(resolve(cfg))
-    except ConfigError as exc:
-        console.error(str(exc))
-        sys.exit(2)
-
-
-def main() -> None:
+@command("report")
+def main(cfg) -> None:
     """Entry point of `python -m tnsearch.report`."""
-    _hydra_main()
+    run(resolve(cfg))
 
 
 if __name__ == "__main__":

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from optuna.trial import FrozenTrial
-
 from tnsearch import plan as plans
 from tnsearch.report import _figures
 from tnsearch.report._data import ReportData
 from tnsearch.report._html import esc, note, png, table
+from tnsearch.study.record import Record
 
 if TYPE_CHECKING:
     import torch
@@ -33,7 +32,7 @@ if TYPE_CHECKING:
 class TrialBonds:
     """One trial's bonds and its truncation (accuracies None when the data is unavailable)."""
 
-    trial: FrozenTrial
+    trial: Record
     found: dict[str, LayerBonds]
     truncated_rank: dict[str, tuple[int, ...]]
     params: int
@@ -42,7 +41,7 @@ class TrialBonds:
     accuracy_after: float | None = None
 
 
-def weights_path(cfg: Mapping[str, Any], trial: FrozenTrial) -> Path | None:
+def weights_path(cfg: Mapping[str, Any], trial: Record) -> Path | None:
     """Where the study keeps ``trial``'s trained weights (None: the config does not say)."""
     root, name = cfg.get("root"), cfg.get("name")
     if root is None or name is None:
@@ -50,11 +49,11 @@ def weights_path(cfg: Mapping[str, Any], trial: FrozenTrial) -> Path | None:
     return Path(root) / str(name) / "trials" / str(trial.number) / "weights.pt"
 
 
-def load_model(trial: FrozenTrial, path: Path) -> nn.Module:
+def load_model(trial: Record, path: Path) -> nn.Module:
     """The trial's trained model, on the CPU, in eval mode, tensorized layers' paths frozen."""
     import torch
 
-    model = plans.build(trial.user_attrs["plan"])
+    model = plans.build(trial.plan)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return _frozen(model.eval())
 
@@ -92,7 +91,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 50
     return correct / max(len(y), 1)
 
 
-def study_bonds(trial: FrozenTrial, path: Path, energy: float, data: tuple | None) -> TrialBonds:
+def study_bonds(trial: Record, path: Path, energy: float, data: tuple | None) -> TrialBonds:
     """Analyze and truncate one trial's model (and measure both, given the data)."""
     from tnsearch import bonds, tn
 
@@ -168,11 +167,11 @@ def truncation_table(results: list[TrialBonds], energy: float) -> str:
         rows.append(
             [
                 esc(r.trial.number),
-                esc(plans.summary(r.trial.user_attrs["plan"])),
+                esc(plans.summary(r.trial.plan)),
                 f"{r.params:,}",
                 f"{r.params_after:,}",
                 f"{r.params / max(r.params_after, 1):.2f}x",
-                _acc(r.trial.user_attrs.get("accuracy")),
+                _acc(r.trial.accuracy),
                 _acc(r.accuracy),
                 _acc(r.accuracy_after),
                 change,
@@ -213,7 +212,7 @@ def render(data: ReportData) -> str:
     limit, energy = int(options.get("max_trials", 5)), float(options.get("energy", 0.99))
     if not data.front:
         return note("No Pareto-optimal trial yet.")
-    dense = [t.number for t in data.front if not t.user_attrs.get("plan", {}).get("layers")]
+    dense = [t.number for t in data.front if t.is_dense]
     parts = [
         note(
             "Every bond of the tensorized layers of the smallest Pareto-optimal trials, in "

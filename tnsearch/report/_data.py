@@ -8,13 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
-from tnsearch import pareto
-from tnsearch.select import candidates, dense_trial
-
-#: Trial attribute of each objective.
-ATTRS = {"accuracy": "accuracy", "params": "params", "latency": "latency_ms"}
+from tnsearch.space import parse_param
+from tnsearch.study import record
+from tnsearch.study.record import Outcome, Record
 
 
 @dataclass(frozen=True)
@@ -32,19 +30,19 @@ class ReportData:
 
     study: optuna.Study
     cfg: Mapping[str, Any]
-    trials: list[FrozenTrial]
-    done: list[FrozenTrial]
-    front: list[FrozenTrial]
-    dense: FrozenTrial | None
+    trials: list[Record]
+    done: list[Record]
+    front: list[Record]
+    dense: Record | None
 
     @classmethod
     def collect(cls, study: optuna.Study, cfg: Mapping[str, Any]) -> ReportData:
         """Read the study once."""
-        trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-        done = candidates(study)
+        trials = record.records(study)
+        done = [r for r in trials if r.candidate]
         numbers = {t.number for t in done}
-        front = [t for t in pareto.front(study) if t.number in numbers]
-        return cls(study, cfg, trials, done, front, dense_trial(done))
+        front = [t for t in record.front(study) if t.number in numbers]
+        return cls(study, cfg, trials, done, front, record.dense(done))
 
     @property
     def name(self) -> str:
@@ -52,7 +50,7 @@ class ReportData:
 
     @property
     def objectives(self) -> list[str]:
-        return list(self.study.metric_names or ATTRS)
+        return list(self.study.metric_names or record.OBJECTIVES)
 
     @property
     def options(self) -> Mapping[str, Any]:
@@ -60,9 +58,9 @@ class ReportData:
         return self.cfg.get("report", {})
 
     @property
-    def tensorized_front(self) -> list[FrozenTrial]:
+    def tensorized_front(self) -> list[Record]:
         """The Pareto-optimal trials that tensorize at least one layer."""
-        return [t for t in self.front if t.user_attrs.get("plan", {}).get("layers")]
+        return [t for t in self.front if t.layers]
 
     def states(self) -> Counter:
         """Trials per state; finished but untrained trials count as "DUPLICATE" (a repeated plan)
@@ -70,21 +68,22 @@ class ReportData:
         counts: Counter = Counter()
         for t in self.trials:
             state = t.state.name
-            if t.state == TrialState.COMPLETE and not t.user_attrs.get("trained", True):
-                state = "DUPLICATE" if "duplicate_of" in t.user_attrs else "INFEASIBLE"
+            if t.state == TrialState.COMPLETE and not t.is_trained:
+                state = "DUPLICATE" if t.outcome == Outcome.DUPLICATE else "INFEASIBLE"
             counts[state] += 1
         return counts
 
     def groups(self) -> list[str]:
         """The decision units of the search space (a layer, or a group of layers), in order.
 
-        They are the Optuna parameters ``<group>.tensorize`` that the trials asked for.
+        They are the groups of the Optuna parameters ``<group>.tensorize`` the trials asked for.
         """
         seen: dict[str, None] = {}
         for t in self.trials:
-            for key in t.params:
-                if key.endswith(".tensorize"):
-                    seen.setdefault(key.removesuffix(".tensorize"), None)
+            for key in t.choices:
+                group, choice = parse_param(key)
+                if choice == "tensorize":
+                    seen.setdefault(group, None)
         return list(seen)
 
     def group_layers(self) -> dict[str, list[str]]:
@@ -92,7 +91,7 @@ class ReportData:
         groups = self.groups()
         out: dict[str, list[str]] = {g: [] for g in groups}
         for t in self.trials:
-            for layer in t.user_attrs.get("plan", {}).get("layers", {}):
+            for layer in t.layers:
                 owners = [g for g in groups if layer == g or layer.startswith(g + ".")]
                 if owners:
                     members = out[max(owners, key=len)]

@@ -10,27 +10,26 @@ import io
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from optuna.trial import FrozenTrial
-
 from tnsearch import plan as plans
 from tnsearch.report._data import ReportData
+from tnsearch.study.record import Record
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
     from matplotlib.figure import Figure
 
-#: (trial attribute, axis label, log scale) of the three measured quantities.
+#: (axis label, log scale) of the three objectives.
 AXES = {
-    "accuracy": ("accuracy", "validation accuracy", False),
-    "params": ("params", "parameters", True),
-    "latency": ("latency_ms", "latency (ms / batch)", True),
+    "accuracy": ("validation accuracy", False),
+    "params": ("parameters", True),
+    "latency": ("latency (ms / batch)", True),
 }
 #: The 2-D projections of the three objectives: (x, y).
 PROJECTIONS = (("params", "accuracy"), ("latency", "accuracy"), ("params", "latency"))
 FRONT, OTHER, DENSE = "#1f6fc5", "#b8c0c8", "#d62728"
 
 
-def _groups(data: ReportData) -> list[tuple[str, list[FrozenTrial], dict]]:
+def _groups(data: ReportData) -> list[tuple[str, list[Record], dict]]:
     """(label, trials, style) of the three kinds of points, drawn in this order."""
     best = {t.number for t in data.front}
     dense = [data.dense] if data.dense is not None else []
@@ -43,8 +42,8 @@ def _groups(data: ReportData) -> list[tuple[str, list[FrozenTrial], dict]]:
     ]
 
 
-def _value(trial: FrozenTrial, axis: str) -> float:
-    return float(trial.user_attrs[AXES[axis][0]])
+def _value(trial: Record, axis: str) -> float:
+    return trial.value(axis)
 
 
 def front_png(data: ReportData) -> bytes:
@@ -77,10 +76,10 @@ def front_png(data: ReportData) -> bytes:
                 textcoords="offset points",
                 color="#444",
             )
-        ax.set_xlabel(AXES[x][1])
-        ax.set_ylabel(AXES[y][1])
-        ax.set_xscale("log" if AXES[x][2] else "linear")
-        ax.set_yscale("log" if AXES[y][2] else "linear")
+        ax.set_xlabel(AXES[x][0])
+        ax.set_ylabel(AXES[y][0])
+        ax.set_xscale("log" if AXES[x][1] else "linear")
+        ax.set_yscale("log" if AXES[y][1] else "linear")
         ax.grid(alpha=0.3)
     axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle(f"{data.name}: {len(data.done)} trials, {len(data.front)} Pareto-optimal")
@@ -110,8 +109,8 @@ def front_plotly(data: ReportData) -> go.Figure:
                 row=1,
                 col=col,
             )
-        fig.update_xaxes(title_text=AXES[x][1], type="log" if AXES[x][2] else None, row=1, col=col)
-        fig.update_yaxes(title_text=AXES[y][1], type="log" if AXES[y][2] else None, row=1, col=col)
+        fig.update_xaxes(title_text=AXES[x][0], type="log" if AXES[x][1] else None, row=1, col=col)
+        fig.update_yaxes(title_text=AXES[y][0], type="log" if AXES[y][1] else None, row=1, col=col)
     fig.update_layout(
         height=430,
         margin={"l": 50, "r": 20, "t": 30, "b": 50},
@@ -121,12 +120,11 @@ def front_plotly(data: ReportData) -> go.Figure:
     return fig
 
 
-def _hover(t: FrozenTrial) -> str:
-    a = t.user_attrs
+def _hover(t: Record) -> str:
     return (
-        f"trial {t.number}<br>{plans.summary(a['plan'])}<br>acc {a['accuracy']:.4f}"
-        f"<br>params {a['params']:,} ({a.get('compression', 1.0):.1f}x)"
-        f"<br>latency {a['latency_ms']:.3f} ms"
+        f"trial {t.number}<br>{plans.summary(t.plan)}<br>acc {t.accuracy:.4f}"
+        f"<br>params {t.params:,} ({t.compression or 1.0:.1f}x)"
+        f"<br>latency {t.latency_ms:.3f} ms"
     )
 
 

@@ -23,48 +23,57 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial
 
 from tnsearch.report._data import ReportData
+from tnsearch.space import param_name, parse_param
+from tnsearch.study.record import Record
 
 DENSE = "dense"
 _CHOICES = ("topology", "order", "rank")
 
 
 def features(
-    trials: list[FrozenTrial], groups: list[str]
+    trials: list[Record],
+    groups: list[str],
+    distributions_of: Mapping[str, BaseDistribution] | None = None,
 ) -> tuple[dict[str, BaseDistribution], list[dict[str, Any]]]:
-    """The derived features of `trials` (see the module docstring): distributions, values."""
+    """The derived features of `trials` (see the module docstring): distributions, values.
+
+    `distributions_of` gives the Optuna distribution of the other parameters the trials share
+    (those without one are left out).
+    """
+    distributions_of = distributions_of or {}
     rows: list[dict[str, Any]] = []
     for t in trials:
         row: dict[str, Any] = {}
+        choices = t.choices
         for g in groups:
-            on = bool(t.params.get(f"{g}.tensorize", False))
-            row[f"{g}.topology"] = t.params[f"{g}.topology"] if on else DENSE
-            row[f"{g}.order"] = int(t.params[f"{g}.order"]) if on else 0
-            row[f"{g}.rank"] = int(t.params[f"{g}.rank"]) if on else 0
+            on = bool(choices.get(param_name(g, "tensorize"), False))
+            topology, order, rank = (param_name(g, k) for k in _CHOICES)
+            row[topology] = choices[topology] if on else DENSE
+            row[order] = int(choices[order]) if on else 0
+            row[rank] = int(choices[rank]) if on else 0
         rows.append(row)
-    owned = {f"{g}.{k}" for g in groups for k in ("tensorize", *_CHOICES)}
     shared = (
         [
             name
-            for name in trials[0].params
-            if name not in owned
-            and not any(name.startswith(f"{g}.modes") for g in groups)
-            and all(name in t.params for t in trials)
+            for name in trials[0].choices
+            if parse_param(name)[0] not in groups
+            and name in distributions_of
+            and all(name in t.choices for t in trials)
         ]
         if trials
         else []
     )
     for row, t in zip(rows, trials, strict=True):
-        row.update({name: t.params[name] for name in shared})
+        row.update({name: t.choices[name] for name in shared})
     distributions: dict[str, BaseDistribution] = {}
     for name in rows[0] if rows else ():
         values = {row[name] for row in rows}
         if len(values) < 2:
             continue
         if name in shared:
-            distributions[name] = trials[0].distributions[name]
+            distributions[name] = distributions_of[name]
         elif name.endswith(".topology"):
             distributions[name] = CategoricalDistribution(
                 [DENSE, *sorted(v for v in values if v != DENSE)]
@@ -77,7 +86,9 @@ def features(
 
 def derived_study(data: ReportData) -> optuna.Study:
     """An in-memory study with the derived features of the finished trials as its parameters."""
-    distributions, rows = features(data.done, data.groups())
+    first = {t.number: t for t in data.study.get_trials(deepcopy=False)}
+    known = first[data.done[0].number].distributions if data.done else {}
+    distributions, rows = features(data.done, data.groups(), known)
     study = optuna.create_study(directions=data.study.directions)
     study.add_trials(
         optuna.trial.create_trial(params=row, distributions=distributions, values=t.values)

@@ -11,9 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import NamedTuple
 
-from optuna.trial import FrozenTrial
-
-from tnsearch import __version__, pareto, tn
+from tnsearch import __version__, tn
 from tnsearch.report import _bonds, _figures, _importance
 from tnsearch.report._data import ReportData
 from tnsearch.report._html import (
@@ -27,6 +25,9 @@ from tnsearch.report._html import (
     table,
     tag,
 )
+from tnsearch.results import pareto
+from tnsearch.study import record
+from tnsearch.study.record import Record
 
 
 class Section(NamedTuple):
@@ -58,23 +59,21 @@ def overview(data: ReportData) -> str:
         ("Pareto-optimal", esc(len(data.front))),
     ]
     if data.dense is not None:
-        a = data.dense.user_attrs
+        d = data.dense
         pairs.append(
             (
                 "dense reference",
                 esc(
-                    f"trial {data.dense.number}: accuracy {a['accuracy']:.4f}, "
-                    f"{a['params']:,} parameters, {a['latency_ms']:.3f} ms / batch"
+                    f"trial {d.number}: accuracy {d.accuracy:.4f}, "
+                    f"{d.params:,} parameters, {d.latency_ms:.3f} ms / batch"
                 ),
             )
         )
     if data.done:
-        best = max(data.done, key=lambda t: t.user_attrs["accuracy"])
-        pairs.append(
-            ("best accuracy", esc(f"{best.user_attrs['accuracy']:.4f} (trial {best.number})"))
-        )
+        best = max(data.done, key=lambda t: t.accuracy)
+        pairs.append(("best accuracy", esc(f"{best.accuracy:.4f} (trial {best.number})")))
         pairs.append(("hypervolume", esc(f"{pareto.hypervolume(data.study):.4f}")))
-    parent = data.study.user_attrs.get("mlflow_parent_run_id")
+    parent = record.parent_run(data.study)
     if parent:
         pairs.append(("MLflow parent run", esc(parent)))
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -126,10 +125,9 @@ def front_table(data: ReportData) -> str:
     rows = []
     for t in data.front:
         r = pareto.row(t)
-        a = t.user_attrs
         spread = ""
-        if a.get("latency_p10_ms") is not None and a.get("latency_p90_ms") is not None:
-            spread = f" ({a['latency_p10_ms']:.3f}-{a['latency_p90_ms']:.3f})"
+        if t.latency_p10_ms is not None and t.latency_p90_ms is not None:
+            spread = f" ({t.latency_p10_ms:.3f}-{t.latency_p90_ms:.3f})"
         rows.append(
             [
                 esc(r["number"]),
@@ -253,8 +251,8 @@ def layers(data: ReportData) -> str:
     return head + summary + "<h3>Per Pareto-optimal trial</h3>" + detail
 
 
-def _spec(trial: FrozenTrial, group: str, members: list[str]) -> dict | None:
-    layers_ = trial.user_attrs.get("plan", {}).get("layers", {})
+def _spec(trial: Record, group: str, members: list[str]) -> dict | None:
+    layers_ = trial.layers
     return next((layers_[m] for m in [group, *members] if m in layers_), None)
 
 

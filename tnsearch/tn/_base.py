@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tnsearch.tn._autopath import PathKey, measure_paths, path_key
-from tnsearch.tn._contract import run_plan
+from tnsearch.tn._contract import Plan, run_plan
 from tnsearch.tn._geometry import Geometry
-from tnsearch.tn._network import Network, network_plan, stage_plan
+from tnsearch.tn._network import BondLayout, Network, network_plan, stage_plan
 
 __all__ = ["TNLayer"]
 
@@ -29,7 +29,8 @@ class TNLayer(nn.Module, abc.ABC):
     on first use for each (input shape, device, dtype, training) key and cached.
 
     Subclasses (one per topology) implement :meth:`bond_count`, :meth:`clip_rank`,
-    :meth:`build_network` and :meth:`decompose`, and may add paths as ``_path_<name>`` methods
+    :meth:`build_network` and :meth:`decompose`, declare where their bonds sit with
+    :meth:`bond_layout` (for bond analysis), and may add paths as ``_path_<name>`` methods
     (with ``_macs_<name>``) listed in ``linear_paths`` / ``conv_paths``.
     """
 
@@ -67,7 +68,7 @@ class TNLayer(nn.Module, abc.ABC):
         self.bias = nn.Parameter(bias) if geometry.bias else None
         self._path = "auto"
         self._chosen: dict[PathKey, str] = {}
-        self._plans: dict[tuple, tuple] = {}
+        self._plans: dict[tuple, Plan] = {}
         self._frozen = False
         self._wplan = network_plan(self.network, "weight")
         self.reset_parameters()
@@ -93,6 +94,16 @@ class TNLayer(nn.Module, abc.ABC):
     @abc.abstractmethod
     def decompose(self, weight: torch.Tensor) -> list[torch.Tensor]:
         """Factors (in ``network`` order) for a float64 weight tensor ``(n.., m.., [k])``."""
+
+    def bond_layout(self) -> BondLayout | None:
+        """Where the entries of ``rank`` sit in ``network`` (None: not declared).
+
+        A :class:`~tnsearch.tn.TreeLayout` when the factors form a tree, a
+        :class:`~tnsearch.tn.ComponentLayout` when they share one component index (CP). Bond
+        analysis (``tnsearch.bonds``) reads only this, so a topology that declares it is
+        analyzable and truncatable.
+        """
+        return None
 
     # --- construction ---------------------------------------------------------------------------
 
@@ -216,7 +227,7 @@ class TNLayer(nn.Module, abc.ABC):
         self._chosen[key] = name
         return name
 
-    def _plan(self, kind: str, batch: int, spatial: int = 1) -> tuple:
+    def _plan(self, kind: str, batch: int, spatial: int = 1) -> Plan:
         key = (kind, batch, spatial)
         plan = self._plans.get(key)
         if plan is None:
@@ -233,7 +244,7 @@ class TNLayer(nn.Module, abc.ABC):
         factor_names: tuple[str, ...],
         out_idx: tuple[str, ...],
         dims: tuple[tuple[str, int], ...],
-    ) -> tuple:
+    ) -> Plan:
         """Cached :func:`~tnsearch.tn._network.stage_plan` (e.g. a channel stage)."""
         key = (tag, dims, t_shape)
         plan = self._plans.get(key)
@@ -272,7 +283,7 @@ class TNLayer(nn.Module, abc.ABC):
             if m > g.in_features:
                 x2 = F.pad(x2, (0, m - g.in_features))
             plan = self._plan("linear", x2.shape[0])
-            if plan[3] and n == g.out_features and self.bias is not None:  # bias in the addmm
+            if plan.fusable and n == g.out_features and self.bias is not None:  # bias in the addmm
                 y = run_plan(plan, (x2, *self.factors()), self.bias)  # (B, N)
                 return y.reshape(*lead, g.out_features)
             y = run_plan(plan, (x2, *self.factors()))  # (B, N)
@@ -325,9 +336,9 @@ class TNLayer(nn.Module, abc.ABC):
         g = self.geometry
         b, l = self._split(shape)
         if name == "reconstruct":
-            return self._wplan[2] + b * l * g.out_features * g.fan_in
+            return self._wplan.macs + b * l * g.out_features * g.fan_in
         if name == "einsum":
-            return self._plan("conv" if g.conv else "linear", b, l)[2]
+            return self._plan("conv" if g.conv else "linear", b, l).macs
         return getattr(self, "_macs_" + name)(b, l, shape)
 
     # --- conversion -------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ larger operand (usually the activation) is used in place whenever its memory ord
 smaller one (a factor) is permuted to match, and the result's index order is chosen so that the
 *next* step can use it in place too (or the final permutation moves whole rows).
 
-A plan is plain nested tuples: hashable, and a constant under ``torch.compile`` (the planner runs
-eagerly at trace time). :func:`plan_contraction` builds it (memoized), :func:`run_plan` runs it.
+A :class:`Plan` is nested named tuples (:class:`Step`, :class:`Prep`): hashable, and a constant
+under ``torch.compile`` (the planner runs eagerly at trace time). :func:`plan_contraction` builds
+it (memoized), :func:`run_plan` runs it.
 """
 
 from __future__ import annotations
@@ -18,19 +19,68 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import opt_einsum
 import torch
 
-__all__ = ["plan_contraction", "run_plan"]
+__all__ = ["Plan", "Prep", "Step", "plan_contraction", "run_plan"]
 
 Order = tuple[str, ...]
-# Prep: how one operand becomes a matmul argument:
-#   (shape to reshape to before permuting | None, permutation | None,
-#    reshape target | None, transpose the last two dims, expand target | None)
-# Step: (i, j, operand i is the left argument, left prep, right prep, bmm)
-# Plan: (steps, output prep, multiply-adds, the last step can add a bias)
-Plan = tuple
+
+
+class Prep(NamedTuple):
+    """How one tensor becomes a matmul argument (or the output): applied in field order.
+
+    A field that is ``None`` / ``False`` is an op left out. E.g. an input ``(B, M)`` with indices
+    ``(b, m1, m2)`` that is contracted over ``m2`` needs ``Prep(None, None, (B*m1, m2), False,
+    None)``: one reshape, no copy.
+    """
+
+    shape: tuple[int, ...] | None  # with perm: one dim per index (i_1, .., i_k) to permute
+    perm: tuple[int, ...] | None  # permutation of those k dims (a copy, at the next reshape)
+    view: tuple[int, ...] | None  # reshape to (rows, cols), (batch, rows, cols) or output groups
+    transpose: bool  # swap the last two dims (a view, no copy)
+    expand: tuple[int, ...] | None  # broadcast over a batch group it lacks: (G, rows, cols)
+
+
+class Step(NamedTuple):
+    """One pairwise contraction: operands ``i`` and ``j`` are popped, their product appended."""
+
+    i: int  # position of one operand in the current operand list (i < j)
+    j: int  # position of the other one
+    i_left: bool  # operand i is the left argument of the matmul (else operand j is)
+    left: Prep  # left argument -> (r, k) for mm, (B, r, k) for bmm
+    right: Prep  # right argument -> (k, c) for mm, (B, k, c) for bmm
+    bmm: bool  # batched matmul (B, r, k) @ (B, k, c) -> (B, r, c), else mm -> (r, c)
+
+
+class Plan(NamedTuple):
+    """A compiled contraction: run by :func:`run_plan`."""
+
+    steps: tuple[Step, ...]  # pairwise contractions, in order (empty for one operand)
+    out: Prep  # the last tensor left -> the output, one dimension per output group
+    macs: int  # multiply-adds of all steps
+    fusable: bool  # the last step is an mm whose result is the output: a bias fits in an addmm
+
+
+class _Presented(NamedTuple):
+    # what _present found for one operand
+    prep: Prep
+    copied: int  # elements a permute copies (weighted: a gather of the stride-1 index costs more)
+    mat: tuple[int, ...]  # the matmul argument's shape: (rows, cols) or (batch, rows, cols)
+
+
+class _Choice(NamedTuple):
+    # the best layout _step found for one pairwise step
+    cost: float  # estimated, in element copies (see _OP, _MAC)
+    x_left: bool  # the larger operand X is the left argument
+    x_prep: Prep
+    y_prep: Prep
+    order: Order  # index order of the result
+    shape: tuple[int, ...]  # the result's shape: (r, c) or (B, r, c)
+    bmm: bool
+
 
 _BMM_MIN = 64  # a broadcast bmm only beats "copy, then one big mm" for matrices at least this wide
 _GATHER = 3  # cost of a copy that moves the stride-1 index, relative to one that does not
@@ -65,11 +115,10 @@ def _run(order: Order, subset: set[str]) -> str:
     return "edge" if pos[0] == 0 or pos[-1] == len(order) - 1 else "middle"
 
 
-def _present(src, shape, batch, rows, cols, size, bcast=None):
+def _present(src, shape, batch, rows, cols, size, bcast=None) -> _Presented:
     """Prep showing a contiguous tensor (index order ``src``) as (batch, rows, cols).
 
     ``bcast`` is a batch group the tensor lacks: it is expanded over it (stride 0).
-    Returns ``(prep, numel copied, matrix shape)``.
     """
     r, c = _numel(rows, size), _numel(cols, size)
     lead = (_numel(batch, size),) if batch else ()
@@ -87,13 +136,13 @@ def _present(src, shape, batch, rows, cols, size, bcast=None):
     full = tuple(size[i] for i in src)
     if perm is None and tuple(shape) == view:
         view = None
-    prep = (full if perm else None, perm, view, tr, expand)
+    prep = Prep(full if perm else None, perm, view, tr, expand)
     mat = expand or (lead + (r, c))
     copied = 0
     if perm:  # moving whole rows is cheap; gathering strided elements is ~3x slower
         inner = (batch + cols + rows)[-1] if tr else (batch + rows + cols)[-1]
         copied = _numel(src, size) * (1 if inner == src[-1] else _GATHER)
-    return prep, copied, mat
+    return _Presented(prep, copied, mat)
 
 
 class _Sim:
@@ -152,8 +201,8 @@ def _result_cost(res, nxt, out, out_groups, size) -> int:
     return {"edge": 0, "middle": n // 2, "none": n}[_run(res, contracted)]
 
 
-def _step(xo, xs, yo, ys, c_set, s_set, nxt, out, out_groups, size):
-    """Best (cost, x_left, x prep, y prep, result order, result shape, bmm) for one step."""
+def _step(xo, xs, yo, ys, c_set, s_set, nxt, out, out_groups, size) -> _Choice:
+    """The cheapest layout for one step (X: the larger operand, Y: the other one)."""
     s = tuple(i for i in xo if i in s_set)
     fx = tuple(i for i in xo if i not in c_set and i not in s_set)
     fy = tuple(i for i in yo if i not in c_set and i not in s_set)
@@ -163,15 +212,16 @@ def _step(xo, xs, yo, ys, c_set, s_set, nxt, out, out_groups, size):
     )
     best = None
 
-    def consider(cost, x_left, xp, yp, res, bmm):
+    def consider(cost, x_left, xp: _Presented, yp: _Presented, res, bmm):
         nonlocal best
         cost += _result_cost(res, nxt, out, out_groups, size) + (2 if bmm else 0) + _OP
-        for p in (xp[0], yp[0]):  # ops: reshape, permute + reshape, transpose, expand
-            cost += _OP * ((p[2] is not None) + 2 * (p[1] is not None) + p[3] + (p[4] is not None))
-        if best is None or cost < best[0]:
-            lm, rm = (xp[2], yp[2]) if x_left else (yp[2], xp[2])
+        for p in (xp.prep, yp.prep):  # ops: reshape, permute + reshape, transpose, expand
+            ops = (p.view is not None) + 2 * (p.perm is not None) + p.transpose
+            cost += _OP * (ops + (p.expand is not None))
+        if best is None or cost < best.cost:
+            lm, rm = (xp.mat, yp.mat) if x_left else (yp.mat, xp.mat)
             shape = (lm[0], lm[-2], rm[-1]) if bmm else (lm[-2], rm[-1])
-            best = (cost, x_left, xp[0], yp[0], res, shape, bmm)
+            best = _Choice(cost, x_left, xp.prep, yp.prep, res, shape, bmm)
 
     for c in c_orders:
         for fxo in _options(fx, nxt_set, out):
@@ -185,7 +235,7 @@ def _step(xo, xs, yo, ys, c_set, s_set, nxt, out, out_groups, size):
                         xp = _present(xo, xs, s, c, fxo, size)
                         yp = _present(yo, ys, s, fyo, c, size)
                         res = s + fyo + fxo
-                    consider(xp[1] + yp[1], x_left, xp, yp, res, bool(s))
+                    consider(xp.copied + yp.copied, x_left, xp, yp, res, bool(s))
     # X batched over its leading free indices, the factor broadcast over them (no copy of X)
     if not s and _run(xo, c_set) == "middle":
         c = tuple(i for i in xo if i in c_set)
@@ -202,7 +252,7 @@ def _step(xo, xs, yo, ys, c_set, s_set, nxt, out, out_groups, size):
                         xp = _present(xo, xs, g, c, p, size)
                         yp = _present(yo, ys, (), fyo, c, size, bcast=g)
                         res = g + fyo + p
-                    consider(xp[1] + yp[1], x_left, xp, yp, res, True)
+                    consider(xp.copied + yp.copied, x_left, xp, yp, res, True)
     return best
 
 
@@ -237,8 +287,8 @@ def _orders(operands, output, size) -> list[list[tuple[int, ...]]]:
     return list(dict.fromkeys(map(tuple, found)))
 
 
-def _compile(ops, size, out, groups, out_groups, cur, path):
-    """Compile one pairwise order into (steps, output prep, multiply-adds, estimated cost)."""
+def _compile(ops, size, out, groups, out_groups, cur, path) -> tuple[Plan, float]:
+    """Compile one pairwise order into a plan and its estimated cost."""
     sim = _Sim(ops, size, out, path)
     orders, cur = list(ops), list(cur)
     steps, macs, cost = [], 0, 0
@@ -255,28 +305,27 @@ def _compile(ops, size, out, groups, out_groups, cur, path):
         a_is_x = _numel(a, size) >= _numel(b, size)
         xo, xs, yo, ys = (a, cur[i], b, cur[j]) if a_is_x else (b, cur[j], a, cur[i])
         c_set, s_set = shared - keep, shared & keep
-        step_cost, x_left, xprep, yprep, res, shape, bmm = _step(
-            xo, xs, yo, ys, c_set, s_set, sim.next_use(k), out, groups, size
-        )
-        cost += step_cost
-        left, right = (xprep, yprep) if x_left else (yprep, xprep)
-        steps.append((i, j, a_is_x == x_left, left, right, bmm))
+        best = _step(xo, xs, yo, ys, c_set, s_set, sim.next_use(k), out, groups, size)
+        cost += best.cost
+        x_left = best.x_left
+        left, right = (best.x_prep, best.y_prep) if x_left else (best.y_prep, best.x_prep)
+        steps.append(Step(i, j, a_is_x == x_left, left, right, best.bmm))
         for p in (j, i):
             orders.pop(p)
             cur.pop(p)
-        orders.append(res)
-        cur.append(shape)
+        orders.append(best.order)
+        cur.append(best.shape)
     view = tuple(math.prod(size[i] for i in g) for g in out_groups)
     final, shape = orders[0], cur[0]
     perm = tuple(final.index(i) for i in out)
     if perm == tuple(range(len(perm))):
-        out_prep = (None, None, None if tuple(shape) == view else view, False, None)
+        out_prep = Prep(None, None, None if tuple(shape) == view else view, False, None)
     else:
-        out_prep = (tuple(size[i] for i in final), perm, view, False, None)
+        out_prep = Prep(tuple(size[i] for i in final), perm, view, False, None)
     # the last step can add a bias over the result's last dimension (addmm) if it is an mm
     # whose result already is the output
-    fusable = bool(steps) and not steps[-1][5] and out_prep[1] is None and out_prep[2] is None
-    return (tuple(steps), out_prep, macs, fusable), cost + macs * _MAC
+    fusable = bool(steps) and not steps[-1].bmm and out_prep.perm is None and out_prep.view is None
+    return Plan(tuple(steps), out_prep, macs, fusable), cost + macs * _MAC
 
 
 @functools.lru_cache(maxsize=1024)
@@ -289,14 +338,14 @@ def _plan(operands, sizes, output, out_groups, given) -> Plan:
     shapes = [tuple(size[i] for i in op) for op in operands]
     cur = [tuple(given[k]) if k < len(given) else s for k, s in enumerate(shapes)]
     paths = _orders(ops, out, size) if len(operands) > 1 else [()]
-    best = None
+    best, best_cost = None, 0.0
     for path in paths:
         if any(len(p) != 2 for p in path):
             continue
         plan, cost = _compile(ops, size, out, groups, out_groups, cur, list(path))
-        if best is None or cost < best[1]:
-            best = (plan, cost)
-    return best[0]
+        if best is None or cost < best_cost:
+            best, best_cost = plan, cost
+    return best
 
 
 @torch.compiler.assume_constant_result
@@ -318,21 +367,20 @@ def plan_contraction(
             index shape, e.g. ``(B, M)`` for an input with modes ``(b, m1, m2)``).
 
     Returns:
-        ``(steps, output prep, multiply-adds, bias fusable)`` as nested tuples.
+        The :class:`Plan` (memoized).
     """
     return _plan(operands, sizes, output, out_groups, given)
 
 
-def _apply(t: torch.Tensor, prep: tuple) -> torch.Tensor:
-    shape, perm, view, transpose, expand = prep
-    if perm is not None:
-        t = t.reshape(shape).permute(perm)
-    if view is not None:
-        t = t.reshape(view)
-    if transpose:
+def _apply(t: torch.Tensor, prep: Prep) -> torch.Tensor:
+    if prep.perm is not None:
+        t = t.reshape(prep.shape).permute(prep.perm)
+    if prep.view is not None:
+        t = t.reshape(prep.view)
+    if prep.transpose:
         t = t.transpose(-2, -1)
-    if expand is not None:
-        t = t.expand(expand)
+    if prep.expand is not None:
+        t = t.expand(prep.expand)
     return t
 
 
@@ -341,20 +389,19 @@ def run_plan(
 ) -> torch.Tensor:
     """Contract ``tensors`` (in the plan's operand order) as the plan says.
 
-    ``bias`` (only if ``plan[3]``) is added over the last dimension inside the last matmul.
+    ``bias`` (only if ``plan.fusable``) is added over the last dimension inside the last matmul.
     """
-    steps, out_prep = plan[0], plan[1]
     ops = list(tensors)
-    last = len(steps) - 1
-    for k, (i, j, i_left, pl, pr, bmm) in enumerate(steps):
-        b = ops.pop(j)
-        a = ops.pop(i)
-        left, right = (a, b) if i_left else (b, a)
-        left, right = _apply(left, pl), _apply(right, pr)
-        if bmm:
+    last = len(plan.steps) - 1
+    for k, step in enumerate(plan.steps):
+        b = ops.pop(step.j)
+        a = ops.pop(step.i)
+        left, right = (a, b) if step.i_left else (b, a)
+        left, right = _apply(left, step.left), _apply(right, step.right)
+        if step.bmm:
             ops.append(torch.bmm(left, right))
         elif bias is not None and k == last:
             ops.append(torch.addmm(bias, left, right))
         else:
             ops.append(torch.mm(left, right))
-    return _apply(ops[0], out_prep)
+    return _apply(ops[0], plan.out)

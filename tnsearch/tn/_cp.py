@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from tnsearch.tn._base import TNLayer
 from tnsearch.tn._factorized import ConvSequence, run_sequence, sequence_macs
-from tnsearch.tn._network import Network, build_network
+from tnsearch.tn._network import ComponentLayout, Network, build_network
 from tnsearch.tn._registry import register
 
 __all__ = ["CPLayer", "cp_decompose", "cp_rank"]
@@ -95,6 +95,9 @@ class CPLayer(TNLayer):
 
     def decompose(self, weight: torch.Tensor) -> list[torch.Tensor]:
         return cp_decompose(weight, self.rank[0])
+
+    def bond_layout(self) -> ComponentLayout:
+        return ComponentLayout("r")  # every factor is (r, size)
 
     # --- factorized path: 1x1 -> depthwise -> 1x1 ------------------------------------------------
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tnsearch.tn._base import TNLayer
-from tnsearch.tn._contract import run_plan
+from tnsearch.tn._contract import Plan, run_plan
 
 __all__ = ["ConvSequence", "run_sequence", "sequence_macs"]
 
@@ -39,7 +39,9 @@ class ConvSequence(NamedTuple):
     r_out: int
 
 
-def _plans(layer: TNLayer, seq: ConvSequence, b: int, hw: int, howo: int) -> tuple:
+def _plans(
+    layer: TNLayer, seq: ConvSequence, b: int, hw: int, howo: int
+) -> tuple[Plan | None, Plan | None]:
     net = layer.network
     m, r_out = layer.in_features_padded, seq.r_out
     p_in = p_out = None
@@ -97,5 +99,5 @@ def sequence_macs(layer: TNLayer, seq: ConvSequence, shape: tuple[int, ...], cor
     b = shape[0] if len(shape) == 4 else 1
     ho, wo = layer.geometry.out_hw(shape[-2], shape[-1])
     p_in, p_out = _plans(layer, seq, b, shape[-2] * shape[-1], ho * wo)
-    stages = sum(p[2] for p in (p_in, p_out) if p is not None)
+    stages = sum(p.macs for p in (p_in, p_out) if p is not None)
     return stages + b * ho * wo * core

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from tnsearch.tn._base import TNLayer
-from tnsearch.tn._network import Network, build_network
+from tnsearch.tn._network import Network, TreeLayout, build_network
 from tnsearch.tn._registry import register
 
 __all__ = ["MPOLayer", "mpo_decompose", "mpo_ranks"]
@@ -98,3 +98,8 @@ class MPOLayer(TNLayer):
 
     def decompose(self, weight: torch.Tensor) -> list[torch.Tensor]:
         return mpo_decompose(weight, self.in_modes, self.out_modes, self.rank)
+
+    def bond_layout(self) -> TreeLayout:
+        # bond p joins core p and core p + 1; the chain's last core is the root
+        bonds = tuple(f"r{p + 1}" for p in range(len(self.rank)))
+        return TreeLayout(bonds, self.network.names[-1])

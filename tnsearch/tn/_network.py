@@ -7,9 +7,17 @@ from typing import NamedTuple
 
 import torch
 
-from tnsearch.tn._contract import plan_contraction
+from tnsearch.tn._contract import Plan, plan_contraction
 
-__all__ = ["Network", "build_network", "network_plan", "stage_plan"]
+__all__ = [
+    "BondLayout",
+    "ComponentLayout",
+    "Network",
+    "TreeLayout",
+    "build_network",
+    "network_plan",
+    "stage_plan",
+]
 
 
 class Network(NamedTuple):
@@ -48,6 +56,29 @@ class Network(NamedTuple):
         return math.prod(size[i] for i in bonds)
 
 
+class TreeLayout(NamedTuple):
+    """Where the bonds of a tree of factors (MPO chain, tree, Tucker star) sit.
+
+    Entry ``p`` of ``layer.rank`` is the index ``bonds[p]``: a bond between two factors, or an
+    open mode of the weight where a full-rank mode keeps no factor (it is still a bond of the
+    weight). Bond analysis (``tnsearch.bonds``) brings the network to canonical form towards
+    ``root``; the modes on the far side of a bond from it are the bond's modes.
+    """
+
+    bonds: tuple[str, ...]  # index name of each entry of rank, e.g. ("r1", "r2", "r3") for an MPO
+    root: str  # parameter name of the factor the tree hangs from, e.g. "core3", "root", "core"
+
+
+class ComponentLayout(NamedTuple):
+    """The factors are a sum of rank-one components (CP): they all hold one component index."""
+
+    component: str  # the component index, in every factor; its size is the only entry of rank
+
+
+#: What a topology declares about its bonds (:meth:`~tnsearch.tn.TNLayer.bond_layout`).
+BondLayout = TreeLayout | ComponentLayout
+
+
 def build_network(
     factors: dict[str, tuple[str, ...]],
     sizes: dict[str, int],
@@ -68,7 +99,7 @@ def build_network(
 
 
 @torch.compiler.assume_constant_result
-def network_plan(net: Network, kind: str, batch: int = 1, spatial: int = 1) -> tuple:
+def network_plan(net: Network, kind: str, batch: int = 1, spatial: int = 1) -> Plan:
     """Contraction plan of ``net`` for one job, as :func:`~tnsearch.tn._contract.run_plan` wants.
 
     Args:
@@ -107,7 +138,7 @@ def stage_plan(
     factor_names: tuple[str, ...],
     out_idx: tuple[str, ...],
     dims: tuple[tuple[str, int], ...],
-) -> tuple:
+) -> Plan:
     """Plan contracting a tensor (indices ``t_idx``, shape ``t_shape``) with some of the factors.
 
     ``dims`` sizes the indices that are not in the network (batch ``b``, pixels ``l``). The result

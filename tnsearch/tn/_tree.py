@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from tnsearch.tn._base import TNLayer
-from tnsearch.tn._network import Network, build_network
+from tnsearch.tn._network import Network, TreeLayout, build_network
 from tnsearch.tn._registry import register
 
 __all__ = ["TreeLayer", "Node", "tree_decompose", "tree_nodes", "tree_ranks"]
@@ -176,6 +176,12 @@ class TreeLayer(TNLayer):
         labels += ["k"] if self.geometry.conv else []
         found = tree_decompose(weight, nodes, labels, self.rank)
         return [found[t] for t in sorted(found)]
+
+    def bond_layout(self) -> TreeLayout:
+        # rank is per edge in post-order: e<t>, or the leaf's mode when it keeps no factor
+        nodes, dims = self._tree()
+        edges = tuple(_edge(nodes, dims, self.rank, t) for t in range(len(nodes) - 1))
+        return TreeLayout(edges, "root")
 
 
 def _dims(in_modes, out_modes, kernel: int | None) -> dict[str, int]:

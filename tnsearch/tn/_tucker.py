@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from tnsearch.tn._base import TNLayer
 from tnsearch.tn._factorized import ConvSequence, run_sequence, sequence_macs
-from tnsearch.tn._network import Network, build_network
+from tnsearch.tn._network import Network, TreeLayout, build_network
 from tnsearch.tn._registry import register
 
 __all__ = ["TuckerLayer", "tucker_decompose", "tucker_ranks"]
@@ -107,6 +107,12 @@ class TuckerLayer(TNLayer):
     def decompose(self, weight: torch.Tensor) -> list[torch.Tensor]:
         core, factors = tucker_decompose(weight, self.rank)
         return [core, *(f for f in factors if f is not None)]
+
+    def bond_layout(self) -> TreeLayout:
+        # rank is per mode, outputs first; a mode without a factor is the core's own index
+        sizes = dict(self.network.sizes)
+        bonds = tuple(f"a_{m}" if f"a_{m}" in sizes else m for m, _, _ in self._modes())
+        return TreeLayout(bonds, "core")
 
     # --- factorized path: 1x1 -> core conv -> 1x1 --------------------------------------------
 

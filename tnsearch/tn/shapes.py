@@ -27,8 +27,6 @@ but never to less.
 
 from __future__ import annotations
 
-import math
-
 __all__ = ["balanced", "factorizations", "prime_factors"]
 
 
@@ -118,8 +116,3 @@ def balanced(n: int, order: int, *, pad: bool = False) -> tuple[int, ...]:
     if not options:
         raise ValueError(_impossible(n, order, pad))
     return min(options, key=lambda f: (f[-1], -f[0]))
-
-
-def padding_of(modes: tuple[int, ...], n: int) -> int:
-    """How many zeros ``modes`` add to a dimension of size ``n`` (``prod(modes) - n``)."""
-    return math.prod(modes) - n

@@ -1,0 +1,106 @@
+"""Helpers the tests share: the real Hydra config shrunk for tests, the command line in a
+subprocess, and constructed trials and studies as `python -m tnsearch` records them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_module
+
+from tnsearch.space import param_name
+
+#: Overrides that make any study's latency measurement CI-sized.
+FAST = ["latency.warmup=1", "latency.repeats=3", "latency.batch_size=8"]
+#: The quick study, shrunk: a ResNet-8 of width 8.
+QUICK = ["model.depth=8", "model.width=8", *FAST]
+#: The smallest real study: LeNet-300-100 on scikit-learn's digits.
+TINY = ["study=mlp", "data=digits", "epochs=1", "space.orders=[1,2]", *FAST]
+
+
+def compose_cfg(overrides: list[str] | None = None):
+    """The composed config, as `python -m tnsearch <overrides>` would see it."""
+    with initialize_config_module("tnsearch.conf", version_base=None):
+        return compose("config", overrides=list(overrides or []), return_hydra_config=False)
+
+
+def run_cli(args: list[str], *, cwd: Path, timeout: float = 600, env: dict | None = None):
+    """Run `python -m tnsearch ARGS` in a subprocess; return the CompletedProcess."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "tnsearch", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# -- shared by the report, export and selection tests ------------------------------------------
+
+#: The plan of a constructed trial: an MLP on 8x8 digits (built, never trained).
+_MLP = {"_target_": "tnsearch.models.MLP", "hidden": [300, 100]}
+_INPUTS = {"in_channels": 1, "image_size": 8, "num_classes": 10}
+_LAYERS = ("fc1", "fc2")
+
+
+def constructed_trial(accuracy, params, latency_ms, layers=None, *, trained=True, lr=None):
+    """A finished trial as `python -m tnsearch` records it, with made-up measurements.
+
+    `layers` maps a layer name to (topology, order, rank); layers not listed stay dense.
+    """
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    layers = layers or {}
+    params_, dists = {}, {}
+    plan_layers = {}
+    for name in _LAYERS:
+        params_[param_name(name, "tensorize")] = name in layers
+        dists[param_name(name, "tensorize")] = CategoricalDistribution([False, True])
+        if name in layers:
+            topology, order, rank = layers[name]
+            choices = {"topology": ["cp", "mpo", "tree", "tucker"], "order": [1, 2]}
+            choices["rank"] = [2, 4, 8, 16]
+            for key, value in (("topology", topology), ("order", order), ("rank", rank)):
+                params_[param_name(name, key)] = value
+                dists[param_name(name, key)] = CategoricalDistribution(choices[key])
+            plan_layers[name] = {"topology": topology, "order": order, "rank": rank}
+    if lr is not None:
+        params_["lr"] = lr
+        dists["lr"] = CategoricalDistribution([0.01, 0.1])
+    plan = {"version": 1, "model": _MLP, "inputs": _INPUTS, "layers": plan_layers}
+    attrs = {
+        "plan": {**plan, "params": params},
+        "params": params,
+        "compression": 50610 / params,
+        "accuracy": accuracy if trained else 0.0,
+        "latency_ms": latency_ms,
+        "trained": trained,
+    }
+    if trained:
+        attrs["test_accuracy"] = accuracy - 0.01
+    return optuna.trial.create_trial(
+        values=[attrs["accuracy"], params, latency_ms],
+        params=params_,
+        distributions=dists,
+        user_attrs=attrs,
+    )
+
+
+def constructed_study(trials, name="constructed"):
+    """An in-memory study holding `trials` (see `constructed_trial`), objectives as tnsearch's."""
+    import warnings
+
+    import optuna
+
+    study = optuna.create_study(study_name=name, directions=["maximize", "minimize", "minimize"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["accuracy", "params", "latency"])
+    study.set_user_attr("dense_params", 50610)
+    study.add_trials(trials)
+    return study

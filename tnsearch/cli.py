@@ -1,0 +1,100 @@
+"""The one command-line wrapper: every `python -m tnsearch...` command is a Hydra main made here.
+
+`command(config_name)` turns `fn(cfg) -> int | None` (cfg: the composed config; `resolve`
+makes it plain data) into a console entry point that composes `pkg://tnsearch.conf` (the
+top-level conf/ folder, installed with the package), silences library chatter, and turns a
+`ConfigError` into one line on stderr and exit status 2. Hydra's own options work as usual:
+`--help`, `--cfg job`, `-cd DIR` for a folder of your own presets; a `conf/` folder in the
+working directory is on the search path too (a preset `conf/study/mine.yaml` is `study=mine`).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from tnsearch.config import ConfigError
+from tnsearch.ui import console
+
+__all__ = ["CONFIG_PATH", "command", "quiet", "resolve"]
+
+#: Where every command's configs are found (conf/ at the top of the repository).
+CONFIG_PATH = "pkg://tnsearch.conf"
+
+
+def quiet() -> None:
+    """Silence library chatter that says nothing to a tnsearch user."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+    warnings.filterwarnings("ignore", message=".*multivariate.*")
+
+
+def resolve(cfg) -> dict[str, Any]:
+    """The composed Hydra config as plain data; a missing mandatory value is a ConfigError."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        raise ConfigError(str(exc.full_key), "is required but not set") from None
+    except OmegaConfBaseException as exc:
+        key = str(getattr(exc, "full_key", "") or "config")
+        raise ConfigError(key, str(exc).splitlines()[0]) from None
+
+
+def command(
+    config_name: str, *, argv: Callable[[list[str]], list[str]] | None = None
+) -> Callable[[Callable[[Any], int | None]], Callable[[], None]]:
+    """Decorate `fn(cfg) -> exit code (None: 0)` into a console entry point.
+
+    Args:
+        config_name: the primary config in conf/ (e.g. "config", "report", "export").
+        argv: rewrites the command line's arguments before Hydra parses them.
+    """
+
+    def decorate(fn: Callable[[Any], int | None]) -> Callable[[], None]:
+        import hydra
+
+        @hydra.main(config_path=CONFIG_PATH, config_name=config_name, version_base=None)
+        def hydra_main(cfg) -> None:
+            quiet()
+            try:
+                code = fn(cfg)
+            except ConfigError as exc:
+                console.error(str(exc))
+                sys.exit(2)
+            if code:
+                sys.exit(code)
+
+        @functools.wraps(fn)
+        def main() -> None:
+            if argv is not None:
+                sys.argv[1:] = argv(sys.argv[1:])
+            _add_local_conf()
+            hydra_main()
+
+        main.run = fn  # the command without Hydra, for tests and Python callers
+        return main
+
+    return decorate
+
+
+def _add_local_conf() -> None:
+    """Put ./conf on Hydra's search path when it holds presets of the user's own."""
+    from importlib.resources import files
+    from pathlib import Path
+
+    local = Path("conf").resolve()
+    own = Path(str(files("tnsearch.conf"))).resolve()
+    if not local.is_dir() or local == own:
+        return
+    if any(a.startswith(("hydra.searchpath", "--config-dir", "-cd")) for a in sys.argv[1:]):
+        return
+    sys.argv.insert(1, f"hydra.searchpath=[file://{local}]")

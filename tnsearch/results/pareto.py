@@ -1,0 +1,233 @@
+"""The Pareto front of a study: the table (pareto.csv), the console view, the plot, and the
+hypervolume. Read-only on the study."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from tnsearch import plan as plans
+from tnsearch.files import atomic_path
+from tnsearch.study import optuna_internals, record
+from tnsearch.study.record import Record, front
+from tnsearch.ui import Console
+
+__all__ = [
+    "COLUMNS",
+    "REFERENCE",
+    "finish",
+    "front",
+    "hypervolume",
+    "hypervolume_history",
+    "normalized",
+    "plot",
+    "row",
+    "table",
+    "write_csv",
+]
+
+COLUMNS = ("number", "accuracy", "test_accuracy", "params", "compression", "latency_ms", "plan")
+
+
+def row(trial: Record) -> dict[str, Any]:
+    """One line of pareto.csv for a finished trial."""
+    return {
+        "number": trial.number,
+        "accuracy": trial.accuracy,
+        "test_accuracy": trial.test_accuracy,
+        "params": trial.params,
+        "compression": trial.compression,
+        "latency_ms": trial.latency_ms,
+        "plan": plans.summary(trial.plan) if trial.plan else "",
+    }
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Write `rows` (see `row`) to `path` atomically."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: _fmt(r[k]) for k in COLUMNS})
+    return Path(path)
+
+
+def finish(
+    study: optuna.Study, study_dir: Path, objectives: Sequence[str], tracker, console: Console
+) -> list[dict[str, Any]]:
+    """Write pareto.csv and the plot, show the front, and attach both to the parent run."""
+    rows = [row(r) for r in front(study)]
+    csv_path = write_csv(rows, study_dir / "pareto.csv")
+    files = [csv_path]
+    if rows:
+        files.append(plot(study, study_dir / "pareto.png"))
+    console.say("\nPareto front (" + ", ".join(objectives) + "):")
+    console.say(table(rows))
+    tracker.log_parent(files=files)
+    return rows
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    """The front as an aligned text table for the console."""
+    header = (
+        f"{'trial':>5}  {'val acc':>7}  {'test acc':>8}  {'params':>10}  {'x':>6}  {'ms':>8}  plan"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['number']:>5}  {_num(r['accuracy'], '.4f'):>7}"
+            f"  {_num(r['test_accuracy'], '.4f'):>8}"
+            f"  {_num(r['params'], ',d'):>10}  {_num(r['compression'], '.1f'):>6}"
+            f"  {_num(r['latency_ms'], '.3f'):>8}  {r['plan']}"
+        )
+    return "\n".join(lines)
+
+
+def _num(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def plot(study: optuna.Study, path: str | Path) -> Path:
+    """Scatter accuracy against parameters and against latency; the front and dense marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    done = [r for r in record.records(study, (TrialState.COMPLETE,)) if r.is_trained]
+    best = {t.number for t in front(study)}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for ax, key, label in (
+        (axes[0], "params", "parameters"),
+        (axes[1], "latency", "latency (ms / batch)"),
+    ):
+        for group, style in (
+            ([t for t in done if t.number not in best], {"c": "0.7", "label": "trial"}),
+            ([t for t in done if t.number in best], {"c": "tab:blue", "label": "Pareto-optimal"}),
+        ):
+            if group:
+                ax.scatter(
+                    [t.value(key) for t in group],
+                    [t.value("accuracy") for t in group],
+                    s=28,
+                    **style,
+                )
+        # The 2-D front of this projection: the best accuracy reached at each size or latency.
+        front_trials = sorted(done, key=lambda t: t.value(key))
+        if front_trials:
+            ax.step(
+                [t.value(key) for t in front_trials],
+                _running_max([t.value("accuracy") for t in front_trials]),
+                where="post",
+                c="tab:blue",
+                lw=1,
+                alpha=0.6,
+            )
+        dense = record.dense(done)
+        if dense is not None:
+            ax.scatter(
+                [dense.value(key)],
+                [dense.value("accuracy")],
+                marker="*",
+                s=220,
+                c="tab:red",
+                label="dense reference",
+                zorder=3,
+            )
+        if key == "params":  # sizes span decades; latencies rarely do
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(_short))
+            ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation accuracy")
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower right")
+    pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+    fig.suptitle(
+        f"{study.study_name}: {len(done)} trained trials"
+        + (f" (+{pruned} pruned)" if pruned else "")
+        + f", {len(best)} on the front"
+    )
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def _short(value: float, _position: object = None) -> str:
+    """Axis labels such as 20k, 1.5M or 0.5."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
+def _running_max(values: Sequence[float]) -> list[float]:
+    out, best = [], float("-inf")
+    for v in values:
+        best = max(best, v)
+        out.append(best)
+    return out
+
+
+#: Reference point of the hypervolume, per objective, in normalized space: accuracy 0, and 10%
+#: more parameters / latency than the dense model. Normalized space: 1 - accuracy, params / dense
+#: params, latency / dense latency, so fronts of different runs and machines compare.
+REFERENCE = {"accuracy": 1.0, "params": 1.1, "latency": 1.1}
+
+
+def normalized(trial: Record, dense: Record, objectives: Sequence[str]) -> list[float]:
+    """A trial's objectives as losses in normalized space (see REFERENCE)."""
+    out = []
+    for name in objectives:
+        if name == "accuracy":
+            out.append(1.0 - trial.value(name))
+        else:
+            out.append(trial.value(name) / dense.value(name))
+    return out
+
+
+def hypervolume_history(study: optuna.Study) -> list[tuple[int, float]]:
+    """(trial number, hypervolume of the front of all trials up to it), for finished trials.
+
+    Normalized objective space; the reference point is REFERENCE (accuracy 0, 1.1x the dense
+    model's parameters and latency). Infeasible trials count for nothing.
+    """
+    import numpy as np
+
+    objectives = study.metric_names or list(record.OBJECTIVES)
+    done = [r for r in record.records(study, (TrialState.COMPLETE,)) if r.is_trained and r.feasible]
+    dense = record.dense(done)
+    if dense is None:
+        return []
+    reference = np.array([REFERENCE[name] for name in objectives])
+    history, points = [], []
+    for trial in done:
+        point = normalized(trial, dense, objectives)
+        if all(p < r for p, r in zip(point, reference, strict=True)):
+            points.append(point)
+        volume = (
+            optuna_internals.compute_hypervolume(np.array(points), reference) if points else 0.0
+        )
+        history.append((trial.number, volume))
+    return history
+
+
+def hypervolume(study: optuna.Study) -> float:
+    """Hypervolume of the study's front in normalized objective space (see REFERENCE)."""
+    history = hypervolume_history(study)
+    return history[-1][1] if history else 0.0

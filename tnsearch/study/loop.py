@@ -1,0 +1,162 @@
+"""One worker's loop on a study: ask and run trials until the study holds `trials`.
+
+`work` is the ask/tell loop (with the live status line); `_Stuck` gives up when every recent
+trial failed or was a repeat; `pretrain` trains the dense model once per study for warm starts.
+"""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from tnsearch import plan as plans
+from tnsearch.study import liveness, record, warmstart, workers
+from tnsearch.study.record import Outcome
+from tnsearch.study.setup import Setup
+from tnsearch.study.trial import run_trial
+from tnsearch.ui import Progress, Snapshot
+
+
+class StudyStopped(RuntimeError):
+    """The worker gave up: every recent trial failed or was infeasible."""
+
+
+def work(setup: Setup, study: optuna.Study, tracker, *, show_status: bool | None = None) -> int:
+    """Ask and run trials until the study holds `trials` counted trials; return how many ran.
+
+    Args:
+        show_status: draw the live status line (None: when stdout is a terminal).
+    """
+    target = setup.cfg["trials"]
+    console = setup.console
+    started = time.monotonic()
+    timeout = setup.cfg.get("timeout")
+    if setup.cfg["pretrain"]["epochs"] and setup.pretrained is None:
+        setup.pretrained = warmstart.pretrained(
+            setup.study_dir,
+            setup.cfg["pretrain"]["epochs"],
+            lambda: pretrain(setup),
+            say=console.say,
+        )
+    console.say(
+        f"worker {liveness.worker_id()} joined study {study.study_name!r}: "
+        f"{record.counted(study)}/{target} trials done"
+    )
+    ran = 0
+    stuck = _Stuck(target)
+    status = Progress(
+        target,
+        enabled=show_status,
+        workers=workers.count(setup.cfg["workers"]) if setup.cfg["worker"] is None else 1,
+    )
+    console.status = status
+    try:
+        with status:
+            status.update(snapshot(study, target, status.elapsed, workers=status.workers))
+            while True:
+                liveness.reap(study, tracker)
+                if record.counted(study) >= target:
+                    break
+                if timeout is not None and time.monotonic() - started > timeout:
+                    console.say(f"timeout: {timeout} s passed, no new trial started")
+                    break
+                trial = study.ask()
+                if _surplus(study, trial, target):
+                    reason = "surplus: the study reached its target meanwhile"
+                    record.write_fields(trial, fail_reason=reason)
+                    study.tell(trial, state=TrialState.FAIL)
+                    break
+                outcome = run_trial(setup, study, trial, tracker)
+                status.update(snapshot(study, target, status.elapsed, workers=status.workers))
+                ran += 1
+                stuck.check(outcome)
+    finally:
+        console.status = None
+    return ran
+
+
+def snapshot(study: optuna.Study, target: int, elapsed: float, *, workers: int = 1) -> Snapshot:
+    """What the status line shows; the ETA is the mean trial time times the trials left, over
+    `workers`."""
+    counted = [r for r in record.records(study, record.COUNTED) if r.counts]
+    spans = [
+        (r.completed - r.started).total_seconds()
+        for r in record.records(study, (TrialState.COMPLETE,))
+        if r.started and r.completed
+    ]
+    left = max(0, target - len(counted))
+    eta = sum(spans) / len(spans) * left / max(1, workers) if spans else None
+    accuracies = [  # of finished trials: a pruned trial's accuracy is a partial one
+        r.accuracy for r in counted if r.state == TrialState.COMPLETE and r.accuracy is not None
+    ]
+    return Snapshot(
+        done=len(counted),
+        target=target,
+        elapsed=elapsed,
+        eta=0.0 if left == 0 else eta,
+        best_accuracy=max(accuracies) if accuracies else None,
+        front=len(record.front(study)),
+    )
+
+
+class _Stuck:
+    """Gives up when no trial has trained for too long: every recent plan failed, or was
+    infeasible or a repeat. One bad plan fails alone; a broken setup fails them all."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.untrained = self.failed = 0
+
+    def check(self, outcome: Outcome) -> None:
+        untrained = outcome in (Outcome.INFEASIBLE, Outcome.DUPLICATE)
+        self.untrained = self.untrained + 1 if untrained else 0
+        self.failed = self.failed + 1 if outcome == Outcome.FAILED else 0
+        if self.untrained >= max(100, 10 * self.target):
+            raise StudyStopped(
+                f"{self.untrained} infeasible or repeated plans in a row: "
+                "loosen constraints.* or widen the space"
+            )
+        if self.failed >= max(5, self.target):
+            raise StudyStopped(
+                f"{self.failed} failed trials in a row (see their fail_reason): "
+                "something is wrong beyond one plan"
+            )
+
+
+def pretrain(setup: Setup) -> dict[str, torch.Tensor]:
+    """Train the dense model for `pretrain.epochs` (seeded with `seed`); return its weights."""
+    from hydra.utils import instantiate
+
+    from tnsearch.measure import training
+
+    cfg = setup.cfg
+    torch.manual_seed(cfg["seed"])
+    model = plans.build_dense(plans.make(cfg["model"], setup.inputs, {}))
+    module = training.Classifier(
+        model,
+        optimizer=instantiate(dict(cfg["trainer"]["optimizer"])),
+        scheduler=cfg["trainer"].get("scheduler", "cosine"),
+    )
+    result = training.fit(
+        module, setup.datamodule, epochs=cfg["pretrain"]["epochs"], trainer_cfg=cfg["trainer"]
+    )
+    setup.console.say(f"pretrained dense model: val acc {result.val_acc:.4f}")
+    return model.state_dict()
+
+
+def _surplus(study: optuna.Study, trial: optuna.Trial, target: int) -> bool:
+    """True when earlier trials (counted or still running) already make up the target."""
+    ahead = sum(
+        1
+        for r in record.records(study, (*record.COUNTED, TrialState.RUNNING))
+        if r.number < trial.number and r.is_trained
+    )
+    return ahead >= target
+
+
+def running(study: optuna.Study) -> int:
+    """Trials still running (on any worker)."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))

@@ -1,0 +1,307 @@
+"""The typed record of a trial: what tnsearch stores in Optuna, read and written only here.
+
+Optuna keeps a trial's state, values and parameters; everything else tnsearch measures lives in
+the trial's user attributes. Those attributes are the real database schema of a study, so they
+are named once, in `Record`: the trial runner writes a record with `write`, every reader
+(report, export, Pareto front, selection, progress, liveness) reads records with `from_trial` /
+`records`. A study stores the schema version it was written with (`SCHEMA_ATTR`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tnsearch.study import optuna_internals
+
+__all__ = [
+    "COUNTED",
+    "OBJECTIVES",
+    "SCHEMA_VERSION",
+    "Objective",
+    "Outcome",
+    "Record",
+    "dense",
+    "front",
+    "records",
+    "trained",
+]
+
+#: Version of the user-attribute schema below; stored with every study (study user attribute
+#: `SCHEMA_ATTR`) so that a later tnsearch can read an older study.
+SCHEMA_VERSION = 1
+SCHEMA_ATTR = "tnsearch_schema"
+DENSE_PARAMS_ATTR = "dense_params"
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+
+#: Trial states that count towards `trials` (failed and surplus trials do not).
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class Objective(NamedTuple):
+    """One objective: how Optuna optimizes it and which record field holds its value."""
+
+    direction: str  # "maximize" or "minimize"
+    field: str  # the Record attribute
+
+
+#: The objectives a study may name (`objectives: [...]`), the one map of name -> objective.
+OBJECTIVES: dict[str, Objective] = {
+    "accuracy": Objective("maximize", "accuracy"),
+    "params": Objective("minimize", "params"),
+    "latency": Objective("minimize", "latency_ms"),
+}
+
+
+class Outcome(enum.Enum):
+    """How one run of a trial ended, as the worker saw it."""
+
+    COMPLETE = "complete"
+    INFEASIBLE = "infeasible"  # over a constraint: told at once, never trained
+    DUPLICATE = "duplicate"  # an earlier trial trained the same plan: its values told again
+    PRUNED = "pruned"
+    FAILED = "failed"
+
+    @property
+    def trained(self) -> bool:
+        """Whether a trial with this outcome trained a model."""
+        return self in (Outcome.COMPLETE, Outcome.PRUNED)
+
+
+@dataclass(frozen=True)
+class Record:
+    """A trial as tnsearch stores it. Fields left None were not (yet) measured.
+
+    Optuna's own parts (`number`, `state`, `values`, `choices` = Optuna's `params`, `constraints`,
+    times) are read from the trial; the rest are its user attributes, one per field below.
+    """
+
+    number: int = -1
+    state: TrialState = TrialState.RUNNING
+    values: tuple[float, ...] | None = None
+    choices: Mapping[str, Any] = field(default_factory=dict)  # Optuna parameters
+    constraints: Mapping[str, float] = field(default_factory=dict)  # name -> value, <= 0: met
+    started: datetime.datetime | None = None
+    completed: datetime.datetime | None = None
+    # -- user attributes (the schema) --------------------------------------------------------
+    plan: Mapping[str, Any] | None = None
+    training_choices: Mapping[str, Any] | None = None  # e.g. {"lr": 0.01}; {}: none searched
+    trained: bool | None = None  # None: undecided (running) or never told (failed)
+    duplicate_of: int | None = None
+    retry_of: int | None = None
+    infeasible: str | None = None  # which constraint, by how much
+    accuracy: float | None = None  # validation accuracy (0.0 for untrained infeasible plans)
+    test_accuracy: float | None = None
+    zero_shot_accuracy: float | None = None  # warm start: right after the decomposition
+    params: int | None = None
+    compression: float | None = None
+    latency_ms: float | None = None
+    latency_p10_ms: float | None = None
+    latency_p90_ms: float | None = None
+    history: Sequence[Mapping[str, float]] | None = None  # {"epoch", "train_loss", "val_acc"}
+    seconds: float | None = None
+    fail_reason: str | None = None
+    prune_reason: str | None = None
+    mlflow_run_id: str | None = None
+    worker: str | None = None  # host:pid
+    heartbeat: float | None = None  # Unix time of the worker's last stamp
+
+    # -- reading and writing -------------------------------------------------------------------
+    @classmethod
+    def from_trial(cls, trial: FrozenTrial) -> Record:
+        """The record of an Optuna trial (unknown user attributes are ignored)."""
+        attrs = trial.user_attrs
+        stored = {name: attrs[name] for name in _ATTRS if name in attrs}
+        if stored.get("history") is not None:
+            stored["history"] = tuple(stored["history"])
+        return cls(
+            number=trial.number,
+            state=trial.state,
+            values=tuple(trial.values) if trial.values is not None else None,
+            choices=dict(trial.params),
+            constraints=dict(trial.constraints),
+            started=trial.datetime_start,
+            completed=trial.datetime_complete,
+            **stored,
+        )
+
+    def to_user_attrs(self) -> dict[str, Any]:
+        """The user attributes of this record (fields that are set)."""
+        out = {}
+        for name in _ATTRS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            out[name] = list(value) if name == "history" else value
+        return out
+
+    def replace(self, **changes: Any) -> Record:
+        """A copy with `changes` (fields by name)."""
+        return dataclasses.replace(self, **changes)
+
+    # -- what readers ask ----------------------------------------------------------------------
+    @property
+    def is_trained(self) -> bool:
+        """Whether the trial trained a model (False for repeats and infeasible plans)."""
+        return self.trained is not False
+
+    @property
+    def is_dense(self) -> bool:
+        """Whether this is the dense reference: a plan that tensorizes nothing."""
+        return self.plan is not None and not self.plan.get("layers")
+
+    @property
+    def layers(self) -> Mapping[str, Mapping[str, Any]]:
+        """The plan's tensorized layers (name -> spec); empty for dense or no plan yet."""
+        return (self.plan or {}).get("layers", {})
+
+    @property
+    def counts(self) -> bool:
+        """Whether it counts towards the study's `trials`: finished or pruned, and trained."""
+        return self.state in COUNTED and self.is_trained
+
+    @property
+    def feasible(self) -> bool:
+        return all(value <= 0.0 for value in self.constraints.values())
+
+    @property
+    def candidate(self) -> bool:
+        """Finished, trained, feasible and with an accuracy: what results may offer a user."""
+        return (
+            self.state == TrialState.COMPLETE
+            and self.is_trained
+            and self.feasible
+            and self.accuracy is not None
+        )
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """How the trial ended (None while it runs)."""
+        if self.state == TrialState.PRUNED:
+            return Outcome.PRUNED
+        if self.state == TrialState.FAIL:
+            return Outcome.FAILED
+        if self.state != TrialState.COMPLETE:
+            return None
+        if self.duplicate_of is not None:
+            return Outcome.DUPLICATE
+        if self.infeasible is not None:
+            return Outcome.INFEASIBLE
+        return Outcome.COMPLETE
+
+    def value(self, objective: str) -> float:
+        """The value of `objective` (a key of OBJECTIVES) as the record holds it."""
+        found = getattr(self, OBJECTIVES[objective].field)
+        if found is None:
+            raise ValueError(f"trial {self.number} has no {OBJECTIVES[objective].field}")
+        return float(found)
+
+    def values_for(self, objectives: Iterable[str]) -> list[float]:
+        """The values to tell Optuna, in the study's objective order."""
+        return [self.value(name) for name in objectives]
+
+
+#: Record fields that are Optuna's own parts of a trial; every other field is a user attribute.
+_OPTUNA = ("number", "state", "values", "choices", "constraints", "started", "completed")
+_ATTRS = tuple(f.name for f in dataclasses.fields(Record) if f.name not in _OPTUNA)
+
+
+# -- writing (the trial runner and liveness) ---------------------------------------------------
+def write(trial: optuna.Trial, record: Record) -> None:
+    """Store `record`'s set fields as `trial`'s user attributes."""
+    for key, value in record.to_user_attrs().items():
+        trial.set_user_attr(key, value)
+
+
+def write_fields(trial: optuna.Trial, **fields: Any) -> None:
+    """Store some record fields (by name) on a running trial."""
+    for key, value in fields.items():
+        if key not in _ATTRS:
+            raise KeyError(f"{key!r} is not a field of a trial record")
+        trial.set_user_attr(key, value)
+
+
+def write_finished(study: optuna.Study, record: Record, **fields: Any) -> None:
+    """Store record fields of a trial this process does not hold (e.g. a dead worker's)."""
+    for key, value in fields.items():
+        if key not in _ATTRS:
+            raise KeyError(f"{key!r} is not a field of a trial record")
+        optuna_internals.set_trial_user_attr(study, record.number, key, value)
+
+
+def retry_attrs(number: int) -> dict[str, Any]:
+    """The user attributes a retry of failed trial `number` starts with."""
+    return Record(retry_of=number).to_user_attrs()
+
+
+# -- reading ------------------------------------------------------------------------------------
+def records(study: optuna.Study, states: Sequence[TrialState] | None = None) -> list[Record]:
+    """The records of the study's trials (in `states`), by number."""
+    found = study.get_trials(deepcopy=False, states=states)
+    return sorted((Record.from_trial(t) for t in found), key=lambda r: r.number)
+
+
+def trained(study: optuna.Study) -> list[Record]:
+    """Finished, trained, feasible trials with an accuracy, by number."""
+    return [r for r in records(study, (TrialState.COMPLETE,)) if r.candidate]
+
+
+def counted(study: optuna.Study) -> int:
+    """Trials that count towards the target."""
+    return sum(1 for r in records(study, COUNTED) if r.counts)
+
+
+def dense(found: Iterable[Record]) -> Record | None:
+    """The dense reference among `found`, or None."""
+    return next((r for r in found if r.is_dense), None)
+
+
+def front(study: optuna.Study) -> list[Record]:
+    """The trained Pareto-optimal trials, fewest parameters first."""
+    best = [Record.from_trial(t) for t in study.best_trials]
+    best = [r for r in best if r.is_trained]
+    return sorted(best, key=lambda r: (r.params or 0, r.number))
+
+
+# -- study-level attributes --------------------------------------------------------------------
+def mark_schema(study: optuna.Study) -> None:
+    """Store the schema version with a new study; refuse a study written by a newer schema."""
+    found = study.user_attrs.get(SCHEMA_ATTR)
+    if found is None:
+        study.set_user_attr(SCHEMA_ATTR, SCHEMA_VERSION)
+    elif int(found) > SCHEMA_VERSION:
+        raise ValueError(
+            f"study {study.study_name!r} was written by a newer tnsearch (record schema "
+            f"{found}, this one reads {SCHEMA_VERSION})"
+        )
+
+
+def schema(study: optuna.Study) -> int | None:
+    """The record schema version the study was written with (None: before versions)."""
+    found = study.user_attrs.get(SCHEMA_ATTR)
+    return None if found is None else int(found)
+
+
+def dense_params(study: optuna.Study) -> int | None:
+    found = study.user_attrs.get(DENSE_PARAMS_ATTR)
+    return None if found is None else int(found)
+
+
+def set_dense_params(study: optuna.Study, params: int) -> None:
+    study.set_user_attr(DENSE_PARAMS_ATTR, int(params))
+
+
+def parent_run(study: optuna.Study) -> str | None:
+    """The id of the study's MLflow parent run, if one was made."""
+    return study.user_attrs.get(PARENT_RUN_ATTR)
+
+
+def set_parent_run(study: optuna.Study, run_id: str) -> None:
+    study.set_user_attr(PARENT_RUN_ATTR, run_id)

@@ -1,0 +1,380 @@
+"""One trial: plan -> model -> parameters and latency -> (if feasible) training -> record.
+
+Everything a trial measures goes to three places: the Optuna trial (values and user
+attributes), its MLflow run, and its folder `${root}/${name}/trials/<number>/`.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from tnsearch import plan as plans
+from tnsearch import tn
+from tnsearch.measure import latency, training
+from tnsearch.study import liveness, record
+from tnsearch.study.record import Outcome, Record
+from tnsearch.study.setup import Setup, trial_device
+
+
+def run_trial(setup: Setup, study: optuna.Study, trial: optuna.Trial, tracker) -> Outcome:
+    """Run one trial to its end; return how it ended.
+
+    A trial that raises is recorded as failed with its reason and the worker goes on;
+    an interrupt (Ctrl-C, SystemExit) fails the trial with that reason and propagates.
+    """
+    with liveness.heartbeat(trial):
+        return _Trial(setup, study, trial, tracker).run()
+
+
+class _Trial:
+    """The steps of one trial, sharing its state."""
+
+    def __init__(self, setup: Setup, study: optuna.Study, trial: optuna.Trial, tracker) -> None:
+        self.setup, self.cfg = setup, setup.cfg
+        self.study, self.trial, self.tracker = study, trial, tracker
+        self.start = time.perf_counter()
+        self.run_id = None
+        self.rec = Record(number=trial.number)  # what this trial has measured so far
+        self.plan: dict[str, Any] = {"layers": {}}
+
+    def update(self, **fields: Any) -> None:
+        self.rec = self.rec.replace(**fields)
+
+    def run(self) -> Outcome:
+        try:
+            self.propose()
+            earlier = self.duplicate_of()
+            if earlier is not None:
+                return self.duplicate(earlier)
+            model = self.build()
+            self.measure(model)
+            if self.infeasible():
+                return Outcome.INFEASIBLE
+            self.train(model)
+            return Outcome.COMPLETE
+        except optuna.TrialPruned as exc:
+            self.update(
+                trained=True, prune_reason=str(exc), seconds=time.perf_counter() - self.start
+            )
+            record.write(self.trial, self.rec)
+            self.study.tell(self.trial, state=TrialState.PRUNED)
+            self.tracker.end_trial(
+                self.run_id,
+                state="PRUNED",
+                metrics=_final_metrics(self.rec),
+                tags={"prune_reason": str(exc)},
+            )
+            self.say(Outcome.PRUNED)
+            return Outcome.PRUNED
+        except (KeyboardInterrupt, SystemExit) as exc:
+            self.fail(f"interrupted ({type(exc).__name__})", killed=True)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failing trial is recorded, the study goes on
+            self.fail(_reason(exc), trace=traceback.format_exc())
+            _retry(self.study, self.trial, self.cfg["retries"])
+            return Outcome.FAILED
+
+    # -- steps ------------------------------------------------------------------------------
+    def propose(self) -> None:
+        """Ask the sampler for this trial's plan (and training choices)."""
+        setup, trial = self.setup, self.trial
+        self.plan = plans.make(self.cfg["model"], setup.inputs, setup.space.suggest(trial))
+        self.training_choices = setup.space.suggest_training(trial)
+        self.optimizer = {**self.cfg["trainer"]["optimizer"], **self.training_choices}
+
+    def duplicate_of(self) -> Record | None:
+        """An earlier trained trial with exactly this plan, if any (samplers do repeat)."""
+        for other in record.records(self.study, (TrialState.COMPLETE,)):
+            if (
+                other.is_trained
+                and other.plan is not None
+                and other.layers == self.plan["layers"]
+                and dict(other.training_choices or {}) == self.training_choices
+            ):
+                return other
+        return None
+
+    def duplicate(self, earlier: Record) -> Outcome:
+        """Tell the earlier trial's values again instead of training the same plan twice."""
+        self.update(
+            plan=earlier.plan,
+            params=earlier.params,
+            compression=earlier.compression,
+            latency_ms=earlier.latency_ms,
+            trained=False,
+            duplicate_of=earlier.number,
+            accuracy=earlier.accuracy,
+        )
+        record.write(self.trial, self.rec)
+        self.study.tell(self.trial, list(earlier.values))
+        self.say(Outcome.DUPLICATE)
+        return Outcome.DUPLICATE
+
+    def build(self) -> torch.nn.Module:
+        """Build the planned model (from the trained dense weights when warm)."""
+        setup, trial = self.setup, self.trial
+        record.write_fields(trial, training_choices=self.training_choices)
+        self.seed = self.cfg["seed"] + trial.number
+        torch.manual_seed(self.seed)
+        model = plans.build_dense(self.plan)
+        if setup.pretrained is not None:
+            model.load_state_dict(setup.pretrained)
+        warm = setup.pretrained is not None
+        plans.tensorize(model, self.plan, init="decompose" if warm else "random")
+        self.plan["params"] = tn.n_params(model)
+        self.update(
+            plan=self.plan,
+            training_choices=self.training_choices,
+            params=self.plan["params"],
+            compression=setup.dense_params / self.plan["params"],
+        )
+        record.write_fields(trial, plan=self.plan)
+        self.folder = setup.study_dir / "trials" / str(trial.number)
+        plans.save(self.plan, self.folder / "plan.json")
+        self.run_id = self.tracker.start_trial(
+            trial.number, self.plan, _run_params(self.cfg, self.plan, self.seed, self.optimizer)
+        )
+        if self.run_id is not None:
+            self.update(mlflow_run_id=self.run_id)
+            record.write_fields(trial, mlflow_run_id=self.run_id)
+        return model
+
+    def measure(self, model: torch.nn.Module) -> None:
+        """Latency of the whole model in eval mode, compiled as `latency.compile` says."""
+        cfg = self.cfg["latency"]
+        example = self.setup.datamodule.example_input(cfg["batch_size"])
+        device = torch.device(cfg["device"] or trial_device(self.cfg))
+        if cfg["compile"] != "none" or self.cfg["trainer"]["compile"] != "none":
+            # Every trial is a new model behind the same forward functions: start Dynamo
+            # afresh, or its per-function recompile limit turns compilation off after 8 trials.
+            torch._dynamo.reset()
+            self.freeze_paths(model, device)
+        measured = model if cfg["compile"] == "none" else _compile(model, cfg["compile"])
+        stats = latency.measure(
+            measured,
+            example,
+            # A compiled model runs slowly for its first few calls after compiling (measured:
+            # 3-4 calls on CPU), whatever latency.warmup says.
+            warmup=max(cfg["warmup"], 10 if cfg["compile"] != "none" else 0),
+            repeats=cfg["repeats"],
+            device=device,
+            dtype=cfg["dtype"],
+        )
+        self.update(latency_ms=stats.p50, latency_p10_ms=stats.p10, latency_p90_ms=stats.p90)
+
+    def freeze_paths(self, model: torch.nn.Module, device: torch.device) -> None:
+        """Choose every tensorized layer's path for the shapes it will see, then fix them, so
+        that torch.compile traces one graph with no measuring in it."""
+        dm = self.setup.datamodule
+        model.to(device)
+        was_training = model.training
+        model.train()
+        tn.freeze_paths(model, dm.example_input(dm.batch_size).to(device), grad=True)
+        model.eval()
+        for size in {self.cfg["latency"]["batch_size"], dm.eval_batch_size}:
+            tn.freeze_paths(model, dm.example_input(size).to(device), grad=False)
+        model.train(was_training)
+
+    def infeasible(self) -> bool:
+        """Record the constraints; an infeasible trial is told at once and not trained."""
+        violations = _constraints(self.cfg["constraints"], self.rec)
+        for key, value in violations.items():
+            self.trial.set_constraint(key, value)
+        broken = [k for k, v in violations.items() if v > 0]
+        if not broken:
+            return False
+        # Not trained: the sampler still learns that this region is infeasible.
+        self.update(
+            trained=False,
+            accuracy=0.0,
+            infeasible=", ".join(f"{k} exceeded by {violations[k]:.4g}" for k in broken),
+        )
+        record.write(self.trial, self.rec)
+        self.study.tell(self.trial, self.rec.values_for(self.cfg["objectives"]))
+        self.tracker.end_trial(
+            self.run_id,
+            state="COMPLETE",
+            metrics=_final_metrics(self.rec),
+            tags={"infeasible": self.rec.infeasible},
+        )
+        self.say(Outcome.INFEASIBLE)
+        return True
+
+    def train(self, model: torch.nn.Module) -> None:
+        """Train (or, for the warm-started dense model, only evaluate), then record."""
+        cfg, setup = self.cfg, self.setup
+        warm = setup.pretrained is not None
+        epochs = 0 if warm and not self.plan["layers"] else cfg["epochs"]
+        torch.manual_seed(self.seed)
+        mode = cfg["trainer"]["compile"]
+        module = training.Classifier(
+            model if mode == "none" else _compile(model, mode),
+            optimizer=_instantiate(self.optimizer),
+            scheduler=cfg["trainer"].get("scheduler", "cosine"),
+        )
+        finished = (
+            record.records(self.study, (TrialState.COMPLETE,)) if setup.pruner is not None else []
+        )
+
+        def on_epoch(metrics: dict[str, float]) -> None:
+            self.update(history=(*(self.rec.history or ()), metrics))
+            self.tracker.log_metrics(
+                self.run_id,
+                {"train_loss": metrics["train_loss"], "val_acc": metrics["val_acc"]},
+                step=int(metrics["epoch"]),
+            )
+            if setup.pruner is not None and int(metrics["epoch"]) + 1 < epochs:
+                reason = setup.pruner.dominator(
+                    finished, self.rec, int(metrics["epoch"]), metrics["val_acc"]
+                )
+                if reason:
+                    raise optuna.TrialPruned(reason)
+
+        result = training.fit(
+            module,
+            setup.datamodule,
+            epochs=epochs,
+            trainer_cfg=cfg["trainer"],
+            on_epoch=on_epoch,
+            on_zero_shot=(
+                (lambda acc: self.update(zero_shot_accuracy=acc))
+                if warm and self.plan["layers"]
+                else None
+            ),
+        )
+        self.update(
+            trained=True,
+            accuracy=result.val_acc,
+            test_accuracy=result.test_acc,
+            history=tuple(result.history),
+            seconds=time.perf_counter() - self.start,
+        )
+        torch.save(model.state_dict(), self.folder / "weights.pt")
+        record.write(self.trial, self.rec)
+        self.study.tell(self.trial, self.rec.values_for(cfg["objectives"]))
+        self.tracker.end_trial(self.run_id, state="COMPLETE", metrics=_final_metrics(self.rec))
+        self.say(Outcome.COMPLETE)
+
+    # -- endings ----------------------------------------------------------------------------
+    def fail(self, reason: str, *, killed: bool = False, trace: str | None = None) -> None:
+        self.update(fail_reason=reason)
+        record.write_fields(self.trial, fail_reason=reason)
+        self.study.tell(self.trial, state=TrialState.FAIL)
+        tags = {"fail_reason": reason}
+        if trace:
+            tags["traceback"] = trace[-4000:]
+        self.tracker.end_trial(self.run_id, state="KILLED" if killed else "FAIL", tags=tags)
+        self.say(Outcome.FAILED)
+
+    def say(self, outcome: Outcome) -> None:
+        self.setup.console.say(
+            trial_line(
+                self.rec,
+                plans.summary(self.plan),
+                outcome,
+                time.perf_counter() - self.start,
+            )
+        )
+
+
+def trial_line(rec: Record, summary: str, outcome: Outcome, seconds: float) -> str:
+    """One console line per trial: number, plan summary, accuracy, params (compression),
+    latency, time; or why it was not trained."""
+    head = f"trial {rec.number:>3}  {summary[:48]:<48}"
+    if outcome == Outcome.COMPLETE:
+        return (
+            f"{head}  acc {rec.accuracy:.4f}  params {rec.params:>10,} "
+            f"({rec.compression:.1f}x)  {rec.latency_ms:.3f} ms  {seconds:.1f} s"
+        )
+    if outcome == Outcome.INFEASIBLE:
+        return f"{head}  infeasible: {rec.infeasible or ''}"
+    if outcome == Outcome.DUPLICATE:
+        return f"{head}  same plan as trial {rec.duplicate_of}: not trained again"
+    reason = rec.fail_reason or rec.prune_reason or ""
+    return f"{head}  {outcome.value.upper()}: {reason}"
+
+
+def _compile(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """torch.compile with tnsearch's mode names ("default", "reduce-overhead", "max-autotune")."""
+    return torch.compile(model, mode=None if mode == "default" else mode)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return f"out of memory: {' '.join(str(exc).split())[:300]}"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def _retry(study: optuna.Study, trial: optuna.Trial, retries: int) -> None:
+    """Queue the failed trial's plan again, up to `retries` times (Optuna's retry callback)."""
+    if retries < 1:
+        return
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    failed = next(t for t in study.get_trials(deepcopy=True) if t.number == trial.number)
+    # The retry starts clean: it keeps the plan's parameters, not the failure's attributes.
+    failed.user_attrs = record.retry_attrs(failed.number)
+    RetryHeartbeatStaleTrialCallback(max_retry=retries)(study, failed)
+
+
+def _constraints(constraints: Mapping[str, Any], rec: Record) -> dict[str, float]:
+    """Constraint values (<= 0 means satisfied), for the limits that are set."""
+    out = {}
+    if constraints.get("max_params") is not None:
+        out["max_params"] = float(rec.params - constraints["max_params"])
+    if constraints.get("max_latency_ms") is not None:
+        out["max_latency_ms"] = float(rec.latency_ms - constraints["max_latency_ms"])
+    return out
+
+
+def _final_metrics(rec: Record) -> dict[str, float]:
+    keys = (
+        "accuracy",
+        "test_accuracy",
+        "params",
+        "compression",
+        "latency_ms",
+        "latency_p10_ms",
+        "latency_p90_ms",
+        "zero_shot_accuracy",
+    )
+    return {k: float(getattr(rec, k)) for k in keys if getattr(rec, k) is not None}
+
+
+def _instantiate(node: Mapping[str, Any]):
+    from hydra.utils import instantiate
+
+    return instantiate(dict(node))
+
+
+def _run_params(
+    cfg: Mapping[str, Any], plan: Mapping[str, Any], seed: int, optimizer: Mapping[str, Any]
+) -> dict[str, Any]:
+    """MLflow params of a trial: the flattened plan and the training hyperparameters."""
+    params = plans.flatten(plan)
+    params.update(
+        epochs=cfg["epochs"],
+        seed=seed,
+        batch_size=cfg["data"].get("batch_size"),
+        data=cfg["data"]["_target_"].rsplit(".", 1)[-1],
+        compile=cfg["trainer"]["compile"],
+        latency_compile=cfg["latency"]["compile"],
+        latency_dtype=cfg["latency"]["dtype"],
+        warm_start=cfg["model"].get("checkpoint")
+        or (
+            f"pretrain {cfg['pretrain']['epochs']} epochs" if cfg["pretrain"]["epochs"] else "none"
+        ),
+    )
+    for key, value in optimizer.items():
+        if not key.startswith("_"):
+            params[f"optimizer.{key}"] = value
+    params["optimizer"] = optimizer["_target_"].rsplit(".", 1)[-1]
+    return params

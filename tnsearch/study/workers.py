@@ -1,0 +1,115 @@
+"""Local worker processes: `workers=N` runs N copies of the same command on one study.
+
+Each worker is `python -m tnsearch <the same overrides> worker=<i>`, so a local worker, a node
+of a multi-machine study and a job of a SLURM array are one and the same thing. The parent
+divides the machine: one GPU per worker (CUDA_VISIBLE_DEVICES) when there are GPUs, else a
+disjoint set of CPU cores per worker (affinity and torch threads).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+ENV_SPAWNED = "TNSEARCH_SPAWNED"  # set in workers started by a local parent
+ENV_CPUS = "TNSEARCH_CPUS"  # comma-separated CPU ids this worker owns
+
+
+def count(workers: int | str) -> int:
+    """How many local workers `workers` means here (`auto`: one per visible GPU, at least 1)."""
+    if workers == "auto":
+        import torch
+
+        return max(torch.cuda.device_count(), 1)
+    return int(workers)
+
+
+def cpu_sets(n: int, cpus: Sequence[int] | None = None) -> list[list[int]]:
+    """Split the CPUs this process may use into `n` disjoint, contiguous, near-equal sets."""
+    cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
+    if n > len(cpus):
+        return [[cpus[i % len(cpus)]] for i in range(n)]
+    size, extra = divmod(len(cpus), n)
+    sets, start = [], 0
+    for i in range(n):
+        end = start + size + (1 if i < extra else 0)
+        sets.append(list(cpus[start:end]))
+        start = end
+    return sets
+
+
+def apply_placement() -> None:
+    """In a worker: keep to the CPUs the parent gave it, with one torch thread per CPU."""
+    cpus = os.environ.get(ENV_CPUS)
+    if not cpus:
+        return
+    import torch
+
+    owned = [int(c) for c in cpus.split(",")]
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, owned)
+    torch.set_num_threads(len(owned))
+
+
+def is_spawned() -> bool:
+    return os.environ.get(ENV_SPAWNED) == "1"
+
+
+def tag(worker: int | None, local: int) -> str:
+    """The prefix of a worker's console lines: "[w<i>] " when one command runs several local
+    workers (`worker` is None in the parent, which is worker 0), else nothing."""
+    if is_spawned():
+        return f"[w{worker}] "
+    return "[w0] " if local > 1 else ""
+
+
+def place_self(n: int, *, gpus: int) -> None:
+    """The parent is worker 0 of `n`: keep it to its share of the machine."""
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = "0"
+    else:
+        os.environ[ENV_CPUS] = ",".join(str(c) for c in cpu_sets(n)[0])
+        apply_placement()
+
+
+def spawn(overrides: Sequence[str], n: int, *, gpus: int) -> list[subprocess.Popen]:
+    """Start workers 1..n-1 running `python -m tnsearch <overrides> worker=<i>`."""
+    keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("workers", "worker")]
+    cpus = cpu_sets(n)
+    procs = []
+    for i in range(1, n):
+        env = {**os.environ, ENV_SPAWNED: "1", "PYTHONUNBUFFERED": "1"}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        else:
+            env[ENV_CPUS] = ",".join(str(c) for c in cpus[i])
+            env["OMP_NUM_THREADS"] = str(len(cpus[i]))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tnsearch", *keep, f"worker={i}", "workers=1"], env=env
+            )
+        )
+    return procs
+
+
+def wait(procs: Sequence[subprocess.Popen], *, grace_s: float = 120.0) -> list[int]:
+    """Wait for all workers. On Ctrl-C, let them fail their trials and stop, then return."""
+    try:
+        return [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        # The terminal sent SIGINT to every worker too; make sure, then give them time to
+        # record their running trials as failed.
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + grace_s
+        for p in procs:
+            try:
+                p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise

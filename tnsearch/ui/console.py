@@ -1,0 +1,39 @@
+"""Lines for the user on the console, and the one-line error of a command that stops."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from tnsearch.ui.progress import Progress
+
+
+class Console:
+    """Where a command's messages go: stdout, flushed (so progress shows under launchers too).
+
+    Args:
+        tag: prefix of every line (e.g. "[w1] " for local worker 1 of several).
+        stream: default sys.stdout.
+
+    While a live status line is shown (`status`), lines are printed above it.
+    """
+
+    def __init__(self, tag: str = "", *, stream: TextIO | None = None) -> None:
+        self.tag = tag
+        self.stream = stream
+        self.status: Progress | None = None
+
+    def say(self, text: str) -> None:
+        """Print `text` (each of its lines with the tag)."""
+        if self.tag:
+            text = "\n".join(self.tag + line for line in text.split("\n"))
+        if self.status is not None and self.status.enabled:
+            self.status.print_above(text)
+        else:
+            print(text, file=self.stream or sys.stdout, flush=True)
+
+
+def error(text: str) -> None:
+    """One line on stderr for a problem that stops the command."""
+    print(f"error: {text}", file=sys.stderr, flush=True)

@@ -1,0 +1,165 @@
+"""A live status line for a person watching a study in a terminal.
+
+    trials 4/12 [######------------] | 3m12s elapsed | ETA 6m40s | best acc 0.9250 | front 3
+
+The line is redrawn in place (carriage return, erase to end of line) after each trial and once a
+second in between, so the clock runs during a long trial. It is off when the output is not a
+terminal (a log file, a launcher, CI). Other output must go through `print_above` (a `Console`
+whose `status` is this display does so), which clears the line, prints, and redraws it. What
+the line shows is a `Snapshot`, read from the study by its caller.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import TextIO
+
+__all__ = ["Progress", "Snapshot", "clock", "render"]
+
+_ERASE = "\r\x1b[K"  # back to column 0, erase to the end of the line
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the status line shows."""
+
+    done: int  # counted trials: finished (or pruned) and trained
+    target: int
+    elapsed: float  # seconds since the display started
+    eta: float | None  # seconds to the target, None before a trial finished
+    best_accuracy: float | None
+    front: int  # Pareto-optimal trials
+
+
+def clock(seconds: float) -> str:
+    """A short duration: 45s, 3m12s, 1h02m."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def render(s: Snapshot, width: int = 100) -> str:
+    """The status line for `s`, at most `width - 1` characters (a full line would wrap)."""
+    filled = round(18 * min(s.done, s.target) / s.target) if s.target else 18
+    parts = [
+        f"trials {s.done}/{s.target} [{'#' * filled}{'-' * (18 - filled)}]",
+        f"{clock(s.elapsed)} elapsed",
+        f"ETA {clock(s.eta)}" if s.eta is not None else "ETA -",
+        f"best acc {s.best_accuracy:.4f}" if s.best_accuracy is not None else "best acc -",
+        f"front {s.front}",
+    ]
+    line = " | ".join(parts)
+    return line if len(line) < width else line[: max(0, width - 2)] + "~"
+
+
+class Progress:
+    """The live status line of one worker.
+
+    Args:
+        target: the trials the study should hold.
+        enabled: None: on iff `stream` is a terminal.
+        stream: where to draw (default sys.stdout).
+        workers: processes working on the study, for the ETA.
+        refresh: seconds between redraws while nothing happens (0: only on `update`).
+    """
+
+    def __init__(
+        self,
+        target: int,
+        *,
+        enabled: bool | None = None,
+        stream: TextIO | None = None,
+        workers: int = 1,
+        refresh: float = 1.0,
+    ) -> None:
+        self.stream = stream or sys.stdout
+        if enabled is None:
+            isatty = getattr(self.stream, "isatty", None)
+            enabled = bool(isatty and isatty())
+        self.enabled = enabled
+        self.target, self.workers = target, workers
+        self.started = time.monotonic()
+        self._snapshot: Snapshot | None = None
+        self._taken = self.started  # when _snapshot was read
+        self._shown = False
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self.enabled and refresh > 0:
+            self._thread = threading.Thread(target=self._tick, args=(refresh,), daemon=True)
+            self._thread.start()
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the display started."""
+        return time.monotonic() - self.started
+
+    def update(self, fresh: Snapshot) -> None:
+        """Show `fresh` (its `elapsed` counts from this display's start) and redraw the line."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._snapshot, self._taken = fresh, now
+            self._draw()
+
+    def line(self) -> str:
+        """The current status line ('' before the first update)."""
+        if self._snapshot is None:
+            return ""
+        ran = time.monotonic() - self._taken
+        eta = None if self._snapshot.eta is None else max(0.0, self._snapshot.eta - ran)
+        current = replace(self._snapshot, elapsed=self._snapshot.elapsed + ran, eta=eta)
+        return render(current, shutil.get_terminal_size((100, 24)).columns)
+
+    def print_above(self, text: str) -> None:
+        """Print `text` (and a newline) above the status line."""
+        with self._lock:
+            if self._shown:
+                self.stream.write(_ERASE)
+            self.stream.write(text + "\n")
+            if self._shown:
+                self._draw()
+            self.stream.flush()
+
+    def clear(self) -> None:
+        """Erase the status line (it comes back on the next update)."""
+        with self._lock:
+            if self._shown:
+                self.stream.write(_ERASE)
+                self.stream.flush()
+                self._shown = False
+
+    def close(self) -> None:
+        """Stop redrawing and erase the line."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        self.clear()
+        self.enabled = False
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _draw(self) -> None:
+        text = self.line()
+        if text:
+            self.stream.write(_ERASE + text)
+            self.stream.flush()
+            self._shown = True
+
+    def _tick(self, every: float) -> None:
+        while not self._stop.wait(every):
+            with self._lock:
+                if self._shown:
+                    self._draw()
