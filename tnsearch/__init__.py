@@ -29,18 +29,21 @@ def hypervolume(study) -> float:
     return _hypervolume(study)
 
 
-def load(path: str | Path) -> nn.Module:
+def load(path: str | Path, *, trusted=(), factory=None) -> nn.Module:
     """Rebuild the model of an exported trial (`python -m tnsearch.export`), in eval mode.
 
     Args:
         path: the package folder (model.safetensors + plan.json); the study is not needed.
+        trusted: model constructors (`_target_` paths) its plan may name besides tnsearch's own
+            models; anything else raises before it is called (a plan.json can name any code).
+        factory: build the dense model with this callable instead of the plan's `_target_`.
 
     Returns:
         The ``torch.nn.Module``, with the trial's trained weights.
     """
     from tnsearch.results.export import load as _load
 
-    return _load(path)
+    return _load(path, trusted=trusted, factory=factory)
 
 
 def truncate(model: nn.Module, *, energy: float = 0.99) -> nn.Module:

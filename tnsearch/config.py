@@ -46,8 +46,7 @@ def check_basic(cfg: Mapping[str, Any]) -> None:
     workers = cfg["workers"]
     if workers != "auto" and (not isinstance(workers, int) or workers < 1):
         raise ConfigError("workers", f"must be a positive integer or 'auto', got {workers!r}")
-    if not str(cfg["name"]).strip() or "/" in str(cfg["name"]):
-        raise ConfigError("name", f"must be a non-empty folder name, got {cfg['name']!r}")
+    check_name(cfg["name"])
     _positive_int(cfg["pretrain"], "epochs", prefix="pretrain.", minimum=0)
     _positive_int(cfg["pruning"], "min_epochs", prefix="pruning.", minimum=0)
     margin = cfg["pruning"]["margin"]
@@ -73,6 +72,20 @@ def check_basic(cfg: Mapping[str, Any]) -> None:
             raise ConfigError(
                 f"constraints.{key}", f"must be a positive number or null, got {value!r}"
             )
+
+
+def check_name(name: Any) -> None:
+    """A study's name is one folder name inside `root`: no separators, not `.` or `..`."""
+    text = str(name)
+    if (
+        not text.strip()
+        or text in (".", "..")
+        or any(sep in text for sep in ("/", "\\", "\0"))
+        or text != text.strip()
+    ):
+        raise ConfigError(
+            "name", f"must be a folder name (no '/', '\\', '.' or '..'), got {name!r}"
+        )
 
 
 def _positive_int(node: Mapping[str, Any], key: str, *, prefix: str = "", minimum: int = 1) -> None:

@@ -16,7 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MLP", "LeNet5", "ResNet", "BasicBlock"]
+__all__ = ["MODELS", "MLP", "LeNet5", "ResNet", "BasicBlock"]
+
+#: tnsearch's own models: what a plan may name without the caller trusting anything more.
+MODELS = ("tnsearch.models.MLP", "tnsearch.models.LeNet5", "tnsearch.models.ResNet")
 
 
 def _init_weights(module: nn.Module) -> None:

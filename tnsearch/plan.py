@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +55,67 @@ def make(
     }
 
 
-def build_dense(plan: Mapping[str, Any]) -> nn.Module:
-    """The plan's model with every layer dense (its default initialization)."""
+class UntrustedModelError(ValueError):
+    """A plan names a model constructor that nobody said to trust: it is not called."""
+
+
+def check_model(model: Mapping[str, Any], trusted: Collection[str] = ()) -> str:
+    """The constructor a plan's `model` node names, if it may be called; else raise.
+
+    A plan comes from a file or a storage that anyone may have written, and Hydra would call
+    whatever its `_target_` names (`torch.load` on a pickle, `builtins.open`...). Allowed:
+    tnsearch's own models (`tnsearch.models.MODELS`) and the targets in `trusted` (those the
+    user's own configuration names); the arguments are plain values, never further targets.
+
+    Raises:
+        UntrustedModelError: ``model._target_: 'x' is not ...``, before anything is called.
+    """
+    from tnsearch.models import MODELS
+
+    target = model.get("_target_")
+    if not isinstance(target, str) or target not in (*MODELS, *trusted):
+        raise UntrustedModelError(
+            f"model._target_: {target!r} is not one of tnsearch's models "
+            f"({', '.join(MODELS)}) nor a constructor the caller trusts; nothing was called"
+        )
+    for key, value in model.items():
+        if key.startswith("_") and key != "_target_" or _holds_target(value):
+            raise UntrustedModelError(
+                f"model.{key}: a plan's model arguments are plain values, not {key!r} or "
+                "objects to build; nothing was called"
+            )
+    return target
+
+
+def _holds_target(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return any(str(k).startswith("_") or _holds_target(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds_target(v) for v in value)
+    return False
+
+
+def build_dense(
+    plan: Mapping[str, Any],
+    *,
+    trusted: Collection[str] = (),
+    factory: Callable[..., nn.Module] | None = None,
+) -> nn.Module:
+    """The plan's model with every layer dense (its default initialization).
+
+    Args:
+        plan: the plan.
+        trusted: model constructors (`_target_` paths) that may be called besides tnsearch's
+            own models (see `check_model`).
+        factory: build the model with this callable instead of the plan's `_target_`
+            (called with the plan's model arguments and inputs).
+    """
     from hydra.utils import instantiate
 
+    arguments = {k: v for k, v in plan["model"].items() if k != "_target_"}
+    if factory is not None:
+        return factory(**arguments, **plan["inputs"])
+    check_model(plan["model"], trusted)
     return instantiate(dict(plan["model"]), **plan["inputs"], _convert_="all")
 
 
@@ -85,9 +142,21 @@ def tensorize(model: nn.Module, plan: Mapping[str, Any], *, init: str = "random"
     return model
 
 
-def build(plan: Mapping[str, Any], *, init: str = "random") -> nn.Module:
-    """Rebuild the model of a plan, from the plan alone."""
-    return tensorize(build_dense(plan), plan, init=init)
+def build(
+    plan: Mapping[str, Any],
+    *,
+    init: str = "random",
+    trusted: Collection[str] = (),
+    factory: Callable[..., nn.Module] | None = None,
+) -> nn.Module:
+    """Rebuild the model of a plan, from the plan alone (`trusted`, `factory`: `build_dense`)."""
+    return tensorize(build_dense(plan, trusted=trusted, factory=factory), plan, init=init)
+
+
+def trusted_models(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The model constructors a resolved configuration trusts: the one its `model` names."""
+    target = (cfg.get("model") or {}).get("_target_")
+    return (target,) if isinstance(target, str) else ()
 
 
 def summary(plan: Mapping[str, Any], *, eligible: int | None = None) -> str:

@@ -20,10 +20,11 @@ QUICK = ["model.depth=8", "model.width=8", *FAST]
 TINY = ["study=mlp", "data=digits", "epochs=1", "space.orders=[1,2]", *FAST]
 
 
-def compose_cfg(overrides: list[str] | None = None):
-    """The composed config, as `python -m tnsearch <overrides>` would see it."""
+def compose_cfg(overrides: list[str] | None = None, *, config: str = "config"):
+    """The composed config, as `python -m tnsearch <overrides>` would see it (`config`: the
+    primary config, e.g. "report" for `python -m tnsearch.report`)."""
     with initialize_config_module("tnsearch.conf", version_base=None):
-        return compose("config", overrides=list(overrides or []), return_hydra_config=False)
+        return compose(config, overrides=list(overrides or []), return_hydra_config=False)
 
 
 def run_cli(args: list[str], *, cwd: Path, timeout: float = 600, env: dict | None = None):

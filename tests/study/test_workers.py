@@ -115,7 +115,7 @@ def test_submitit_local_launcher_runs_two_jobs(tmp_path):
 
 
 def test_kill_9_mid_trial_then_rerun(tmp_path):
-    args = [f"root={tmp_path}", "trials=2", *TINY, "epochs=15"]
+    args = [f"root={tmp_path}", "trials=2", *TINY, "epochs=40"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "tnsearch", *args],
         cwd=tmp_path,

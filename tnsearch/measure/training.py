@@ -79,14 +79,20 @@ class Classifier(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._loss_sum, self._loss_steps = None, 0
 
+    def epoch_train_loss(self) -> float:
+        """The mean training loss of the epoch so far (NaN before its first step).
+
+        Callbacks read it in their `on_train_epoch_end`, which Lightning calls before the
+        module's own: a value the module set there would be one epoch late."""
+        if self._loss_sum is None:
+            return float("nan")
+        mean = self._loss_sum.item() / self._loss_steps
+        if not math.isfinite(mean):
+            raise NonFiniteLossError(f"training loss became {mean} in epoch {self.current_epoch}")
+        return mean
+
     def on_train_epoch_end(self) -> None:
-        if self._loss_sum is not None:
-            mean = self._loss_sum.item() / self._loss_steps
-            if not math.isfinite(mean):
-                raise NonFiniteLossError(
-                    f"training loss became {mean} in epoch {self.current_epoch}"
-                )
-            self.train_loss = mean
+        self.train_loss = self.epoch_train_loss()
 
     def _count(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, y = batch
@@ -135,7 +141,7 @@ class EpochEnd(pl.Callback):
         self._sink(
             {
                 "epoch": trainer.current_epoch,
-                "train_loss": getattr(module, "train_loss", float("nan")),
+                "train_loss": module.epoch_train_loss(),
                 "val_acc": getattr(module, "val_acc", float("nan")),
             }
         )

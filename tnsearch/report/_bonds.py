@@ -10,7 +10,7 @@ Pareto-optimal trials), ``energy`` (0.99).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,11 +49,11 @@ def weights_path(cfg: Mapping[str, Any], trial: Record) -> Path | None:
     return Path(root) / str(name) / "trials" / str(trial.number) / "weights.pt"
 
 
-def load_model(trial: Record, path: Path) -> nn.Module:
+def load_model(trial: Record, path: Path, trusted: Collection[str] = ()) -> nn.Module:
     """The trial's trained model, on the CPU, in eval mode, tensorized layers' paths frozen."""
     import torch
 
-    model = plans.build(trial.plan)
+    model = plans.build(trial.plan, trusted=trusted)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return _frozen(model.eval())
 
@@ -91,11 +91,13 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 50
     return correct / max(len(y), 1)
 
 
-def study_bonds(trial: Record, path: Path, energy: float, data: tuple | None) -> TrialBonds:
+def study_bonds(
+    trial: Record, path: Path, energy: float, data: tuple | None, trusted: Collection[str] = ()
+) -> TrialBonds:
     """Analyze and truncate one trial's model (and measure both, given the data)."""
     from tnsearch import bonds, tn
 
-    model = load_model(trial, path)
+    model = load_model(trial, path, trusted)
     small = _frozen(bonds.truncate(model, energy=energy))
     found = bonds.analyze(model, energy=energy)
     ranks = {name: small.get_submodule(name).rank for name in found}
@@ -243,7 +245,10 @@ def render(data: ReportData) -> str:
     val = validation_data(data.cfg)
     if isinstance(val, str):
         parts.append(note(f"Accuracies left out: the validation data is unavailable ({esc(val)})."))
-    results = [study_bonds(t, p, energy, None if isinstance(val, str) else val) for t, p in ready]
+    trusted = plans.trusted_models(data.cfg)
+    results = [
+        study_bonds(t, p, energy, None if isinstance(val, str) else val, trusted) for t, p in ready
+    ]
     parts.append(truncation_table(results, energy))
     for result in results:
         parts.append(f"<h3>Trial {result.trial.number}</h3>")

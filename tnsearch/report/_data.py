@@ -64,12 +64,14 @@ class ReportData:
 
     def states(self) -> Counter:
         """Trials per state; finished but untrained trials count as "DUPLICATE" (a repeated plan)
-        or "INFEASIBLE" (over a constraint)."""
+        or "INFEASIBLE" (over a constraint), and a surplus trial as "SURPLUS"."""
         counts: Counter = Counter()
         for t in self.trials:
             state = t.state.name
             if t.state == TrialState.COMPLETE and not t.is_trained:
                 state = "DUPLICATE" if t.outcome == Outcome.DUPLICATE else "INFEASIBLE"
+            elif t.state == TrialState.FAIL and t.surplus:
+                state = "SURPLUS"  # asked after the target was reached: nothing failed
             counts[state] += 1
         return counts
 

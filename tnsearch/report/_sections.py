@@ -203,7 +203,8 @@ def _colour(topology: str) -> str:
 
 
 def _counts(counter: Counter) -> str:
-    return ", ".join(f"{k} &times;{n}" for k, n in counter.most_common()) or "-"
+    """Values from the storage, escaped, with their counts."""
+    return ", ".join(f"{esc(k)} &times;{n}" for k, n in counter.most_common()) or "-"
 
 
 def layers(data: ReportData) -> str:
@@ -227,7 +228,7 @@ def layers(data: ReportData) -> str:
             [
                 label,
                 bar(len(used) / len(best), f"{len(used)} of {len(best)}"),
-                _counts(Counter(s["topology"] for s in used)),
+                _counts(Counter(str(s["topology"]) for s in used)),
                 _counts(Counter(f"r{s['rank']}" for s in used)),
                 _counts(Counter(f"o{s['order']}" for s in used)),
             ]

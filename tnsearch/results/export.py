@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,19 @@ ONNX_TOLERANCE = 1e-4
 _CHATTY = ("torch.onnx", "torch.export", "torch._dynamo", "onnx_ir", "onnxscript")
 
 
-def load(path: str | Path) -> nn.Module:
+def load(
+    path: str | Path,
+    *,
+    trusted: Collection[str] = (),
+    factory: Callable[..., nn.Module] | None = None,
+) -> nn.Module:
     """Rebuild an exported trial's model (eval mode) from its package folder.
 
     Args:
         path: the folder written by `python -m tnsearch.export` (or a file in it).
+        trusted: model constructors (`_target_` paths) the plan may name besides tnsearch's
+            own models; anything else is refused before it is called.
+        factory: build the dense model with this callable instead (plan arguments + inputs).
     """
     from safetensors.torch import load_file
 
@@ -51,15 +59,17 @@ def load(path: str | Path) -> nn.Module:
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder}: not an exported model (no {name})")
     plan = plans.load(folder / "plan.json")
-    model = plans.build(plan)
+    model = plans.build(plan, trusted=trusted, factory=factory)
     model.load_state_dict(load_file(folder / "model.safetensors"))
     return model.eval()
 
 
-def _model(plan: Mapping[str, Any], state: Mapping[str, Any]) -> nn.Module:
+def _model(
+    plan: Mapping[str, Any], state: Mapping[str, Any], trusted: Collection[str] = ()
+) -> nn.Module:
     from tnsearch import plan as plans
 
-    model = plans.build(plan)
+    model = plans.build(plan, trusted=trusted)
     model.load_state_dict(state)
     return model.eval()
 
@@ -151,6 +161,7 @@ def write_package(
     *,
     study_name: str,
     selection: str = "",
+    trusted: Collection[str] = (),
 ) -> Path:
     """Write the package of `trial` (trained `weights`) to the folder `out`; return it.
 
@@ -164,7 +175,7 @@ def write_package(
 
     plan = dict(trial.plan)
     state = torch.load(weights, map_location="cpu", weights_only=True)
-    model = _model(plan, state)
+    model = _model(plan, state, trusted)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -271,6 +282,16 @@ def export(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
         f"acc {trial.accuracy:.4f}, params {trial.params:,} ({trial.compression:.1f}x), "
         f"{trial.latency_ms:.3f} ms"
     )
-    write_package(trial, weights, out, study_name=cfg["name"], selection=spec)
+    try:
+        write_package(
+            trial,
+            weights,
+            out,
+            study_name=cfg["name"],
+            selection=spec,
+            trusted=plans.trusted_models(cfg),
+        )
+    except plans.UntrustedModelError as exc:
+        raise ConfigError("trial", f"trial {trial.number}'s plan: {exc}") from None
     console.say(f"exported to {out}: {', '.join(FILES)}")
     return out

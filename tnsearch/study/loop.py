@@ -63,10 +63,12 @@ def work(setup: Setup, study: optuna.Study, tracker, *, show_status: bool | None
                 if timeout is not None and time.monotonic() - started > timeout:
                     console.say(f"timeout: {timeout} s passed, no new trial started")
                     break
+                if _ahead(study, None) >= target:  # the running trials make up the rest
+                    break
                 trial = study.ask()
-                if _surplus(study, trial, target):
-                    reason = "surplus: the study reached its target meanwhile"
-                    record.write_fields(trial, fail_reason=reason)
+                if _surplus(study, trial, target):  # another worker asked meanwhile
+                    reason = "surplus: the study reached its target meanwhile (not a failure)"
+                    record.write_fields(trial, fail_reason=reason, surplus=True)
                     study.tell(trial, state=TrialState.FAIL)
                     break
                 outcome = run_trial(setup, study, trial, tracker)
@@ -134,7 +136,8 @@ def pretrain(setup: Setup) -> dict[str, torch.Tensor]:
 
     cfg = setup.cfg
     torch.manual_seed(cfg["seed"])
-    model = plans.build_dense(plans.make(cfg["model"], setup.inputs, {}))
+    plan = plans.make(cfg["model"], setup.inputs, {})
+    model = plans.build_dense(plan, trusted=plans.trusted_models(cfg))
     module = training.Classifier(
         model,
         optimizer=instantiate(dict(cfg["trainer"]["optimizer"])),
@@ -147,14 +150,19 @@ def pretrain(setup: Setup) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-def _surplus(study: optuna.Study, trial: optuna.Trial, target: int) -> bool:
-    """True when earlier trials (counted or still running) already make up the target."""
-    ahead = sum(
+def _ahead(study: optuna.Study, number: int | None) -> int:
+    """Trials (before trial `number`, if given) that count or may still count: finished and
+    trained, or running."""
+    return sum(
         1
         for r in record.records(study, (*record.COUNTED, TrialState.RUNNING))
-        if r.number < trial.number and r.is_trained
+        if (number is None or r.number < number) and r.is_trained
     )
-    return ahead >= target
+
+
+def _surplus(study: optuna.Study, trial: optuna.Trial, target: int) -> bool:
+    """True when earlier trials (counted or still running) already make up the target."""
+    return _ahead(study, trial.number) >= target
 
 
 def running(study: optuna.Study) -> int:

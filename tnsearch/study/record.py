@@ -108,6 +108,7 @@ class Record:
     history: Sequence[Mapping[str, float]] | None = None  # {"epoch", "train_loss", "val_acc"}
     seconds: float | None = None
     fail_reason: str | None = None
+    surplus: bool | None = None  # FAIL only because the study reached its target meanwhile
     prune_reason: str | None = None
     mlflow_run_id: str | None = None
     worker: str | None = None  # host:pid

@@ -78,7 +78,9 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
         "num_classes": int(datamodule.num_classes),
     }
     try:
-        dense = plans.build_dense(plans.make(cfg["model"], inputs, {}))
+        dense = plans.build_dense(
+            plans.make(cfg["model"], inputs, {}), trusted=plans.trusted_models(cfg)
+        )
     except Exception as exc:  # noqa: BLE001 - any constructor error is a model config error
         raise ConfigError.from_exception(_root_cause(exc), "model") from None
     space = Space.from_config(cfg["space"], dense)

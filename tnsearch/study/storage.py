@@ -7,19 +7,75 @@ URL: `sqlite:///...` for one machine, `postgresql://...` for several machines jo
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from tnsearch.config import ConfigError
+from tnsearch.ui import console
 
 
 def journal(path: str) -> BaseStorage:
-    """A journal-file storage at `path` (the folder is created)."""
+    """A journal-file storage at `path` (the folder is created; a torn last record is set aside).
+
+    Optuna's JournalFileBackend writes each batch of records under a lock with one write and an
+    fsync, and on reading skips a last line that has no newline. But a crash or a full disk in
+    the middle of that write leaves such a torn line, and the next append lands right after it:
+    the torn record and the new one become one line that is not JSON, and from then on every
+    read of the study fails. So before Optuna opens the file, under the same lock its writers
+    hold, a torn tail is cut off and kept in a side file.
+    """
     file = Path(path)
     file.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(file)))
+    lock = JournalFileSymlinkLock(str(file))
+    set_aside_torn_tail(file, lock)
+    return JournalStorage(JournalFileBackend(str(file), lock_obj=lock))
+
+
+def set_aside_torn_tail(file: Path, lock: JournalFileSymlinkLock | None = None) -> Path | None:
+    """Move the bytes after the journal's last newline (a record torn mid-write) to a side file
+    `<journal>.torn-<unix time>`; return that file (None: the journal was whole)."""
+    if not file.is_file() or file.stat().st_size == 0:
+        return None
+    if lock is not None:
+        while not lock.acquire():
+            time.sleep(0.01)
+    try:
+        with open(file, "rb+") as handle:
+            size = handle.seek(0, 2)
+            tail_start = _after_last_newline(handle, size)
+            if tail_start == size:
+                return None
+            handle.seek(tail_start)
+            torn = handle.read()
+            side = file.with_name(f"{file.name}.torn-{int(time.time())}")
+            side.write_bytes(torn)
+            handle.truncate(tail_start)
+            handle.flush()
+    finally:
+        if lock is not None:
+            lock.release()
+    console.warn(
+        f"{file}: its last record was torn (a crash or a full disk mid-write); "
+        f"its {len(torn)} bytes were set aside in {side.name}, the earlier records are read"
+    )
+    return side
+
+
+def _after_last_newline(handle, size: int, block: int = 1 << 16) -> int:
+    """The offset just after the last b"\n" of the open file (0 when there is none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - block)
+        handle.seek(start)
+        chunk = handle.read(end - start)
+        found = chunk.rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        end = start
+    return 0
 
 
 def rdb(url: str) -> BaseStorage:

@@ -6,6 +6,7 @@ attributes), its MLflow run, and its folder `${root}/${name}/trials/<number>/`.
 
 from __future__ import annotations
 
+import errno
 import time
 import traceback
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from optuna.trial import TrialState
 
 from tnsearch import plan as plans
 from tnsearch import tn
+from tnsearch.files import atomic_path
 from tnsearch.measure import latency, training
 from tnsearch.study import liveness, record
 from tnsearch.study.record import Outcome, Record
@@ -123,7 +125,7 @@ class _Trial:
         record.write_fields(trial, training_choices=self.training_choices)
         self.seed = self.cfg["seed"] + trial.number
         torch.manual_seed(self.seed)
-        model = plans.build_dense(self.plan)
+        model = plans.build_dense(self.plan, trusted=plans.trusted_models(self.cfg))
         if setup.pretrained is not None:
             model.load_state_dict(setup.pretrained)
         warm = setup.pretrained is not None
@@ -256,7 +258,8 @@ class _Trial:
             history=tuple(result.history),
             seconds=time.perf_counter() - self.start,
         )
-        torch.save(model.state_dict(), self.folder / "weights.pt")
+        with atomic_path(self.folder / "weights.pt") as tmp:  # never half a file
+            torch.save(model.state_dict(), tmp)
         record.write(self.trial, self.rec)
         self.study.tell(self.trial, self.rec.values_for(cfg["objectives"]))
         self.tracker.end_trial(self.run_id, state="COMPLETE", metrics=_final_metrics(self.rec))
@@ -309,6 +312,10 @@ def _compile(model: torch.nn.Module, mode: str) -> torch.nn.Module:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
         return f"out of memory: {' '.join(str(exc).split())[:300]}"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"no space left on {exc.filename or 'the device'}"
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return f"cannot write {exc.filename or ''}: {exc.strerror}".strip()
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}"[:500]
 

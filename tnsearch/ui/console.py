@@ -34,6 +34,11 @@ class Console:
             print(text, file=self.stream or sys.stdout, flush=True)
 
 
+def warn(text: str) -> None:
+    """One line on stderr for something the user should know that does not stop the command."""
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
 def error(text: str) -> None:
     """One line on stderr for a problem that stops the command."""
     print(f"error: {text}", file=sys.stderr, flush=True)

@@ -1,0 +1,170 @@
+"""Faults and inputs that used to lose a study or let someone in (issue 12), each reproduced."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.helpers import TINY, compose_cfg, run_cli
+from tnsearch.study import storage
+
+
+def _journal_study(path):
+    return optuna.create_study(
+        study_name="s", storage=storage.journal(str(path)), load_if_exists=True
+    )
+
+
+def test_a_torn_journal_tail_is_set_aside_and_the_study_goes_on(tmp_path, capsys):
+    path = tmp_path / "optuna.journal"
+    study = _journal_study(path)
+    for x in (1.0, 2.0, 3.0):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 10)
+        study.tell(trial, x)
+    whole = path.read_bytes()
+    with open(path, "r+b") as handle:  # what a crash or a full disk mid-write leaves
+        handle.truncate(len(whole) - 10)
+    again = _journal_study(path)  # a rerun
+    sides = list(tmp_path.glob("optuna.journal.torn-*"))
+    assert len(sides) == 1 and sides[0].read_bytes() == whole[whole.rfind(b"\n", 0, -1) + 1 : -10]
+    assert "last record was torn" in capsys.readouterr().err
+    assert path.read_bytes().endswith(b"\n")
+    trial = again.ask()  # appending after the cut is safe: every line is whole JSON
+    trial.suggest_float("x", 0, 10)
+    again.tell(trial, 4.0)
+    for line in path.read_bytes().splitlines():
+        json.loads(line)
+    reread = _journal_study(path)
+    states = [t.state for t in reread.get_trials(deepcopy=False)]
+    assert states.count(TrialState.COMPLETE) == 3  # the torn record (trial 2's end) is lost
+    assert len(states) == 4
+    assert list(tmp_path.glob("optuna.journal.torn-*")) == sides  # nothing torn any more
+
+
+@pytest.mark.slow
+def test_a_study_whose_journal_was_torn_reruns_and_reports(tmp_path):
+    from tnsearch.__main__ import run as run_search
+    from tnsearch.cli import resolve
+    from tnsearch.report.__main__ import run as run_report
+
+    overrides = [f"root={tmp_path}", *TINY, "tracking.enabled=false"]
+    first = run_cli([*overrides, "trials=2"], cwd=tmp_path)  # another process, now gone
+    assert first.returncode == 0, first.stderr[-2000:]
+    journal = tmp_path / "mlp" / "optuna.journal"
+    with open(journal, "r+b") as handle:
+        handle.truncate(journal.stat().st_size - 10)
+    assert run_search(compose_cfg([*overrides, "trials=3"])) == 0
+    study = optuna.load_study(study_name="mlp", storage=storage.journal(str(journal)))
+    counted = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(counted) == 3
+    assert "died" in study.trials[1].user_attrs["fail_reason"]  # its end was the torn record
+    path = run_report(resolve(compose_cfg([*overrides], config="report")))
+    assert path.is_file()
+
+
+def _package_with(tmp_path, model_node):
+    """An export folder whose plan.json names `model_node` (and a marker file it would write)."""
+    from tnsearch import plan as plans
+
+    folder = tmp_path / "pkg"
+    plan = {"version": 1, "model": model_node, "inputs": {}, "layers": {}}
+    plans.save(plan, folder / "plan.json")
+    (folder / "model.safetensors").write_bytes(b"")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "node",
+    [
+        {"_target_": "torch.load", "_args_": ["payload.pt"], "weights_only": False},
+        {"_target_": "builtins.open", "file": "MARKER", "mode": "w"},
+        {"_target_": "tnsearch.models.MLP", "hidden": {"_target_": "builtins.open", "file": "M"}},
+        {"_target_": "tnsearch.models.MLP", "_args_": [1]},
+    ],
+)
+def test_load_calls_nothing_a_plan_names_outside_the_allowlist(tmp_path, monkeypatch, node):
+    import tnsearch
+    from tnsearch.plan import UntrustedModelError
+
+    monkeypatch.chdir(tmp_path)
+    folder = _package_with(tmp_path, node)
+    with pytest.raises(UntrustedModelError, match=r"^model\.(_target_|hidden|_args_): "):
+        tnsearch.load(folder)
+    assert not (tmp_path / "MARKER").exists() and not (tmp_path / "M").exists()
+
+
+def test_load_takes_a_factory_or_a_trusted_target(tmp_path):
+    import tnsearch
+    from tnsearch.plan import UntrustedModelError
+
+    node = {"_target_": "tests.study.test_reliability.tiny_model", "width": 3}
+    folder = _package_with(tmp_path, node)
+    with pytest.raises(UntrustedModelError, match="tests.study.test_reliability.tiny_model"):
+        tnsearch.load(folder)
+    import torch
+    from safetensors.torch import save_file
+
+    save_file(tiny_model(width=3).state_dict(), folder / "model.safetensors")
+    trusted = tnsearch.load(folder, trusted=[node["_target_"]])
+    assert trusted(torch.zeros(2, 3)).shape == (2, 3)
+    built = tnsearch.load(folder, factory=tiny_model)
+    assert isinstance(built, torch.nn.Linear)
+
+
+def tiny_model(width: int):
+    import torch
+
+    return torch.nn.Linear(width, width)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../elsewhere", "a/b", "a\\b", " x"])
+def test_a_name_is_one_folder_inside_root(name):
+    from tnsearch.cli import resolve
+    from tnsearch.config import ConfigError, check_basic
+
+    with pytest.raises(ConfigError, match=r"^name: must be a folder name"):
+        check_basic(resolve(compose_cfg([f"name='{name}'"])))
+
+
+def test_train_loss_is_the_epochs_own(tmp_path):
+    """Lightning calls callbacks' on_train_epoch_end before the module's: the loss handed to
+    MLflow, the pruner and `history` was the previous epoch's (NaN for the first)."""
+    import math
+
+    import torch
+    from hydra.utils import instantiate
+
+    from tnsearch.measure import training
+    from tnsearch.models import MLP
+
+    torch.manual_seed(0)
+    dm = instantiate({"_target_": "tnsearch.data.DigitsDataModule", "batch_size": 64, "seed": 0})
+    module = training.Classifier(
+        MLP(in_channels=1, image_size=8, num_classes=10, hidden=[32]),
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+    )
+    result = training.fit(
+        module, dm, epochs=2, trainer_cfg={"accelerator": "cpu", "default_root_dir": tmp_path}
+    )
+    losses = [point["train_loss"] for point in result.history]
+    assert all(math.isfinite(v) for v in losses), losses
+    assert losses[1] < losses[0]  # each epoch's own mean: the second one is lower
+    assert losses[1] == pytest.approx(module.train_loss)
+
+
+def test_report_escapes_what_comes_from_the_storage():
+    from tests.helpers import constructed_study, constructed_trial
+    from tests.test_report import report_options
+    from tnsearch.report import build_report
+
+    evil = "<script>alert(1)</script>"
+    stored = constructed_trial(0.96, 5000, 0.05, {"fc1": ("mpo", 2, 8)})
+    stored.user_attrs["plan"]["layers"]["fc1"]["topology"] = evil  # what a storage may hold
+    study = constructed_study([constructed_trial(0.95, 50610, 0.10), stored])
+    html = build_report(study, report_options("report.interactive=false"))
+    assert evil not in html
+    assert "&lt;script&gt;" in html
