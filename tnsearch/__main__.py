@@ -22,10 +22,17 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), *, show_status: bool | N
     Returns:
         0 when the study reached its target, 1 when a local worker failed.
     """
+    from tnsearch.study import interrupts
+
+    with interrupts.handled():
+        return _run(resolve(cfg), overrides, show_status)
+
+
+def _run(resolved: dict, overrides: Sequence[str], show_status: bool | None) -> int:
     from tnsearch.results import pareto
     from tnsearch.study import liveness, loop, setup, tracking, workers
+    from tnsearch.study.interrupts import Interrupted
 
-    resolved = resolve(cfg)
     workers.apply_placement()
     local = workers.count(resolved["workers"]) if resolved["worker"] is None else 1
     console = Console(workers.tag(resolved["worker"], local))
@@ -46,6 +53,12 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), *, show_status: bool | N
             loop.work(
                 ready, study, tracker, show_status=False if workers.is_spawned() else show_status
             )
+        except Interrupted as exc:
+            workers.stop(children, exc.signum)
+            raise
+        except loop.StudyStopped:
+            status = "FAILED"
+            raise
         finally:
             code = int(any(workers.wait(children)))
         status = "FINISHED" if code == 0 else "FAILED"
@@ -63,6 +76,7 @@ def main(cfg: DictConfig) -> int:
     """Console-script entry point (`tnsearch ...`, `python -m tnsearch ...`)."""
     from hydra.core.hydra_config import HydraConfig
 
+    from tnsearch.study.interrupts import Interrupted
     from tnsearch.study.loop import StudyStopped
 
     hydra = HydraConfig.get()
@@ -77,8 +91,11 @@ def main(cfg: DictConfig) -> int:
         overrides.append(f"hydra.searchpath=[{','.join(extra)}]")
     try:
         return run(cfg, overrides)
+    except Interrupted as exc:
+        error(f"interrupted: {exc.name}; running trials were recorded as failed (rerun to go on)")
+        return exc.exit_code
     except KeyboardInterrupt:
-        error("interrupted: running trials were recorded as failed")
+        error("interrupted: running trials were recorded as failed (rerun to go on)")
         return 130
     except StudyStopped as exc:
         error(f"stopped: {exc}")

@@ -168,3 +168,138 @@ def test_report_escapes_what_comes_from_the_storage():
     html = build_report(study, report_options("report.interactive=false"))
     assert evil not in html
     assert "&lt;script&gt;" in html
+
+
+def _wait_for_running(journal, count: int, timeout: float = 180.0) -> list:
+    """Wait until `count` trials are RUNNING with an MLflow run (well inside training)."""
+    import time
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        if not journal.exists():
+            continue
+        study = optuna.load_study(
+            study_name="mlp", storage=JournalStorage(JournalFileBackend(str(journal)))
+        )
+        running = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if "mlflow_run_id" in t.user_attrs
+        ]
+        if len(running) >= count:
+            return running
+    raise AssertionError(f"fewer than {count} trials started in {timeout} s")
+
+
+def _gone(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signum", "workers", "code"),
+    [("SIGTERM", 2, 143), ("SIGINT", 1, 130)],
+)
+def test_a_signal_stops_every_worker_and_records_their_trials(tmp_path, signum, workers, code):
+    """SIGTERM to a workers=N parent used to orphan its workers; SIGINT (Ctrl-C) was Lightning's
+    (exit 1, SIGINT ignored afterwards). Now: every worker stops within seconds, its trial is
+    FAIL "interrupted", its MLflow run KILLED, the front is written, and a rerun goes on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow import MlflowClient
+
+    args = [f"root={tmp_path}", "trials=4", *TINY, "epochs=60", f"workers={workers}"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tnsearch", *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    journal = tmp_path / "mlp" / "optuna.journal"
+    running = _wait_for_running(journal, workers)
+    pids = {int(t.user_attrs["worker"].rpartition(":")[2]) for t in running}
+    started = time.monotonic()
+    os.kill(proc.pid, getattr(signal, signum))  # the parent alone
+    _, stderr = proc.communicate(timeout=60)
+    assert time.monotonic() - started < 30
+    assert proc.returncode == code, stderr[-2000:]
+    assert f"interrupted: {signum}" in stderr
+    assert "Traceback" not in stderr, stderr[-3000:]
+    deadline = time.monotonic() + 10
+    while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(_gone(p) for p in pids), "a worker outlived its parent"
+    study = optuna.load_study(study_name="mlp", storage=storage.journal(str(journal)))
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    for t in running:
+        stopped = study.trials[t.number]
+        assert stopped.state == TrialState.FAIL
+        assert stopped.user_attrs["fail_reason"] == f"interrupted ({signum})"
+        assert client.get_run(stopped.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "KILLED"
+    assert (tmp_path / "mlp" / "pareto.csv").is_file()
+    if workers == 1:  # a rerun goes on (once is enough: both cases share the path)
+        again = run_cli([*args[:-2], "epochs=1", "workers=1"], cwd=tmp_path)
+        assert again.returncode == 0, again.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_lost_mlflow_store_never_stops_the_study(tmp_path):
+    """Deleting mlflow.db mid-study crashed the worker, and every rerun died on the missing
+    parent run. Now the study reaches its target, each kind of MLflow error is said once, and
+    a rerun makes a new parent run in the new store."""
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    args = [f"root={tmp_path}", "trials=4", *TINY, "epochs=30"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tnsearch", *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    journal = tmp_path / "mlp" / "optuna.journal"
+    _wait_for_running(journal, 1)
+    (tmp_path / "mlflow.db").unlink()
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    import re
+
+    kinds = re.findall(r"^warning: MLflow \(.*?\): (\w+) failed: (\w+):", stderr, re.M)
+    assert kinds and len(kinds) == len(set(kinds)), kinds  # each kind of error said once
+    study = optuna.load_study(study_name="mlp", storage=storage.journal(str(journal)))
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) >= 4
+    old_parent = study.user_attrs["mlflow_parent_run_id"]
+
+    again = run_cli([*args[:1], "trials=5", *args[2:]], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "a new one is made" in again.stderr
+    study = optuna.load_study(study_name="mlp", storage=storage.journal(str(journal)))
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    assert parent != old_parent
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert client.get_run(parent).info.status == "FINISHED"
+    last = max(t.number for t in study.trials if t.state == TrialState.COMPLETE)
+    run = client.get_run(study.trials[last].user_attrs["mlflow_run_id"])
+    assert run.data.tags["mlflow.parentRunId"] == parent

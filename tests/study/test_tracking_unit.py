@@ -212,12 +212,6 @@ def test_from_config(store, experiment):
     assert found.client.get_experiment(found.experiment_id).name == experiment
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tracking.py Tracker._experiment builds artifact_location as f'{location}/{name}' "
-    "without percent-encoding the study name: '#' starts a URI fragment and '%xx' is decoded, "
-    "so the artifacts of study 'a#1' land in folder 'a', those of 'a%201' in 'a 1'",
-)
 @pytest.mark.parametrize("suffix", ["#1", "%201"])
 def test_artifacts_land_in_the_folder_named_after_the_study(store, suffix):
     from pathlib import Path

@@ -9,12 +9,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tnsearch.study import record
+from tnsearch.ui import console
 
 ROLE_TAG = "tnsearch_role"
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
@@ -22,6 +24,8 @@ _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 
 def _quiet() -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # The store logs its database errors with tracebacks; the tracker reports them itself.
+    logging.getLogger("mlflow.store").setLevel(logging.CRITICAL)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
@@ -41,8 +45,29 @@ def _sqlite_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _safe(method):
+    """Tracking is never the reason a study stops: an MLflow error in `method` is reported once
+    per kind (method and error type), and the call returns None; Optuna keeps the records."""
+    import functools
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        if method.__name__ in ("log_metrics", "end_trial") and args and args[0] is None:
+            return None  # the trial's run was never made (the store failed then)
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - a tracking store can fail in any way
+            self._report(method.__name__, exc)
+            return None
+
+    return guarded
+
+
 class Tracker:
     """Logs a study to an MLflow tracking store.
+
+    Every method that talks to MLflow is guarded (`_safe`): a store that is gone, locked or
+    unreachable costs its runs a few figures, never the study.
 
     Args:
         uri: tracking URI, e.g. "sqlite:///studies/mlflow.db".
@@ -62,6 +87,18 @@ class Tracker:
             self.client = MlflowClient(uri)
             self.experiment_id = self._experiment(experiment, artifacts)
         self.parent_id: str | None = None
+        self._reported: set[tuple[str, str]] = set()
+
+    def _report(self, what: str, exc: BaseException) -> None:
+        kind = (what, type(exc).__name__)
+        if kind in self._reported:
+            return
+        self._reported.add(kind)
+        first = " ".join(str(exc).split())[:200] or type(exc).__name__
+        console.warn(
+            f"MLflow ({self.uri}): {what} failed: {type(exc).__name__}: {first}; the study goes "
+            "on and keeps its Optuna records (this is said once per kind of error)"
+        )
 
     def _experiment(self, name: str, artifacts: str) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -69,7 +106,9 @@ class Tracker:
             return found.experiment_id
         location = artifacts if "://" in artifacts else Path(artifacts).resolve().as_uri()
         try:
-            return self.client.create_experiment(name, artifact_location=f"{location}/{name}")
+            return self.client.create_experiment(
+                name, artifact_location=f"{location}/{urllib.parse.quote(name)}"
+            )
         except Exception:  # noqa: BLE001 - another worker created it first
             found = self.client.get_experiment_by_name(name)
             if found is None:
@@ -77,9 +116,17 @@ class Tracker:
             return found.experiment_id
 
     # -- the study's parent run -------------------------------------------------------------
+    @_safe
     def attach(self, study) -> str:
-        """Find (or create, once per study) the parent run and mark it running."""
+        """Find (or create, once per study) the parent run and mark it running; a parent run
+        the store no longer has (a new or restored store) is made anew."""
         run_id = record.parent_run(study)
+        if run_id is not None and not self._exists(run_id):
+            console.warn(
+                f"MLflow ({self.uri}) has no run {run_id}, the study's parent run: "
+                "a new one is made"
+            )
+            run_id = None
         if run_id is None:
             mine = self.client.create_run(
                 self.experiment_id, run_name=study.study_name, tags={ROLE_TAG: "parent"}
@@ -95,6 +142,18 @@ class Tracker:
         self.parent_id = run_id
         return run_id
 
+    def _exists(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
+        return True
+
+    @_safe
     def log_parent(
         self, *, files: Iterable[str | Path] = (), params: Mapping[str, Any] = ()
     ) -> None:
@@ -104,11 +163,13 @@ class Tracker:
         for file in files:
             self.client.log_artifact(self.parent_id, str(file))
 
+    @_safe
     def finish_parent(self, status: str = "FINISHED") -> None:
         if self.parent_id is not None:
             self.client.set_terminated(self.parent_id, status=status)
 
     # -- one run per trial ------------------------------------------------------------------
+    @_safe
     def start_trial(self, number: int, plan: Mapping[str, Any], params: Mapping[str, Any]) -> str:
         """Open the nested run of trial `number`; log its params and plan.json."""
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -123,6 +184,7 @@ class Tracker:
         self.client.log_dict(run_id, dict(plan), "plan.json")
         return run_id
 
+    @_safe
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
 
@@ -131,6 +193,7 @@ class Tracker:
         if batch:
             self.client.log_batch(run_id, metrics=batch)
 
+    @_safe
     def end_trial(
         self,
         run_id: str,
@@ -188,4 +251,11 @@ def from_config(tracking_cfg: Mapping[str, Any], experiment: str) -> Tracker | N
     """The tracker the `tracking.*` config asks for."""
     if not tracking_cfg["enabled"]:
         return NullTracker()
-    return Tracker(tracking_cfg["uri"], tracking_cfg["artifacts"], experiment)
+    try:
+        return Tracker(tracking_cfg["uri"], tracking_cfg["artifacts"], experiment)
+    except Exception as exc:  # noqa: BLE001 - tracking is never the reason a study stops
+        console.warn(
+            f"MLflow ({tracking_cfg['uri']}): cannot open the store: {type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}; the study goes on without tracking"
+        )
+        return NullTracker()

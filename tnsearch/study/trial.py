@@ -20,7 +20,8 @@ from tnsearch import plan as plans
 from tnsearch import tn
 from tnsearch.files import atomic_path
 from tnsearch.measure import latency, training
-from tnsearch.study import liveness, record
+from tnsearch.study import interrupts, liveness, record
+from tnsearch.study.interrupts import Interrupted
 from tnsearch.study.record import Outcome, Record
 from tnsearch.study.setup import Setup, trial_device
 
@@ -43,6 +44,8 @@ class _Trial:
         self.study, self.trial, self.tracker = study, trial, tracker
         self.start = time.perf_counter()
         self.run_id = None
+        self.told = False  # Optuna knows how the trial ended
+        self.ended: Outcome | None = None
         self.rec = Record(number=trial.number)  # what this trial has measured so far
         self.plan: dict[str, Any] = {"layers": {}}
 
@@ -65,20 +68,17 @@ class _Trial:
             self.update(
                 trained=True, prune_reason=str(exc), seconds=time.perf_counter() - self.start
             )
-            record.write(self.trial, self.rec)
-            self.study.tell(self.trial, state=TrialState.PRUNED)
-            self.tracker.end_trial(
-                self.run_id,
-                state="PRUNED",
-                metrics=_final_metrics(self.rec),
-                tags={"prune_reason": str(exc)},
-            )
-            self.say(Outcome.PRUNED)
+            self.end(Outcome.PRUNED, state=TrialState.PRUNED, tags={"prune_reason": str(exc)})
             return Outcome.PRUNED
+        except Interrupted as exc:
+            self.fail(f"interrupted ({exc.name})", killed=True)
+            raise
         except (KeyboardInterrupt, SystemExit) as exc:
             self.fail(f"interrupted ({type(exc).__name__})", killed=True)
             raise
         except Exception as exc:  # noqa: BLE001 - a failing trial is recorded, the study goes on
+            if self.told:  # it was recorded and told; what failed came after
+                return self.ended
             self.fail(_reason(exc), trace=traceback.format_exc())
             _retry(self.study, self.trial, self.cfg["retries"])
             return Outcome.FAILED
@@ -114,9 +114,7 @@ class _Trial:
             duplicate_of=earlier.number,
             accuracy=earlier.accuracy,
         )
-        record.write(self.trial, self.rec)
-        self.study.tell(self.trial, list(earlier.values))
-        self.say(Outcome.DUPLICATE)
+        self.end(Outcome.DUPLICATE, values=list(earlier.values))
         return Outcome.DUPLICATE
 
     def build(self) -> torch.nn.Module:
@@ -198,15 +196,11 @@ class _Trial:
             accuracy=0.0,
             infeasible=", ".join(f"{k} exceeded by {violations[k]:.4g}" for k in broken),
         )
-        record.write(self.trial, self.rec)
-        self.study.tell(self.trial, self.rec.values_for(self.cfg["objectives"]))
-        self.tracker.end_trial(
-            self.run_id,
-            state="COMPLETE",
-            metrics=_final_metrics(self.rec),
+        self.end(
+            Outcome.INFEASIBLE,
+            values=self.rec.values_for(self.cfg["objectives"]),
             tags={"infeasible": self.rec.infeasible},
         )
-        self.say(Outcome.INFEASIBLE)
         return True
 
     def train(self, model: torch.nn.Module) -> None:
@@ -260,21 +254,48 @@ class _Trial:
         )
         with atomic_path(self.folder / "weights.pt") as tmp:  # never half a file
             torch.save(model.state_dict(), tmp)
-        record.write(self.trial, self.rec)
-        self.study.tell(self.trial, self.rec.values_for(cfg["objectives"]))
-        self.tracker.end_trial(self.run_id, state="COMPLETE", metrics=_final_metrics(self.rec))
-        self.say(Outcome.COMPLETE)
+        self.end(Outcome.COMPLETE, values=self.rec.values_for(cfg["objectives"]))
 
     # -- endings ----------------------------------------------------------------------------
+    def end(
+        self,
+        outcome: Outcome,
+        *,
+        values: list[float] | None = None,
+        state: TrialState = TrialState.COMPLETE,
+        tags: dict[str, Any] | None = None,
+        mlflow_state: str | None = None,
+    ) -> None:
+        """Record the trial, tell Optuna, close its MLflow run, say it: the one way a trial ends.
+
+        A signal in the middle waits until the trial is told (`interrupts.deferred`), so a trial
+        is never left half-recorded nor told twice."""
+        with interrupts.deferred():
+            if outcome == Outcome.FAILED:
+                record.write_fields(self.trial, fail_reason=self.rec.fail_reason)
+            else:
+                record.write(self.trial, self.rec)
+            self.study.tell(self.trial, values, state=state)
+            self.told, self.ended = True, outcome
+        metrics = {} if outcome == Outcome.FAILED else _final_metrics(self.rec)
+        state_name = mlflow_state or ("PRUNED" if state == TrialState.PRUNED else state.name)
+        if self.run_id is not None:
+            self.tracker.end_trial(self.run_id, state=state_name, metrics=metrics, tags=tags or {})
+        self.say(outcome)
+
     def fail(self, reason: str, *, killed: bool = False, trace: str | None = None) -> None:
+        if self.told:  # it ended before the error (e.g. in MLflow after the tell)
+            return
         self.update(fail_reason=reason)
-        record.write_fields(self.trial, fail_reason=reason)
-        self.study.tell(self.trial, state=TrialState.FAIL)
         tags = {"fail_reason": reason}
         if trace:
             tags["traceback"] = trace[-4000:]
-        self.tracker.end_trial(self.run_id, state="KILLED" if killed else "FAIL", tags=tags)
-        self.say(Outcome.FAILED)
+        self.end(
+            Outcome.FAILED,
+            state=TrialState.FAIL,
+            tags=tags,
+            mlflow_state="KILLED" if killed else "FAIL",
+        )
 
     def say(self, outcome: Outcome) -> None:
         self.setup.console.say(

@@ -15,6 +15,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from tnsearch.study.interrupts import Interrupted
+
 ENV_SPAWNED = "TNSEARCH_SPAWNED"  # set in workers started by a local parent
 ENV_CPUS = "TNSEARCH_CPUS"  # comma-separated CPU ids this worker owns
 
@@ -90,26 +92,48 @@ def spawn(overrides: Sequence[str], n: int, *, gpus: int) -> list[subprocess.Pop
             env["OMP_NUM_THREADS"] = str(len(cpus[i]))
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "tnsearch", *keep, f"worker={i}", "workers=1"], env=env
+                [sys.executable, "-m", "tnsearch", *keep, f"worker={i}", "workers=1"],
+                env=env,
+                preexec_fn=_end_with_parent,
             )
         )
     return procs
 
 
-def wait(procs: Sequence[subprocess.Popen], *, grace_s: float = 120.0) -> list[int]:
-    """Wait for all workers. On Ctrl-C, let them fail their trials and stop, then return."""
+def _end_with_parent() -> None:
+    """In a new worker (Linux): get SIGTERM when the parent dies, however it dies, so that no
+    worker goes on alone."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent's own handling must do
+        pass
+
+
+def wait(procs: Sequence[subprocess.Popen], *, grace_s: float = 60.0) -> list[int]:
+    """Wait for all workers. Interrupted (SIGINT, SIGTERM), stop them first (see `stop`)."""
     try:
         return [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        # The terminal sent SIGINT to every worker too; make sure, then give them time to
-        # record their running trials as failed.
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + grace_s
-        for p in procs:
-            try:
-                p.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                p.kill()
+    except Interrupted as exc:
+        stop(procs, exc.signum, grace_s=grace_s)
         raise
+    except KeyboardInterrupt:
+        stop(procs, signal.SIGINT, grace_s=grace_s)
+        raise
+
+
+def stop(procs: Sequence[subprocess.Popen], signum: int, *, grace_s: float = 60.0) -> None:
+    """Send `signum` to every worker still running, give them `grace_s` seconds to record their
+    running trials as failed and end their MLflow runs, then kill those left."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signum)  # a terminal's Ctrl-C reached them already: they hold it
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
