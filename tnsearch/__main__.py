@@ -64,7 +64,7 @@ def _run(resolved: dict, overrides: Sequence[str], show_status: bool | None) -> 
         status = "FINISHED" if code == 0 else "FAILED"
     finally:
         if not workers.is_spawned():
-            liveness.reap(study, tracker)
+            liveness.reap(study, tracker, retries=resolved["retries"])
             pareto.finish(study, ready.study_dir, list(resolved["objectives"]), tracker, console)
             if loop.running(study) == 0:  # other jobs of an array may still be at work
                 tracker.finish_parent(status)

@@ -23,6 +23,10 @@ __all__ = ["CONFIG_PATH", "command", "quiet", "resolve"]
 
 #: Where every command's configs are found (conf/ at the top of the repository).
 CONFIG_PATH = "pkg://tnsearch.conf"
+#: Set in the local workers a `workers=N` command starts (`tnsearch.study.workers.spawn`).
+ENV_SPAWNED = "TNSEARCH_SPAWNED"
+#: A local worker's overrides (JSON list), handed over by its parent.
+ENV_OVERRIDES = "TNSEARCH_OVERRIDES"
 
 
 def quiet() -> None:
@@ -77,6 +81,7 @@ def command(
         def main() -> None:
             if argv is not None:
                 sys.argv[1:] = argv(sys.argv[1:])
+            sys.argv[1:1] = _inherited_overrides()
             _add_local_conf()
             hydra_main()
 
@@ -84,6 +89,16 @@ def command(
         return main
 
     return decorate
+
+
+def _inherited_overrides() -> list[str]:
+    """A local worker's overrides come from its parent through the environment."""
+    import json
+    import os
+
+    if os.environ.get(ENV_SPAWNED) != "1" or ENV_OVERRIDES not in os.environ:
+        return []
+    return list(json.loads(os.environ.pop(ENV_OVERRIDES)))
 
 
 def _add_local_conf() -> None:

@@ -106,6 +106,11 @@ class Space:
     @classmethod
     def from_config(cls, space: Mapping[str, Any], model: nn.Module) -> Space:
         """Read `space.*` against `model`; raise ConfigError naming the key on bad input."""
+        for key in ("layers", "exclude", "topologies", "orders", "ranks"):
+            if not isinstance(space[key], list | tuple):
+                raise ConfigError(
+                    f"space.{key}", f"must be a list, e.g. space.{key}=[...], got {space[key]!r}"
+                )
         layers = candidate_layers(model)
         names = [layer.name for layer in layers]
         known = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
@@ -179,7 +184,13 @@ class Space:
                     "space.orders",
                     f"no eligible layer can be split into {order} modes of size >= 2",
                 )
-        lr = tuple(float(v) for v in (space.get("lr") or ()))
+        raw_lr = space.get("lr") or ()
+        if not isinstance(raw_lr, list | tuple):
+            raise ConfigError("space.lr", f"must be a list of learning rates, got {raw_lr!r}")
+        try:
+            lr = tuple(float(v) for v in raw_lr)
+        except (TypeError, ValueError):
+            raise ConfigError("space.lr", f"learning rates must be numbers, got {raw_lr}") from None
         if any(not v > 0 for v in lr):
             raise ConfigError("space.lr", f"learning rates must be > 0, got {list(lr)}")
         return cls(

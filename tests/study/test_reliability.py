@@ -59,9 +59,12 @@ def test_a_study_whose_journal_was_torn_reruns_and_reports(tmp_path):
         handle.truncate(journal.stat().st_size - 10)
     assert run_search(compose_cfg([*overrides, "trials=3"])) == 0
     study = optuna.load_study(study_name="mlp", storage=storage.journal(str(journal)))
-    counted = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    counted = [
+        t for t in study.trials if t.state == TrialState.COMPLETE and t.user_attrs["trained"]
+    ]
     assert len(counted) == 3
-    assert "died" in study.trials[1].user_attrs["fail_reason"]  # its end was the torn record
+    died = [t for t in study.trials if "died" in t.user_attrs.get("fail_reason", "")]
+    assert len(died) == 1  # the trial whose end was the torn record
     path = run_report(resolve(compose_cfg([*overrides], config="report")))
     assert path.is_file()
 
@@ -303,3 +306,133 @@ def test_a_lost_mlflow_store_never_stops_the_study(tmp_path):
     last = max(t.number for t in study.trials if t.state == TrialState.COMPLETE)
     run = client.get_run(study.trials[last].user_attrs["mlflow_run_id"])
     assert run.data.tags["mlflow.parentRunId"] == parent
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("space.lr=[abc]", "space.lr"),  # was a traceback
+        ("data.batch_size=0", "data.batch_size"),  # was Hydra's 3-line error, exit 1
+        ("trainer.optimizer.lr=-1", "trainer.optimizer"),  # were 5 failed trials first
+        ("trainer.scheduler=bogus", "trainer.scheduler"),
+        ("latency.device=bogus", "latency.device"),
+        ("space.layers=fc1", "space.layers"),  # was "'f' matches no layer"
+        ("name=..", "name"),  # was the root's parent
+    ],
+)
+def test_bad_input_stops_before_anything_is_written(tmp_path, override, key):
+    from tnsearch.__main__ import run as run_search
+    from tnsearch.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        run_search(compose_cfg([f"root={tmp_path}", *TINY, override]))
+    message = str(info.value)
+    assert message.startswith(f"{key}: ") and "\n" not in message, message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_that_is_no_torch_file_says_so(tmp_path):
+    from tnsearch.__main__ import run as run_search
+    from tnsearch.config import ConfigError
+
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    with pytest.raises(ConfigError, match="not a PyTorch state_dict or Lightning checkpoint"):
+        run_search(compose_cfg([f"root={tmp_path}/r", *TINY, f"model.checkpoint={text}"]))
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_password_never_shows_on_a_command_line_or_in_a_message():
+    from tnsearch.config import ConfigError
+    from tnsearch.study import workers
+
+    url = "postgresql://alice:s3cret@db:notaport/tn"  # a port that does not parse
+    assert "s3cret" not in storage.redact(url)
+    with pytest.raises(ConfigError) as info:
+        storage.check_reachable({"url": url})
+    assert "s3cret" not in str(info.value) and str(info.value).startswith("storage.url: ")
+    argv, env = workers.command([f"storage.url={url}", "study=mlp", "workers=2"], 1)
+    assert not any("s3cret" in a for a in argv)  # `ps` shows argv to every user
+    assert argv[-2:] == ["worker=1", "workers=1"]
+    assert json.loads(env[workers.ENV_OVERRIDES]) == [f"storage.url={url}", "study=mlp"]
+
+
+def test_a_same_named_host_does_not_judge_another_machines_pids():
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tnsearch.study import liveness
+    from tnsearch.study.record import Record
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    worker = f"{socket.gethostname()}:{gone.pid}"
+    beat = time.time()
+    here = Record(state=TrialState.RUNNING, worker=worker, machine=liveness.machine_id())
+    elsewhere = Record(state=TrialState.RUNNING, worker=worker, machine="another-machine")
+    assert "process gone" in liveness.dead_reason(here.replace(heartbeat=beat))
+    assert liveness.dead_reason(elsewhere.replace(heartbeat=beat)) is None  # its heartbeat counts
+
+
+def test_a_reaped_trial_is_retried_under_retries():
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tnsearch.study import liveness, record
+
+    study = optuna.create_study()
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    record.write_fields(trial, worker=f"{socket.gethostname()}:{gone.pid}", heartbeat=time.time())
+    assert liveness.reap(study, retries=1) == [trial.number]
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].user_attrs == {"retry_of": trial.number}
+    assert waiting[0].params == study.trials[trial.number].params
+
+
+def _propose(study, cfg) -> float:
+    from tnsearch.study import optuna_internals
+    from tnsearch.study.setup import seed_for
+
+    trial = study.ask()
+    optuna_internals.reseed(study.sampler, seed_for(cfg, trial.number))
+    value = trial.suggest_float("x", 0.0, 1.0)
+    study.tell(trial, value)
+    return value
+
+
+def test_processes_joining_a_study_do_not_repeat_each_others_proposals(tmp_path):
+    """Two commands started together used to get one sampler seed (the same plans), and a
+    continued study repeated its first run's proposals."""
+    cfg = {"sampler": {"seed": 0}}
+
+    def run(folder):
+        path = str(folder / "optuna.journal")
+        a = optuna.create_study(
+            study_name="s",
+            storage=storage.journal(path),
+            sampler=optuna.samplers.TPESampler(seed=0),
+        )
+        b = optuna.load_study(
+            study_name="s",
+            storage=storage.journal(path),
+            sampler=optuna.samplers.TPESampler(seed=0),
+        )
+        together = [_propose(a, cfg), _propose(b, cfg), _propose(a, cfg), _propose(b, cfg)]
+        later = optuna.load_study(  # a rerun: a new process, the same base seed
+            study_name="s",
+            storage=storage.journal(path),
+            sampler=optuna.samplers.TPESampler(seed=0),
+        )
+        return together + [_propose(later, cfg)]
+
+    first = run(tmp_path / "one")
+    assert len(set(first)) == len(first)  # nobody repeats anybody
+    (tmp_path / "two").mkdir()
+    assert run(tmp_path / "two") == first  # and the same history gives the same proposals

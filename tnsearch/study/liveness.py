@@ -14,10 +14,15 @@ same command goes on where the dead worker stopped.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import socket
 import threading
 import time
+import uuid
+import warnings
+from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -36,6 +41,25 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+@functools.cache
+def machine_id() -> str:
+    """Which machine (and container) this process runs on, beyond its hostname: two machines
+    with one hostname, or two containers of one host, must not judge each other's pids.
+
+    A digest of /etc/machine-id, the kernel's boot id and this process's pid namespace."""
+    parts = []
+    for path in ("/etc/machine-id", "/proc/sys/kernel/random/boot_id"):
+        try:
+            parts.append(Path(path).read_text().strip())
+        except OSError:
+            parts.append("")
+    try:
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        parts.append(str(uuid.getnode()))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -50,7 +74,7 @@ def _alive(pid: int) -> bool:
 def heartbeat(trial: optuna.Trial, interval: float = INTERVAL_S) -> Iterator[None]:
     """Stamp `trial` as alive every `interval` seconds while the block runs."""
     stop = threading.Event()
-    record.write_fields(trial, worker=worker_id(), heartbeat=time.time())
+    record.write_fields(trial, worker=worker_id(), machine=machine_id(), heartbeat=time.time())
 
     def beat() -> None:
         while not stop.wait(interval):
@@ -74,7 +98,8 @@ def dead_reason(trial: Record, *, now: float | None = None, grace: float = GRACE
     worker, beat = trial.worker, trial.heartbeat
     if worker:
         host, _, pid = worker.rpartition(":")
-        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+        here = host == socket.gethostname() and trial.machine in (None, machine_id())
+        if here and pid.isdigit() and not _alive(int(pid)):
             return f"worker {worker} died (process gone)"
     started = trial.started.timestamp() if trial.started else now
     last = beat if beat is not None else started
@@ -83,8 +108,25 @@ def dead_reason(trial: Record, *, now: float | None = None, grace: float = GRACE
     return None
 
 
-def reap(study: optuna.Study, tracker=None, *, grace: float = GRACE_S) -> list[int]:
-    """Fail every RUNNING trial whose worker is dead; return their numbers."""
+def retry(study: optuna.Study, number: int, retries: int) -> None:
+    """Queue failed trial `number`'s plan again, up to `retries` times in all (Optuna's retry
+    callback); the retry starts clean: the plan's parameters, not the failure's attributes."""
+    if retries < 1:
+        return
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    failed = next(t for t in study.get_trials(deepcopy=True) if t.number == number)
+    failed.user_attrs = record.retry_attrs(failed.number)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=retries)(study, failed)
+
+
+def reap(
+    study: optuna.Study, tracker=None, *, grace: float = GRACE_S, retries: int = 0
+) -> list[int]:
+    """Fail every RUNNING trial whose worker is dead (and queue it again under `retries`);
+    return their numbers."""
     reaped = []
     for trial in record.records(study, (TrialState.RUNNING,)):
         reason = dead_reason(trial, grace=grace)
@@ -97,5 +139,6 @@ def reap(study: optuna.Study, tracker=None, *, grace: float = GRACE_S) -> list[i
             continue
         if tracker is not None and trial.mlflow_run_id:
             tracker.end_trial(trial.mlflow_run_id, state="KILLED", tags={"fail_reason": reason})
+        retry(study, trial.number, retries)
         reaped.append(trial.number)
     return reaped

@@ -13,9 +13,9 @@ import torch
 from optuna.trial import TrialState
 
 from tnsearch import plan as plans
-from tnsearch.study import liveness, record, warmstart, workers
+from tnsearch.study import liveness, optuna_internals, record, warmstart, workers
 from tnsearch.study.record import Outcome
-from tnsearch.study.setup import Setup
+from tnsearch.study.setup import Setup, seed_for
 from tnsearch.study.trial import run_trial
 from tnsearch.ui import Progress, Snapshot
 
@@ -57,7 +57,7 @@ def work(setup: Setup, study: optuna.Study, tracker, *, show_status: bool | None
         with status:
             status.update(snapshot(study, target, status.elapsed, workers=status.workers))
             while True:
-                liveness.reap(study, tracker)
+                liveness.reap(study, tracker, retries=setup.cfg["retries"])
                 if record.counted(study) >= target:
                     break
                 if timeout is not None and time.monotonic() - started > timeout:
@@ -66,6 +66,9 @@ def work(setup: Setup, study: optuna.Study, tracker, *, show_status: bool | None
                 if _ahead(study, None) >= target:  # the running trials make up the rest
                     break
                 trial = study.ask()
+                seed = seed_for(setup.cfg, trial.number)
+                if seed is not None:  # before the first suggestion: relative sampling is lazy
+                    optuna_internals.reseed(study.sampler, seed)
                 if _surplus(study, trial, target):  # another worker asked meanwhile
                     reason = "surplus: the study reached its target meanwhile (not a failure)"
                     record.write_fields(trial, fail_reason=reason, surplus=True)

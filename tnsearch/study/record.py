@@ -112,6 +112,7 @@ class Record:
     prune_reason: str | None = None
     mlflow_run_id: str | None = None
     worker: str | None = None  # host:pid
+    machine: str | None = None  # liveness.machine_id() of the worker: hosts may share a name
     heartbeat: float | None = None  # Unix time of the worker's last stamp
 
     # -- reading and writing -------------------------------------------------------------------

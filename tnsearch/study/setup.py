@@ -70,8 +70,11 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
             datamodule.check()
     except ConfigError:
         raise
-    except (ValueError, FileNotFoundError, TypeError) as exc:
-        raise ConfigError.from_exception(exc, "data") from None
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps the data module's own ConfigError
+        cause = _root_cause(exc)
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise ConfigError.from_exception(cause, "data") from None
     inputs = {
         "in_channels": int(datamodule.in_channels),
         "image_size": int(datamodule.image_size),
@@ -84,6 +87,7 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
     except Exception as exc:  # noqa: BLE001 - any constructor error is a model config error
         raise ConfigError.from_exception(_root_cause(exc), "model") from None
     space = Space.from_config(cfg["space"], dense)
+    check_training(cfg, dense)
     checkpoint = cfg["model"].get("checkpoint")
     if checkpoint and cfg["pretrain"]["epochs"]:
         raise ConfigError("pretrain.epochs", "give either model.checkpoint or pretrain.epochs")
@@ -106,6 +110,40 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
         pruner=pruning.from_config(cfg),
         console=console or Console(),
     )
+
+
+SCHEDULERS = ("cosine", "none")
+
+
+def check_training(cfg: Mapping[str, Any], dense: torch.nn.Module) -> None:
+    """Build the optimizer once on the dense model, and check the scheduler and the latency
+    device, so that a wrong value stops here and not after a few failed trials."""
+    from hydra.utils import instantiate
+
+    trainer = cfg["trainer"]
+    if trainer.get("scheduler", "cosine") not in SCHEDULERS:
+        raise ConfigError(
+            "trainer.scheduler",
+            f"must be one of {', '.join(SCHEDULERS)}, got {trainer.get('scheduler')!r}",
+        )
+    try:
+        make = instantiate(dict(trainer["optimizer"]))
+        make(dense.parameters())
+    except Exception as exc:  # noqa: BLE001 - any optimizer error is a config error
+        raise ConfigError("trainer.optimizer", _first_line(_root_cause(exc))) from None
+    device = cfg["latency"].get("device")
+    if device is not None:
+        try:
+            where = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError("latency.device", _first_line(exc)) from None
+        if where.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("latency.device", f"{device!r}: no CUDA device is visible")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
 
 
 def resolve_compile(cfg: dict[str, Any]) -> None:
@@ -180,11 +218,18 @@ def create_study_with_retry(**kwargs) -> optuna.Study:
 
 
 def make_sampler(cfg: Mapping[str, Any]) -> optuna.samplers.BaseSampler:
-    """The configured sampler; each worker of a study gets its own seed, so that workers
-    starting together do not propose the same plans."""
+    """The configured sampler (it is seeded again for each trial, see `seed_for`)."""
     from hydra.utils import instantiate
 
-    node = dict(cfg["sampler"])
-    if node.get("seed") is not None and cfg.get("worker") is not None:
-        node["seed"] = int(node["seed"]) + 7919 * (int(cfg["worker"]) + 1)
-    return instantiate(node)
+    return instantiate(dict(cfg["sampler"]))
+
+
+def seed_for(cfg: Mapping[str, Any], number: int) -> int | None:
+    """The sampler seed of trial `number`: derived from `sampler.seed` and the trial's number,
+    which Optuna makes unique across every process of a study. So two commands started together
+    do not propose the same plans, a continued study does not repeat its first run's proposals,
+    and a study's history is reproducible (None: the sampler is not seeded)."""
+    base = cfg["sampler"].get("seed")
+    if base is None:
+        return None
+    return (int(base) * 1_000_003 + 7919 * (number + 1)) % 2**32

@@ -7,6 +7,7 @@ URL: `sqlite:///...` for one machine, `postgresql://...` for several machines jo
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -109,20 +110,31 @@ def check_reachable(storage_cfg) -> None:
             pass
     except Exception as exc:  # noqa: BLE001 - any driver error means unreachable
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        secret = _password(url)
+        if secret:
+            reason = reason.replace(secret, "***")
         raise ConfigError("storage.url", f"cannot connect to {redact(url)}: {reason}") from None
     finally:
         if "engine" in locals():
             engine.dispose()
 
 
+_USERINFO = re.compile(r"(?P<head>://[^:/@]*:)(?P<password>[^@]*)@")
+
+
+def _password(url: str) -> str | None:
+    found = _USERINFO.search(url)
+    return found["password"] if found else None
+
+
 def redact(url: str) -> str:
-    """A database URL with its password hidden."""
+    """A database URL with its password hidden (also when the URL does not parse)."""
     try:
         import sqlalchemy
 
         return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an unparsable URL is shown as given
-        return url
+    except Exception:  # noqa: BLE001 - an unparsable URL: hide what sits where a password goes
+        return _USERINFO.sub(lambda m: f"{m['head']}***@", url)
 
 
 def label(storage_cfg) -> str:

@@ -80,7 +80,7 @@ class _Trial:
             if self.told:  # it was recorded and told; what failed came after
                 return self.ended
             self.fail(_reason(exc), trace=traceback.format_exc())
-            _retry(self.study, self.trial, self.cfg["retries"])
+            liveness.retry(self.study, self.trial.number, self.cfg["retries"])
             return Outcome.FAILED
 
     # -- steps ------------------------------------------------------------------------------
@@ -339,18 +339,6 @@ def _reason(exc: BaseException) -> str:
         return f"cannot write {exc.filename or ''}: {exc.strerror}".strip()
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}"[:500]
-
-
-def _retry(study: optuna.Study, trial: optuna.Trial, retries: int) -> None:
-    """Queue the failed trial's plan again, up to `retries` times (Optuna's retry callback)."""
-    if retries < 1:
-        return
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-    failed = next(t for t in study.get_trials(deepcopy=True) if t.number == trial.number)
-    # The retry starts clean: it keeps the plan's parameters, not the failure's attributes.
-    failed.user_attrs = record.retry_attrs(failed.number)
-    RetryHeartbeatStaleTrialCallback(max_retry=retries)(study, failed)
 
 
 def _constraints(constraints: Mapping[str, Any], rec: Record) -> dict[str, float]:

@@ -36,7 +36,11 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict[str, torch.Tenso
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unreadable or unsafe file
         first = " ".join(str(exc).split())[:200]
-        raise ConfigError("model.checkpoint", f"cannot read {path}: {first}") from None
+        raise ConfigError(
+            "model.checkpoint",
+            f"cannot read {path}: not a PyTorch state_dict or Lightning checkpoint "
+            f"({type(exc).__name__}: {first})",
+        ) from None
     state = loaded.get("state_dict", loaded) if isinstance(loaded, Mapping) else None
     if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
         raise ConfigError("model.checkpoint", f"{path} holds no state_dict of tensors")

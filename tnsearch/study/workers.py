@@ -8,6 +8,7 @@ disjoint set of CPU cores per worker (affinity and torch threads).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,9 +16,9 @@ import sys
 import time
 from collections.abc import Sequence
 
+from tnsearch.cli import ENV_OVERRIDES, ENV_SPAWNED
 from tnsearch.study.interrupts import Interrupted
 
-ENV_SPAWNED = "TNSEARCH_SPAWNED"  # set in workers started by a local parent
 ENV_CPUS = "TNSEARCH_CPUS"  # comma-separated CPU ids this worker owns
 
 
@@ -78,25 +79,28 @@ def place_self(n: int, *, gpus: int) -> None:
         apply_placement()
 
 
-def spawn(overrides: Sequence[str], n: int, *, gpus: int) -> list[subprocess.Popen]:
-    """Start workers 1..n-1 running `python -m tnsearch <overrides> worker=<i>`."""
+def command(overrides: Sequence[str], i: int) -> tuple[list[str], dict[str, str]]:
+    """The command line and the environment of local worker `i`.
+
+    The overrides travel in the environment (`ENV_OVERRIDES`, readable by the user only), not
+    on the command line, where `ps` shows them to everyone (a storage URL holds a password)."""
     keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("workers", "worker")]
+    env = {**os.environ, ENV_SPAWNED: "1", "PYTHONUNBUFFERED": "1", ENV_OVERRIDES: json.dumps(keep)}
+    return [sys.executable, "-m", "tnsearch", f"worker={i}", "workers=1"], env
+
+
+def spawn(overrides: Sequence[str], n: int, *, gpus: int) -> list[subprocess.Popen]:
+    """Start workers 1..n-1 running `python -m tnsearch worker=<i>` with these overrides."""
     cpus = cpu_sets(n)
     procs = []
     for i in range(1, n):
-        env = {**os.environ, ENV_SPAWNED: "1", "PYTHONUNBUFFERED": "1"}
+        argv, env = command(overrides, i)
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
         else:
             env[ENV_CPUS] = ",".join(str(c) for c in cpus[i])
             env["OMP_NUM_THREADS"] = str(len(cpus[i]))
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "tnsearch", *keep, f"worker={i}", "workers=1"],
-                env=env,
-                preexec_fn=_end_with_parent,
-            )
-        )
+        procs.append(subprocess.Popen(argv, env=env, preexec_fn=_end_with_parent))
     return procs
 
 
