@@ -22,9 +22,9 @@ import threading
 import time
 import uuid
 import warnings
-from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
