@@ -99,6 +99,7 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
     from tnsearch.study.storage import check_reachable
 
     check_reachable(cfg["storage"])
+    check_writable(Path(cfg["root"]) / cfg["name"])
     return Setup(
         cfg=dict(cfg),
         space=space,
@@ -139,6 +140,23 @@ def check_training(cfg: Mapping[str, Any], dense: torch.nn.Module) -> None:
             raise ConfigError("latency.device", _first_line(exc)) from None
         if where.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("latency.device", f"{device!r}: no CUDA device is visible")
+
+
+def check_writable(folder: Path) -> None:
+    """The study folder (or the nearest folder it would be made in) must be a writable folder
+    on a disk with room; checked without writing anything."""
+    import os
+    import shutil
+
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError("root", f"cannot write {folder}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError("root", f"cannot write {folder}: {existing} is read-only")
+    if shutil.disk_usage(existing).free < 16 * 2**20:
+        raise ConfigError("root", f"no space left on the disk of {existing} (under 16 MiB free)")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -91,17 +91,37 @@ class _Trial:
         self.training_choices = setup.space.suggest_training(trial)
         self.optimizer = {**self.cfg["trainer"]["optimizer"], **self.training_choices}
 
-    def duplicate_of(self) -> Record | None:
-        """An earlier trained trial with exactly this plan, if any (samplers do repeat)."""
-        for other in record.records(self.study, (TrialState.COMPLETE,)):
-            if (
-                other.is_trained
-                and other.plan is not None
-                and other.layers == self.plan["layers"]
-                and dict(other.training_choices or {}) == self.training_choices
+    def same_plan(self, other: Record) -> bool:
+        return (
+            other.number != self.trial.number
+            and other.plan is not None
+            and other.layers == self.plan["layers"]
+            and dict(other.training_choices or {}) == self.training_choices
+        )
+
+    def duplicate_of(self, *, poll_s: float = 1.0) -> Record | None:
+        """An earlier trained trial with exactly this plan, if any (samplers do repeat). A plan
+        that another worker is training counts as taken: this trial waits for that one."""
+        while True:
+            for other in record.records(self.study, (TrialState.COMPLETE,)):
+                if other.is_trained and self.same_plan(other):
+                    return other
+            running = [
+                r for r in record.records(self.study, (TrialState.RUNNING,)) if self.same_plan(r)
+            ]
+            if not running:
+                return None
+            self.setup.console.say(
+                f"trial {self.trial.number:>3}  the same plan is training as trial "
+                f"{running[0].number}: waiting for it"
+            )
+            while any(
+                r.state == TrialState.RUNNING
+                for r in record.records(self.study, (TrialState.RUNNING,))
+                if r.number == running[0].number
             ):
-                return other
-        return None
+                time.sleep(poll_s)
+                liveness.reap(self.study, self.tracker)
 
     def duplicate(self, earlier: Record) -> Outcome:
         """Tell the earlier trial's values again instead of training the same plan twice."""
@@ -335,6 +355,8 @@ def _reason(exc: BaseException) -> str:
         return f"out of memory: {' '.join(str(exc).split())[:300]}"
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return f"no space left on {exc.filename or 'the device'}"
+    if "unexpected pos" in str(exc) or "file write failed" in str(exc):  # torch.save, disk full
+        return f"no space left on the device (writing failed: {' '.join(str(exc).split())[:200]})"
     if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
         return f"cannot write {exc.filename or ''}: {exc.strerror}".strip()
     text = " ".join(str(exc).split())
