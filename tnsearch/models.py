@@ -16,10 +16,35 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MODELS", "MLP", "LeNet5", "ResNet", "BasicBlock"]
+__all__ = ["MODELS", "MLP", "LeNet5", "ResNet", "BasicBlock", "as_linear", "is_conv1d"]
 
 #: tnsearch's own models: what a plan may name without the caller trusting anything more.
 MODELS = ("tnsearch.models.MLP", "tnsearch.models.LeNet5", "tnsearch.models.ResNet")
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's `Conv1D` (GPT-2's projections): a Linear with its weight transposed,
+    (in, out). Recognized by its shape, so that tnsearch needs no transformers import."""
+    weight = getattr(module, "weight", None)
+    return (
+        type(module).__name__ == "Conv1D"
+        and isinstance(getattr(module, "nf", None), int)
+        and weight is not None
+        and weight.dim() == 2
+        and weight.shape[1] == module.nf
+    )
+
+
+def as_linear(conv1d: nn.Module) -> nn.Linear:
+    """The `nn.Linear` that computes what a Hugging Face Conv1D (weight (in, out)) does."""
+    nx, nf = conv1d.weight.shape
+    ref = conv1d.weight
+    linear = nn.Linear(nx, nf, bias=conv1d.bias is not None, device=ref.device, dtype=ref.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(conv1d.weight.t())
+        if conv1d.bias is not None:
+            linear.bias.copy_(conv1d.bias)
+    return linear
 
 
 def _init_weights(module: nn.Module) -> None:

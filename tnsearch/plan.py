@@ -25,6 +25,7 @@ from torch import nn
 
 from tnsearch import tn
 from tnsearch.files import write_text
+from tnsearch.models import as_linear, is_conv1d
 
 VERSION = 1
 #: Config keys of the `model/` group that are not constructor arguments.
@@ -110,13 +111,57 @@ def build_dense(
         factory: build the model with this callable instead of the plan's `_target_`
             (called with the plan's model arguments and inputs).
     """
-    from hydra.utils import instantiate
-
     arguments = {k: v for k, v in plan["model"].items() if k != "_target_"}
-    if factory is not None:
-        return factory(**arguments, **plan["inputs"])
-    check_model(plan["model"], trusted)
-    return instantiate(dict(plan["model"]), **plan["inputs"], _convert_="all")
+    if factory is None:
+        target = check_model(plan["model"], trusted)
+        factory = constructor(target)
+    facts = facts_for(factory, plan["inputs"], given=arguments)
+    model = factory(**arguments, **facts)
+    if not isinstance(model, nn.Module):
+        name = getattr(factory, "__qualname__", repr(factory))
+        raise TypeError(f"model._target_: {name} returned {type(model).__name__}, not a Module")
+    return model
+
+
+def constructor(target: str) -> Callable[..., Any]:
+    """The callable a `_target_` path names (imported, not called).
+
+    Raises:
+        ImportError: ``model._target_: cannot import 'x.y' (...)``.
+    """
+    from hydra.utils import get_object
+
+    try:
+        found = get_object(target)
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps import errors in its own
+        cause = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        text = " ".join(str(cause).split())[:200]
+        raise ImportError(f"model._target_: cannot import {target!r} ({text})") from None
+    if not callable(found):
+        raise ImportError(f"model._target_: {target!r} is not callable")
+    return found
+
+
+def facts_for(
+    factory: Callable[..., Any], facts: Mapping[str, Any], *, given: Mapping[str, Any] = ()
+) -> dict[str, Any]:
+    """The data's facts (`num_classes`, `in_channels`, ...) that `factory`'s signature names
+    (all of them when it takes **kwargs), less the arguments the config gives itself."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: pass nothing
+        return {}
+    if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        names = set(facts)
+    else:
+        names = {
+            n for n, p in parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        }
+    return {k: v for k, v in facts.items() if k in names and k not in dict(given)}
 
 
 def tensorize(model: nn.Module, plan: Mapping[str, Any], *, init: str = "random") -> nn.Module:
@@ -129,6 +174,8 @@ def tensorize(model: nn.Module, plan: Mapping[str, Any], *, init: str = "random"
     """
     for name, spec in plan["layers"].items():
         module = model.get_submodule(name)
+        if is_conv1d(module):
+            module = as_linear(module)
         layer = tn.tensorize(
             module,
             topology=spec["topology"],

@@ -17,6 +17,7 @@ from torch import nn
 
 from tnsearch import tn
 from tnsearch.config import ConfigError
+from tnsearch.models import is_conv1d
 from tnsearch.tn import shapes
 
 GRANULARITIES = ("layer", "group")
@@ -34,13 +35,16 @@ class Layer:
 
 
 def candidate_layers(model: nn.Module) -> list[Layer]:
-    """Every Linear and (groups=1) Conv2d of `model`, in module order."""
+    """Every Linear, Hugging Face Conv1D and (groups=1) Conv2d of `model`, in module order."""
     found = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             found.append(
                 Layer(name, module.in_features, module.out_features, module.weight.numel())
             )
+        elif is_conv1d(module):
+            nx, nf = module.weight.shape
+            found.append(Layer(name, int(nx), int(nf), module.weight.numel()))
         elif isinstance(module, nn.Conv2d) and module.groups == 1:
             found.append(
                 Layer(name, module.in_channels, module.out_channels, module.weight.numel())
@@ -119,7 +123,7 @@ class Space:
                 if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
                     raise ConfigError(
                         f"space.{key}",
-                        f"{pattern!r} matches no Linear or Conv2d layer (layers: {known})",
+                        f"{pattern!r} matches no Linear, Conv1D or Conv2d layer (layers: {known})",
                     )
         topologies = tuple(space["topologies"])
         if not topologies:

@@ -27,6 +27,19 @@ def compose_cfg(overrides: list[str] | None = None, *, config: str = "config"):
         return compose(config, overrides=list(overrides or []), return_hydra_config=False)
 
 
+def start_cli(args: list[str], *, cwd: Path, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """Start `python -m tnsearch ARGS` in the background (stdout dropped; stderr as asked,
+    text)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tnsearch", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
+    )
+
+
 def run_cli(args: list[str], *, cwd: Path, timeout: float = 600, env: dict | None = None):
     """Run `python -m tnsearch ARGS` in a subprocess; return the CompletedProcess."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.helpers import TINY, compose_cfg, run_cli
+from tests.helpers import TINY, compose_cfg, run_cli, start_cli
 from tnsearch.study import storage
 
 
@@ -220,19 +220,12 @@ def test_a_signal_stops_every_worker_and_records_their_trials(tmp_path, signum, 
     import os
     import signal
     import subprocess
-    import sys
     import time
 
     from mlflow import MlflowClient
 
     args = [f"root={tmp_path}", "trials=4", *TINY, "epochs=60", f"workers={workers}"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tnsearch", *args],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli(args, cwd=tmp_path, stderr=subprocess.PIPE)
     journal = tmp_path / "mlp" / "optuna.journal"
     running = _wait_for_running(journal, workers)
     pids = {int(t.user_attrs["worker"].rpartition(":")[2]) for t in running}
@@ -269,18 +262,11 @@ def test_a_lost_mlflow_store_never_stops_the_study(tmp_path):
     parent run. Now the study reaches its target, each kind of MLflow error is said once, and
     a rerun makes a new parent run in the new store."""
     import subprocess
-    import sys
 
     from mlflow import MlflowClient
 
     args = [f"root={tmp_path}", "trials=4", *TINY, "epochs=30"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tnsearch", *args],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli(args, cwd=tmp_path, stderr=subprocess.PIPE)
     journal = tmp_path / "mlp" / "optuna.journal"
     _wait_for_running(journal, 1)
     (tmp_path / "mlflow.db").unlink()

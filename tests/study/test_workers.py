@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
@@ -17,7 +15,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from tests.helpers import TINY, run_cli
+from tests.helpers import TINY, run_cli, start_cli
 
 pytestmark = pytest.mark.slow
 
@@ -116,12 +114,7 @@ def test_submitit_local_launcher_runs_two_jobs(tmp_path):
 
 def test_kill_9_mid_trial_then_rerun(tmp_path):
     args = [f"root={tmp_path}", "trials=2", *TINY, "epochs=40"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tnsearch", *args],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_cli(args, cwd=tmp_path)
     journal = tmp_path / "mlp" / "optuna.journal"
     deadline = time.monotonic() + 240
     killed_number = None

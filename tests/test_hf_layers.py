@@ -1,0 +1,40 @@
+"""The layers transformers have: Hugging Face's Conv1D (GPT-2) next to nn.Linear (BERT)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+
+def _tiny_gpt2():
+    config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=97, n_positions=16)
+    torch.manual_seed(0)
+    return transformers.GPT2Model(config).eval().double()
+
+
+def test_conv1d_layers_are_candidates_and_decompose_exactly_at_full_rank():
+    from tnsearch import plan as plans
+    from tnsearch.space import candidate_layers
+
+    model = _tiny_gpt2()
+    found = {layer.name: layer for layer in candidate_layers(model)}
+    assert {"h.0.attn.c_attn", "h.0.attn.c_proj", "h.0.mlp.c_fc", "h.1.mlp.c_proj"} <= set(found)
+    assert (found["h.0.attn.c_attn"].in_dim, found["h.0.attn.c_attn"].out_dim) == (32, 96)
+    ids = torch.randint(0, 97, (2, 7))
+    expected = model(ids).last_hidden_state
+    layers = {
+        name: {"topology": topology, "order": 2, "in_modes": None, "out_modes": None, "rank": 10**4}
+        for name, topology in (
+            ("h.0.attn.c_attn", "mpo"),
+            ("h.0.mlp.c_fc", "tucker"),
+            ("h.1.attn.c_proj", "tree"),
+            ("h.1.mlp.c_proj", "cp"),
+        )
+    }
+    plans.tensorize(model, {"layers": layers}, init="decompose")
+    got = model(ids).last_hidden_state
+    cp_error = 1e-2  # CP-ALS at a full rank is close, not exact
+    assert torch.allclose(got, expected, atol=cp_error, rtol=cp_error)
+    assert type(model.get_submodule("h.0.attn.c_attn")).__name__ != "Conv1D"
