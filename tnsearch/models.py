@@ -1,8 +1,8 @@
 """The model zoo: plain ``nn.Module`` reference networks that tnsearch tensorizes.
 
 Every constructor is keyword-only and takes ``in_channels``, ``image_size`` and ``num_classes``
-from the data module, so Hydra builds a model with
-``hydra.utils.instantiate(cfg.model, in_channels=..., image_size=..., num_classes=...)``.
+from the data module (`tnsearch.plan.build_dense` passes the facts a signature names).
+`from_pretrained` loads a Hugging Face model from a local folder.
 Layers carry torchvision-style names (``fc1``, ``conv1``, ``layer2.1.conv2``, ``fc``) so layer globs
 such as ``layer*.*.conv*`` select them, and every ``forward`` looks its layers up by attribute, so a
 layer replaced in place (``setattr(parent, name, tensorized)``) is used from then on.
@@ -19,7 +19,66 @@ from torch import Tensor, nn
 __all__ = ["MODELS", "MLP", "LeNet5", "ResNet", "BasicBlock", "as_linear", "is_conv1d"]
 
 #: tnsearch's own models: what a plan may name without the caller trusting anything more.
-MODELS = ("tnsearch.models.MLP", "tnsearch.models.LeNet5", "tnsearch.models.ResNet")
+MODELS = (
+    "tnsearch.models.MLP",
+    "tnsearch.models.LeNet5",
+    "tnsearch.models.ResNet",
+    "tnsearch.models.from_pretrained",
+)
+
+#: The transformers classes `from_pretrained` may load with (`model.auto_class`).
+AUTO_CLASSES = (
+    "AutoModel",
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
+    "AutoModelForMaskedLM",
+    "AutoModelForCausalLM",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForImageClassification",
+)
+
+
+def from_pretrained(path: str, auto_class: str = "AutoModel") -> nn.Module:
+    """A Hugging Face model with its pretrained weights, from a local folder (offline).
+
+    Only safetensors weights are read (a pickled ``pytorch_model.bin`` could run code), no
+    remote code is run, and `auto_class` is one of `AUTO_CLASSES`.
+
+    Raises:
+        ValueError: ``model.path: ...`` / ``model.auto_class: ...`` for a wrong folder or class.
+        ImportError: transformers is not installed (``pip install tnsearch[hf]``).
+    """
+    from pathlib import Path
+
+    folder = Path(str(path))
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"model.path: {path} is not a Hugging Face model folder (no config.json)")
+    if not any(folder.glob("*.safetensors")):
+        raise ValueError(
+            f"model.path: {path} has no .safetensors weights (pickled weights are not read)"
+        )
+    if auto_class not in AUTO_CLASSES:
+        raise ValueError(
+            f"model.auto_class: must be one of {', '.join(AUTO_CLASSES)}, got {auto_class!r}"
+        )
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError(
+            "model: Hugging Face models need transformers: pip install 'tnsearch[hf]'"
+        ) from None
+    loader = getattr(transformers, auto_class)
+    try:
+        model = loader.from_pretrained(
+            str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        text = " ".join(str(exc).split())[:300]
+        raise ValueError(f"model.path: cannot load {path} as {auto_class}: {text}") from None
+    return model.eval()
+
+
+from_pretrained.pretrained = True  # its weights are trained: studies of it start warm
 
 
 def is_conv1d(module: nn.Module) -> bool:

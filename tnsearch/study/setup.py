@@ -92,6 +92,10 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
     if checkpoint and cfg["pretrain"]["epochs"]:
         raise ConfigError("pretrain.epochs", "give either model.checkpoint or pretrain.epochs")
     state = warmstart.load_checkpoint(checkpoint, dense) if checkpoint else None
+    if state is None and not cfg["pretrain"]["epochs"] and _comes_trained(cfg["model"]):
+        # A pretrained model is warm by default: the dense trial is the model itself, and
+        # every trial starts from the decomposition of its layers.
+        state = {k: v.detach().clone() for k, v in dense.state_dict().items()}
     try:
         instantiate(cfg["sampler"])
     except Exception as exc:  # noqa: BLE001
@@ -140,6 +144,11 @@ def check_training(cfg: Mapping[str, Any], dense: torch.nn.Module) -> None:
             raise ConfigError("latency.device", _first_line(exc)) from None
         if where.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("latency.device", f"{device!r}: no CUDA device is visible")
+
+
+def _comes_trained(model_cfg: Mapping[str, Any]) -> bool:
+    """Whether the model's constructor loads trained weights (`from_pretrained.pretrained`)."""
+    return bool(getattr(plans.constructor(model_cfg["_target_"]), "pretrained", False))
 
 
 def check_writable(folder: Path) -> None:
