@@ -42,8 +42,8 @@ def test_from_pretrained_loads_the_saved_weights(bert_folder):
 
 
 def test_a_pretrained_model_starts_warm(bert_folder, tmp_path):
-    from tnsearch.study.setup import prepare
     from tnsearch.cli import resolve
+    from tnsearch.study.setup import prepare
 
     cfg = resolve(
         compose_cfg([f"root={tmp_path}", "model=hf", f"model.path={bert_folder}", "data=digits"])
