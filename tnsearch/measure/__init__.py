@@ -1,1 +1,1 @@
-"""measure"""
+"""What a trial measures: training (Lightning) and latency."""

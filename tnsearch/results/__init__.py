@@ -1,1 +1,1 @@
-"""results"""
+"""Read-only views of a study: pareto (table, plot, hypervolume), selection, export."""
