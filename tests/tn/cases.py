@@ -67,3 +67,45 @@ def build(
     module = case.module(dtype)
     layer = tn.tensorize(module, topology=topology, rank=rank, **{**case.kwargs, **kw})
     return module, layer
+
+
+@dataclass(frozen=True)
+class EmbeddingCase:
+    """A dense ``nn.Embedding(V, D)`` to tensorize, and how."""
+
+    name: str
+    num_embeddings: int
+    embedding_dim: int
+    kwargs: dict = field(default_factory=dict)
+    padding_idx: int | None = None
+
+    def module(self, dtype: torch.dtype = torch.float64) -> nn.Embedding:
+        torch.manual_seed(0)
+        emb = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx)
+        return emb.to(dtype)
+
+    def indices(self, shape: tuple[int, ...] = (4, 6), seed: int = 1) -> torch.Tensor:
+        """Random indices of ``shape``, with the first and last rows (and the padding row)."""
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randint(0, self.num_embeddings, shape, generator=g)
+        flat = idx.view(-1)
+        flat[0], flat[-1] = 0, self.num_embeddings - 1
+        if self.padding_idx is not None and flat.numel() > 2:
+            flat[1] = self.padding_idx
+        return idx
+
+
+EMBEDDING_CASES = [
+    EmbeddingCase("emb_96x10", 96, 10, {"order": 2}),
+    EmbeddingCase("emb_padded_30x7", 30, 7, {"in_modes": (4, 8), "out_modes": (2, 4)}, 3),
+    EmbeddingCase("emb_order3_60x12", 60, 12, {"order": 3}, 0),
+]
+
+
+def build_embedding(
+    case: EmbeddingCase, topology: str, rank=3, dtype=torch.float64, **kw
+) -> tuple[nn.Embedding, tn.TNEmbedding]:
+    """The dense embedding and its tensorized version (decomposed)."""
+    module = case.module(dtype)
+    emb = tn.tensorize(module, topology=topology, rank=rank, **{**case.kwargs, **kw})
+    return module, emb

@@ -67,8 +67,12 @@ def test_unsupported_modules(topology):
             rank=2,
             order=1,
         )
-    with pytest.raises(TypeError, match=r"^module: expected nn.Linear or nn.Conv2d, got Conv1d$"):
+    with pytest.raises(
+        TypeError, match=r"^module: expected nn.Linear, nn.Conv2d or nn.Embedding, got Conv1d$"
+    ):
         tn.tensorize(nn.Conv1d(4, 4, 3), topology=topology, rank=2, order=1)
+    with pytest.raises(TypeError, match=r"^module: expected .* got EmbeddingBag$"):
+        tn.tensorize(nn.EmbeddingBag(10, 4), topology=topology, rank=2, order=1)
     with pytest.raises(ValueError, match=r"^module: LazyLinear is not initialized"):
         tn.tensorize(nn.LazyLinear(4), topology=topology, rank=2, order=1)
 

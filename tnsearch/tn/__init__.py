@@ -1,4 +1,5 @@
-"""Tensor-network layers: MPO, Tucker, CP and tree replacements for ``nn.Linear`` / ``nn.Conv2d``.
+"""Tensor-network layers: MPO, Tucker, CP and tree replacements for ``nn.Linear`` / ``nn.Conv2d``
+(and ``nn.Embedding``: :class:`TNEmbedding`).
 
 >>> import torch
 >>> from torch import nn
@@ -20,6 +21,7 @@ state is set on import.
 from tnsearch.tn import shapes
 from tnsearch.tn._base import TNLayer
 from tnsearch.tn._cp import CPLayer
+from tnsearch.tn._embedding import TNEmbedding
 from tnsearch.tn._geometry import Geometry
 from tnsearch.tn._mpo import MPOLayer
 from tnsearch.tn._network import BondLayout, ComponentLayout, TreeLayout
@@ -35,6 +37,7 @@ __all__ = [
     "ComponentLayout",
     "Geometry",
     "MPOLayer",
+    "TNEmbedding",
     "TNLayer",
     "TOPOLOGIES",
     "TreeLayer",

@@ -1,4 +1,9 @@
-"""Model-level helpers: parameter counts, a summary of tensorized layers, freezing paths."""
+"""Model-level helpers: parameter counts, a summary of tensorized layers, freezing paths.
+
+A :class:`~tnsearch.tn.TNEmbedding` is listed by :func:`describe` as one ``Embedding`` line (its
+inner ``TNLayer`` is not listed separately) and left alone by :func:`freeze_paths` (its path is
+fixed, nothing is measured).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import torch
 from torch import nn
 
 from tnsearch.tn._base import TNLayer
+from tnsearch.tn._embedding import TNEmbedding
 
 __all__ = ["describe", "freeze_paths", "n_params"]
 
@@ -30,8 +36,12 @@ def describe(model: nn.Module) -> str:
     For ``path="auto"`` layers the chosen path of every measured key is listed.
     """
     lines = []
+    inner = _embedding_layers(model)
     for name, layer in model.named_modules():
-        if not isinstance(layer, TNLayer):
+        if isinstance(layer, TNEmbedding):
+            lines.append(_embedding_line(name, layer))
+            continue
+        if not isinstance(layer, TNLayer) or id(layer) in inner:
             continue
         g = layer.geometry
         dense = g.out_features * g.fan_in + (g.out_features if g.bias else 0)
@@ -52,6 +62,21 @@ def describe(model: nn.Module) -> str:
     return "\n".join(lines) if lines else "no tensorized layers"
 
 
+def _embedding_layers(model: nn.Module) -> set[int]:
+    """ids of the TNLayers that are held by a TNEmbedding of ``model``."""
+    return {id(m.layer) for m in model.modules() if isinstance(m, TNEmbedding)}
+
+
+def _embedding_line(name: str, emb: TNEmbedding) -> str:
+    dense = emb.num_embeddings * emb.embedding_dim
+    pad = "" if emb.padding_idx is None else f" padding_idx={emb.padding_idx}"
+    return (
+        f"{name or '<model>'}: {emb.topology} Embedding in={emb.num_embeddings}{emb.in_modes} "
+        f"out={emb.embedding_dim}{emb.out_modes} rank={emb.rank}{pad} params={emb.n_params} "
+        f"({dense / max(emb.n_params, 1):.1f}x smaller) path={emb.path}"
+    )
+
+
 def freeze_paths(
     model: nn.Module, example_input: Any, *, grad: bool | None = None
 ) -> dict[str, dict[tuple, str]]:
@@ -60,7 +85,7 @@ def freeze_paths(
     The model runs once without grad (inference key) and once with grad (training key), or only
     as ``grad`` says; buffers (e.g. BatchNorm statistics) are restored afterwards. Frozen layers
     use the cached choice; an unseen key gets the path with the fewest MACs, without measuring.
-    Call this before ``torch.compile``.
+    Call this before ``torch.compile``. Tensorized embeddings are skipped (their path is fixed).
 
     Args:
         model: any module containing tensorized layers.
@@ -70,7 +95,10 @@ def freeze_paths(
     Returns:
         Layer name -> its ``chosen_paths``.
     """
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, TNLayer)}
+    inner = _embedding_layers(model)  # embeddings: a fixed path, nothing to measure
+    layers = {
+        n: m for n, m in model.named_modules() if isinstance(m, TNLayer) and id(m) not in inner
+    }
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     saved = {k: v.detach().clone() for k, v in model.named_buffers()}
     for layer in layers.values():

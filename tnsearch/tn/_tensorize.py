@@ -1,4 +1,5 @@
-"""``tensorize``: replace one Linear / Conv2d by a tensorized layer of a registered topology."""
+"""``tensorize``: replace one Linear / Conv2d / Embedding by a tensorized layer of a registered
+topology."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Sequence
 from torch import nn
 
 from tnsearch.tn._base import TNLayer
+from tnsearch.tn._embedding import PATHS as EMBEDDING_PATHS
+from tnsearch.tn._embedding import TNEmbedding, embedding_geometry
 from tnsearch.tn._geometry import Geometry
 from tnsearch.tn._registry import topology_class
 from tnsearch.tn.shapes import balanced
@@ -39,11 +42,17 @@ def resolve_modes(
     order: int | None,
     in_modes: Sequence[int] | None,
     out_modes: Sequence[int] | None,
+    what: tuple[str, str] | None = None,
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The input and output modes: given ones checked, missing ones balanced (no padding)."""
+    """The input and output modes: given ones checked, missing ones balanced (no padding).
+
+    ``what`` names the two dimensions in messages (default: features, or channels for Conv2d).
+    """
     if order is not None and (isinstance(order, bool) or not isinstance(order, int) or order < 1):
         raise ValueError(f"order: must be an int >= 1, got {order!r}")
-    what = ("in_channels", "out_channels") if geometry.conv else ("in_features", "out_features")
+    if what is None:
+        conv = geometry.conv
+        what = ("in_channels", "out_channels") if conv else ("in_features", "out_features")
     ins = None if in_modes is None else _modes("in_modes", in_modes, geometry.in_features, what[0])
     outs = (
         None
@@ -73,8 +82,14 @@ def tensorize(
     out_modes: Sequence[int] | None = None,
     init: str = "decompose",
     path: str = "auto",
-) -> TNLayer:
-    """Tensorize an ``nn.Linear`` or ``nn.Conv2d`` (groups=1; any kernel, stride, padding...).
+) -> TNLayer | TNEmbedding:
+    """Tensorize an ``nn.Linear``, an ``nn.Conv2d`` (groups=1; any kernel, stride, padding...)
+    or an ``nn.Embedding`` (a :class:`TNEmbedding`).
+
+    An ``nn.Embedding(V, D)`` is treated as the ``Linear(V -> D)`` of one-hot inputs whose
+    weight is its table: ``in_modes`` split ``V`` and ``out_modes`` ``D``; its paths are
+    ``("reconstruct", "gather")`` and ``"auto"`` means ``"gather"`` (the lookup that never builds
+    the table); ``max_norm``, ``sparse`` and ``scale_grad_by_freq`` are not supported.
 
     Args:
         module: the layer to replace; it is not modified.
@@ -90,10 +105,17 @@ def tensorize(
         path: ``"auto"`` (measure, cache the fastest) or one of ``layer.paths``.
 
     Raises:
-        ValueError: one line starting with the bad argument's name, e.g. ``"rank: ..."``.
-        TypeError: ``"module: ..."`` if ``module`` is neither Linear nor Conv2d.
+        ValueError: one line starting with the bad argument's name, e.g. ``"rank: ..."``
+            (``"embedding: ..."`` for an unsupported Embedding option).
+        TypeError: ``"module: ..."`` if ``module`` is not a Linear, Conv2d or Embedding.
     """
     cls = topology_class(topology)
+    if not isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
+        raise TypeError(
+            f"module: expected nn.Linear, nn.Conv2d or nn.Embedding, got {type(module).__name__}"
+        )
+    if isinstance(module, nn.Embedding):
+        return _tensorize_embedding(module, cls, rank, order, in_modes, out_modes, init, path)
     geometry = Geometry.from_module(module)
     if init not in ("decompose", "random"):
         raise ValueError(f"init: must be 'decompose' or 'random', got {init!r}")
@@ -104,3 +126,19 @@ def tensorize(
     layer = cls.from_module(module, rank=rank, in_modes=ins, out_modes=outs, init=init)
     layer.path = path
     return layer
+
+
+def _tensorize_embedding(module, cls, rank, order, in_modes, out_modes, init, path) -> TNEmbedding:
+    """:func:`tensorize` for an ``nn.Embedding``: checks as for a layer, then a TNEmbedding."""
+    geometry = embedding_geometry(module)
+    if init not in ("decompose", "random"):
+        raise ValueError(f"init: must be 'decompose' or 'random', got {init!r}")
+    if path != "auto" and path not in EMBEDDING_PATHS:
+        raise ValueError(f"path: unknown {path!r} (available: auto, {', '.join(EMBEDDING_PATHS)})")
+    what = ("num_embeddings", "embedding_dim")
+    ins, outs = resolve_modes(geometry, order, in_modes, out_modes, what)
+    emb = TNEmbedding.from_module(
+        module, topology=cls, rank=rank, in_modes=ins, out_modes=outs, init=init
+    )
+    emb.path = path
+    return emb
