@@ -38,3 +38,31 @@ def test_conv1d_layers_are_candidates_and_decompose_exactly_at_full_rank():
     cp_error = 1e-2  # CP-ALS at a full rank is close, not exact
     assert torch.allclose(got, expected, atol=cp_error, rtol=cp_error)
     assert type(model.get_submodule("h.0.attn.c_attn")).__name__ != "Conv1D"
+
+
+def test_a_bert_s_embeddings_and_linears_are_candidates_and_tensorize():
+    from tnsearch import plan as plans
+    from tnsearch.space import candidate_layers
+
+    config = transformers.BertConfig(
+        vocab_size=90,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=16,
+    )
+    torch.manual_seed(0)
+    model = transformers.BertModel(config).eval().double()
+    found = {layer.name: layer for layer in candidate_layers(model)}
+    word = found["embeddings.word_embeddings"]
+    assert (word.in_dim, word.out_dim) == (90, 32)
+    assert "encoder.layer.0.attention.self.query" in found
+    ids = torch.randint(0, 90, (2, 6))
+    expected = model(ids).last_hidden_state
+    spec = {"topology": "mpo", "order": 2, "in_modes": None, "out_modes": None, "rank": 10**4}
+    plans.tensorize(model, {"layers": {"embeddings.word_embeddings": spec}}, init="decompose")
+    assert torch.allclose(model(ids).last_hidden_state, expected, atol=1e-8)
+    small = {**spec, "rank": 2}
+    plans.tensorize(model, {"layers": {"encoder.layer.0.output.dense": small}}, init="decompose")
+    assert model(ids).last_hidden_state.shape == expected.shape

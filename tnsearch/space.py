@@ -34,10 +34,21 @@ class Layer:
     size: int  # number of weights
 
 
+def _plain_embedding(module: nn.Embedding) -> bool:
+    """Embeddings tn can tensorize: no max_norm, not sparse, no gradient scaling by frequency."""
+    return module.max_norm is None and not module.sparse and not module.scale_grad_by_freq
+
+
 def candidate_layers(model: nn.Module) -> list[Layer]:
-    """Every Linear, Hugging Face Conv1D and (groups=1) Conv2d of `model`, in module order."""
+    """Every Linear, Hugging Face Conv1D, (groups=1) Conv2d and Embedding of `model`, in module
+    order (an embedding's dimensions: the vocabulary in, the embedding width out)."""
     found = []
     for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and _plain_embedding(module):
+            found.append(
+                Layer(name, module.num_embeddings, module.embedding_dim, module.weight.numel())
+            )
+            continue
         if isinstance(module, nn.Linear):
             found.append(
                 Layer(name, module.in_features, module.out_features, module.weight.numel())
@@ -123,7 +134,8 @@ class Space:
                 if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
                     raise ConfigError(
                         f"space.{key}",
-                        f"{pattern!r} matches no Linear, Conv1D or Conv2d layer (layers: {known})",
+                        f"{pattern!r} matches no Linear, Conv1D, Conv2d or Embedding layer "
+                        f"(layers: {known})",
                     )
         topologies = tuple(space["topologies"])
         if not topologies:
