@@ -48,3 +48,34 @@ def test_bfloat16_autocast_runs():
         nn.Linear(8, 8), torch.zeros(4, 8), warmup=1, repeats=3, dtype="bfloat16"
     )
     assert stats.dtype == "bfloat16" and stats.p50 > 0
+
+
+def test_a_dict_batch_is_passed_as_keyword_arguments():
+    import torch
+    from torch import nn
+
+    class Keyed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, input_ids, attention_mask):
+            return self.fc(input_ids.float() * attention_mask)
+
+    batch = {"input_ids": torch.ones(5, 4, dtype=torch.long), "attention_mask": torch.ones(5, 4)}
+    stats = latency.measure(Keyed(), batch, warmup=1, repeats=2)
+    assert stats.batch_size == 5 and stats.p50 > 0
+
+
+def test_the_classifier_takes_logits_from_any_output_kind():
+    import pytest
+    import torch
+
+    from tnsearch.measure.training import logits
+
+    x = torch.randn(2, 3)
+    assert logits(x) is x
+    assert logits({"logits": x, "hidden": 0}) is x
+    assert logits((x, "rest")) is x
+    with pytest.raises(TypeError, match="^model: its output"):
+        logits({"embeddings": x})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -42,6 +43,19 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
+def to_device(example, device: torch.device):
+    """`example` (a tensor or a dict of tensors) on `device`."""
+    if isinstance(example, Mapping):
+        return {k: v.to(device) for k, v in example.items()}
+    return example.to(device)
+
+
+def batch_size(example) -> int:
+    """The batch size of `example` (a tensor or a dict of tensors)."""
+    first = next(iter(example.values())) if isinstance(example, Mapping) else example
+    return int(first.shape[0])
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -60,7 +74,9 @@ def measure(
 
     Args:
         model: the model; it is moved to `device` and put in eval mode, then restored.
-        example: one input batch, (B, C, H, W); B is the measured batch size.
+        example: one input batch: a tensor (B, ...), or a dict of tensors (B, ...) passed as
+            keyword arguments (e.g. a tokenized batch: input_ids, attention_mask); B is the
+            measured batch size.
         warmup: untimed runs first.
         repeats: timed runs; the statistics are over these.
         device: where to measure (default: where the model's parameters are).
@@ -77,7 +93,8 @@ def measure(
     device = torch.device(device)
     was_training = model.training
     model.to(device).eval()
-    example = example.to(device)
+    example = to_device(example, device)
+    call = (lambda: model(**example)) if isinstance(example, Mapping) else (lambda: model(example))
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)
         if dtype == "bfloat16"
@@ -87,11 +104,11 @@ def measure(
     try:
         with torch.inference_mode(), autocast:
             for _ in range(warmup):
-                model(example)
+                call()
             _sync(device)
             for _ in range(repeats):
                 start = time.perf_counter()
-                model(example)
+                call()
                 _sync(device)
                 times.append((time.perf_counter() - start) * 1e3)
     finally:
@@ -102,7 +119,7 @@ def measure(
         p50=_quantile(times, 0.5),
         p90=_quantile(times, 0.9),
         mean=statistics.fmean(times),
-        batch_size=int(example.shape[0]),
+        batch_size=batch_size(example),
         repeats=repeats,
         device=str(device),
         dtype=dtype,

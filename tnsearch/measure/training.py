@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,21 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*isinstance.*LeafSpec.*")
+
+
+def logits(output: Any) -> torch.Tensor:
+    """The logits in a model's output: a tensor as it is, a dict's or ModelOutput's "logits",
+    or a tuple's first element."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping) and "logits" in output:  # also transformers' ModelOutput
+        return output["logits"]
+    if isinstance(output, tuple | list) and output:
+        return output[0]
+    raise TypeError(
+        f"model: its output ({type(output).__name__}) holds no logits: return a tensor, a tuple "
+        "whose first element is the logits, or a dict / ModelOutput with 'logits'"
+    )
 
 
 class Classifier(pl.LightningModule):
@@ -61,7 +76,7 @@ class Classifier(pl.LightningModule):
         self._loss_steps = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return logits(self.model(x))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], index: int) -> torch.Tensor:
         x, y = batch
