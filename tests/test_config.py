@@ -22,7 +22,7 @@ def options(group: str) -> list[str]:
 
 def test_every_group_has_the_spec_options():
     assert options("study") == ["lenet", "mlp", "quick", "resnet"]
-    assert options("model") == ["lenet5", "mlp", "resnet"]
+    assert options("model") == ["custom", "hf", "lenet5", "mlp", "resnet"]
     assert options("data") == ["cifar10", "digits", "mnist", "mnist5k"]
     assert options("sampler") == ["gp", "nsga2", "random", "tpe"]
     assert options("storage") == ["journal", "postgres", "sqlite"]
@@ -43,11 +43,17 @@ def test_cli_group_choice_beats_the_preset():
     assert cfg["model"]["depth"] == 20
 
 
-@pytest.mark.parametrize("model", options("model"))
+#: What a model config needs besides its group choice (hf: a saved folder, tests/test_hf_model.py).
+MODEL_NEEDS = {"custom": ["model._target_=tnsearch.models.MLP"]}
+
+
+@pytest.mark.parametrize("model", [m for m in options("model") if m != "hf"])
 def test_every_model_config_builds(model):
-    cfg = resolve(compose_cfg([f"model={model}"]))
-    node = {k: v for k, v in cfg["model"].items() if k != "checkpoint"}
-    net = instantiate(node, in_channels=1, image_size=28, num_classes=10)
+    from tnsearch import plan as plans
+
+    cfg = resolve(compose_cfg([f"model={model}", *MODEL_NEEDS.get(model, [])]))
+    inputs = {"in_channels": 1, "image_size": 28, "num_classes": 10}
+    net = plans.build_dense(plans.make(cfg["model"], inputs, {}), trusted=plans.trusted_models(cfg))
     assert sum(p.numel() for p in net.parameters()) > 0
 
 
