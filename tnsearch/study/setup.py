@@ -75,11 +75,7 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
         if isinstance(cause, ConfigError):
             raise cause from None
         raise ConfigError.from_exception(cause, "data") from None
-    inputs = {
-        "in_channels": int(datamodule.in_channels),
-        "image_size": int(datamodule.image_size),
-        "num_classes": int(datamodule.num_classes),
-    }
+    inputs = data_facts(datamodule)
     try:
         dense = plans.build_dense(
             plans.make(cfg["model"], inputs, {}), trusted=plans.trusted_models(cfg)
@@ -118,6 +114,16 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
 
 
 SCHEDULERS = ("cosine", "none")
+#: The facts a data module may tell a model's factory (passed where its signature names them).
+FACTS = ("in_channels", "image_size", "num_classes", "vocab_size", "max_length")
+
+
+def data_facts(datamodule: Any) -> dict[str, int]:
+    """The data's facts: its `facts` mapping if it has one, else the attributes of FACTS it has."""
+    found = getattr(datamodule, "facts", None)
+    if isinstance(found, Mapping):
+        return {str(k): int(v) for k, v in found.items()}
+    return {name: int(getattr(datamodule, name)) for name in FACTS if hasattr(datamodule, name)}
 
 
 def check_training(cfg: Mapping[str, Any], dense: torch.nn.Module) -> None:
