@@ -23,7 +23,7 @@ def options(group: str) -> list[str]:
 def test_every_group_has_the_spec_options():
     assert options("study") == ["lenet", "mlp", "quick", "resnet"]
     assert options("model") == ["custom", "hf", "lenet5", "mlp", "resnet"]
-    assert options("data") == ["cifar10", "digits", "mnist", "mnist5k"]
+    assert options("data") == ["cifar10", "digits", "mnist", "mnist5k", "text"]
     assert options("sampler") == ["gp", "nsga2", "random", "tpe"]
     assert options("storage") == ["journal", "postgres", "sqlite"]
 
