@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.helpers import compose_cfg
+from tests.helpers import bert_tokenizer, compose_cfg
 from tnsearch.config import ConfigError
 from tnsearch.data import TextBatch, TextDataModule, embedded_sentences
-
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def bert_tokenizer(folder: Path, sentences) -> Path:
-    """A tiny BERT-style WordPiece tokenizer saved in ``folder``: the special tokens, then the
-    lowercase words and punctuation of ``sentences``."""
-    from transformers import BertTokenizerFast
-
-    words = sorted({w for s in sentences for w in re.findall(r"[a-z]+|[^a-z\s]", s.lower())})
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(SPECIAL + words) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab))
-    if len(tokenizer) < len(SPECIAL) + len(words):  # transformers 5 names the argument `vocab`
-        tokenizer = BertTokenizerFast(vocab=str(vocab))
-    assert len(tokenizer) == len(SPECIAL) + len(words)
-    tokenizer.save_pretrained(str(folder / "tokenizer"))
-    return folder / "tokenizer"
 
 
 @pytest.fixture(scope="module")

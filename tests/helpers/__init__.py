@@ -118,3 +118,26 @@ def constructed_study(trials, name="constructed"):
     study.set_user_attr("dense_params", 50610)
     study.add_trials(trials)
     return study
+
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def bert_tokenizer(folder: Path, sentences) -> Path:
+    """A tiny BERT-style WordPiece tokenizer saved in ``folder``: the special tokens, then the
+    lowercase words and punctuation of ``sentences``."""
+    import re
+
+    from transformers import BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+
+    words = sorted({w for s in sentences for w in re.findall(r"[a-z]+|[^a-z\s]", s.lower())})
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(SPECIAL + words) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab))
+    if len(tokenizer) < len(SPECIAL) + len(words):  # transformers 5 names the argument `vocab`
+        tokenizer = BertTokenizerFast(vocab=str(vocab))
+    assert len(tokenizer) == len(SPECIAL) + len(words)
+    tokenizer.save_pretrained(str(folder / "tokenizer"))
+    return folder / "tokenizer"

@@ -29,6 +29,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # a teacher
     warnings.filterwarnings("ignore", message=".*isinstance.*LeafSpec.*")
 
 
@@ -78,9 +79,21 @@ class Classifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return logits(self.model(x))
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], index: int) -> torch.Tensor:
+    #: The name of the quality `val_acc` / `test_acc` hold (a subclass may measure another).
+    metric = "accuracy"
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        """The training loss of one batch (cross-entropy here)."""
         x, y = batch
-        loss = F.cross_entropy(self(x), y)
+        return F.cross_entropy(self(x), y)
+
+    def score(self, batch: Any) -> tuple[float, int]:
+        """(sum of the quality over the batch's examples, number of examples): correct ones."""
+        x, y = batch
+        return float((self(x).argmax(dim=1) == y).sum()), int(y.numel())
+
+    def training_step(self, batch: Any, index: int) -> torch.Tensor:
+        loss = self.loss(batch)
         detached = loss.detach()
         self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
         self._loss_steps += 1
@@ -109,10 +122,10 @@ class Classifier(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.train_loss = self.epoch_train_loss()
 
-    def _count(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-        x, y = batch
-        self._correct += int((self(x).argmax(dim=1) == y).sum())
-        self._seen += int(y.numel())
+    def _count(self, batch: Any) -> None:
+        total, seen = self.score(batch)
+        self._correct += total
+        self._seen += seen
 
     def on_validation_epoch_start(self) -> None:
         self._correct, self._seen = 0, 0
@@ -132,8 +145,12 @@ class Classifier(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.test_acc = self._correct / max(self._seen, 1)
 
+    def trained_parameters(self):
+        """The parameters the optimizer updates (all of them here)."""
+        return self.parameters()
+
     def configure_optimizers(self) -> Any:
-        optimizer = self._optimizer(self.parameters())
+        optimizer = self._optimizer(self.trained_parameters())
         if self._scheduler == "none":
             return optimizer
         if self._scheduler != "cosine":
