@@ -88,3 +88,82 @@ def test_pickled_weights_are_not_read(bert_folder, tmp_path):
     (folder / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(ValueError, match=r"^model.path: .* no .safetensors weights"):
         from_pretrained(str(folder))
+
+
+@pytest.fixture(scope="module")
+def bert_with_tokenizer(tmp_path_factory):
+    """A tiny BERT and its tokenizer in one Hugging Face folder, as a model hub folder is."""
+    import shutil
+
+    from tests.helpers import bert_tokenizer
+    from tnsearch.data import embedded_sentences
+
+    root = tmp_path_factory.mktemp("bert-tok")
+    tokenizer = bert_tokenizer(root / "tok", embedded_sentences()[:300])
+    vocab = len(transformers.AutoTokenizer.from_pretrained(tokenizer))
+    config = transformers.BertConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
+    torch.manual_seed(0)
+    folder = root / "model"
+    transformers.BertModel(config).save_pretrained(folder)
+    for file in tokenizer.iterdir():
+        shutil.copy(file, folder / file.name)
+    return folder
+
+
+def test_distill_needs_trained_weights(tmp_path):
+    from tnsearch.__main__ import run as run_search
+
+    overrides = [f"root={tmp_path}/r", "task=distill", "data=digits", "study=mlp"]
+    with pytest.raises(ConfigError, match=r"^task: distillation needs a trained dense model"):
+        run_search(compose_cfg(overrides))
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_a_pretrained_transformer_is_compressed_by_distillation(bert_with_tokenizer, tmp_path):
+    import optuna
+
+    from tnsearch.__main__ import run as run_search
+    from tnsearch.study import storage
+    from tnsearch.study.record import Record
+
+    overrides = [
+        f"root={tmp_path}",
+        "name=bert",
+        "model=hf",
+        f"model.path={bert_with_tokenizer}",
+        "task=distill",
+        "data=text",
+        "data.limit=200",
+        "data.max_length=16",
+        "trials=3",
+        "epochs=1",
+        "space.min_size=512",
+        "space.orders=[2]",
+        "trainer.optimizer._target_=torch.optim.AdamW",
+        "trainer.optimizer.lr=0.003",
+        "~trainer.optimizer.momentum",
+        "~trainer.optimizer.nesterov",
+        "latency.warmup=1",
+        "latency.repeats=3",
+        "latency.batch_size=4",
+        "tracking.enabled=false",
+    ]
+    assert run_search(compose_cfg(overrides)) == 0
+    journal = str(tmp_path / "bert" / "optuna.journal")
+    study = optuna.load_study(study_name="bert", storage=storage.journal(journal))
+    records = [Record.from_trial(t) for t in study.trials]
+    dense = records[0]
+    assert dense.is_dense and dense.accuracy == pytest.approx(1.0, abs=1e-5)  # its own teacher
+    tensorized = [r for r in records if r.layers and r.is_trained and r.accuracy is not None]
+    assert tensorized, [(r.number, r.state, r.fail_reason) for r in records]
+    for r in tensorized:
+        assert 0.0 < r.accuracy <= 1.0 + 1e-6 and r.params < dense.params
+        assert r.zero_shot_accuracy is not None  # warm: it started from the decomposition

@@ -43,6 +43,34 @@ class Setup:
     def directions(self) -> list[str]:
         return [record.OBJECTIVES[name].direction for name in self.cfg["objectives"]]
 
+    def teacher(self) -> torch.nn.Module:
+        """The trained dense model (built once per worker), for tasks that learn from it."""
+        if getattr(self, "_teacher", None) is None:
+            if self.pretrained is None:
+                raise ConfigError("task", "this task needs the trained dense model")
+            plan = plans.make(self.cfg["model"], self.inputs, {})
+            dense = plans.build_dense(plan, trusted=plans.trusted_models(self.cfg))
+            dense.load_state_dict(self.pretrained)
+            self._teacher = dense.eval()
+        return self._teacher
+
+    def task(self, model: torch.nn.Module, optimizer) -> Any:
+        """The LightningModule of the configured task (`task=classify`, `task=distill`, ...)
+        that trains `model` with `optimizer` (a partial: called with the parameters)."""
+        import inspect
+
+        from hydra.utils import instantiate
+
+        make = instantiate(dict(self.cfg["task"]))
+        kwargs = {
+            "optimizer": optimizer,
+            "scheduler": self.cfg["trainer"].get("scheduler", "cosine"),
+        }
+        target = getattr(make, "func", make)
+        if "teacher" in inspect.signature(target).parameters:
+            kwargs["teacher"] = self.teacher()
+        return make(model, **kwargs)
+
 
 def check_objectives(objectives: list[str]) -> None:
     """`objectives` must name known objectives, each once."""
@@ -88,10 +116,17 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
     if checkpoint and cfg["pretrain"]["epochs"]:
         raise ConfigError("pretrain.epochs", "give either model.checkpoint or pretrain.epochs")
     state = warmstart.load_checkpoint(checkpoint, dense) if checkpoint else None
+    check_task(cfg)
     if state is None and not cfg["pretrain"]["epochs"] and _comes_trained(cfg["model"]):
         # A pretrained model is warm by default: the dense trial is the model itself, and
         # every trial starts from the decomposition of its layers.
         state = {k: v.detach().clone() for k, v in dense.state_dict().items()}
+    if state is None and not cfg["pretrain"]["epochs"] and _needs_teacher(cfg):
+        raise ConfigError(
+            "task",
+            "distillation needs a trained dense model to teach: give model.checkpoint, "
+            "pretrain.epochs, or a model with pretrained weights (model=hf)",
+        )
     try:
         instantiate(cfg["sampler"])
     except Exception as exc:  # noqa: BLE001
@@ -150,6 +185,25 @@ def check_training(cfg: Mapping[str, Any], dense: torch.nn.Module) -> None:
             raise ConfigError("latency.device", _first_line(exc)) from None
         if where.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("latency.device", f"{device!r}: no CUDA device is visible")
+
+
+def check_task(cfg: Mapping[str, Any]) -> None:
+    """`task._target_` must import and be a LightningModule class (or factory)."""
+    target = cfg["task"].get("_target_")
+    try:
+        plans.constructor(str(target))
+    except ImportError as exc:
+        raise ConfigError("task._target_", str(exc).split(": ", 1)[-1]) from None
+
+
+def _needs_teacher(cfg: Mapping[str, Any]) -> bool:
+    import inspect
+
+    found = plans.constructor(str(cfg["task"]["_target_"]))
+    try:
+        return "teacher" in inspect.signature(found).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _comes_trained(model_cfg: Mapping[str, Any]) -> bool:

@@ -230,10 +230,8 @@ class _Trial:
         epochs = 0 if warm and not self.plan["layers"] else cfg["epochs"]
         torch.manual_seed(self.seed)
         mode = cfg["trainer"]["compile"]
-        module = training.Classifier(
-            model if mode == "none" else _compile(model, mode),
-            optimizer=_instantiate(self.optimizer),
-            scheduler=cfg["trainer"].get("scheduler", "cosine"),
+        module = setup.task(
+            model if mode == "none" else _compile(model, mode), _instantiate(self.optimizer)
         )
         finished = (
             record.records(self.study, (TrialState.COMPLETE,)) if setup.pruner is not None else []

@@ -7,6 +7,7 @@ fixed, nothing is measured).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -89,7 +90,8 @@ def freeze_paths(
 
     Args:
         model: any module containing tensorized layers.
-        example_input: a tensor, or a tuple of positional arguments for ``model``.
+        example_input: a tensor, a tuple of positional arguments for ``model``, or a dict of
+            keyword arguments (a tokenized batch).
         grad: ``None`` for both keys, or only the training (True) / inference (False) one.
 
     Returns:
@@ -99,14 +101,15 @@ def freeze_paths(
     layers = {
         n: m for n, m in model.named_modules() if isinstance(m, TNLayer) and id(m) not in inner
     }
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    kwargs = dict(example_input) if isinstance(example_input, Mapping) else {}
+    args = () if kwargs else example_input if isinstance(example_input, tuple) else (example_input,)
     saved = {k: v.detach().clone() for k, v in model.named_buffers()}
     for layer in layers.values():
         layer.freeze(False)
     try:
         for g in (False, True) if grad is None else (grad,):
             with torch.set_grad_enabled(g):
-                model(*args)
+                model(*args, **kwargs)
     finally:
         with torch.no_grad():
             for k, v in model.named_buffers():
