@@ -45,7 +45,7 @@ def test_quick_study_then_continue(tmp_path):
     assert all(len(t.values) == 3 for t in complete)
     first = min(complete, key=lambda t: t.number)
     assert first.number == 0 and first.user_attrs["plan"]["layers"] == {}
-    assert all(t.user_attrs["test_accuracy"] is not None for t in complete)
+    assert all(t.user_attrs["test_quality"] is not None for t in complete)
     for t in complete:  # latency: the spread, not only the median
         attrs = t.user_attrs
         assert 0 < attrs["latency_p10_ms"] <= attrs["latency_ms"] <= attrs["latency_p90_ms"]
@@ -89,11 +89,11 @@ def test_quick_study_then_continue(tmp_path):
             "compression",
             "latency_ms",
             "train_loss",
-            "val_acc",
+            "val_accuracy",
         }
         assert run.data.tags["state"] == "COMPLETE"
         assert "tensorized_layers" in run.data.params
-        history = client.get_metric_history(run.info.run_id, "val_acc")
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert len(history) == 1
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
         assert "plan.json" in artifacts

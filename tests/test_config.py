@@ -34,7 +34,7 @@ def test_study_presets_compose_and_pass_the_basic_checks(study):
     assert cfg["name"] == study
     check_basic(cfg)
     assert cfg["tracking"]["uri"] == "sqlite:///studies/mlflow.db"
-    assert cfg["objectives"] == ["accuracy", "params", "latency"]
+    assert cfg["objectives"] == ["quality", "params", "latency"]
 
 
 def test_cli_group_choice_beats_the_preset():
@@ -117,7 +117,7 @@ def test_trainer_optimizer_is_a_partial():
 def test_basic_checks_name_the_key(override, key):
     cfg = resolve(compose_cfg([override]))
     with pytest.raises(ConfigError) as info:
-        check_objectives(list(cfg["objectives"]))
+        check_objectives(cfg)
         check_basic(cfg)
     assert str(info.value).startswith(f"{key}: ")
     assert "\n" not in str(info.value)

@@ -161,9 +161,9 @@ def test_a_pretrained_transformer_is_compressed_by_distillation(bert_with_tokeni
     study = optuna.load_study(study_name="bert", storage=storage.journal(journal))
     records = [Record.from_trial(t) for t in study.trials]
     dense = records[0]
-    assert dense.is_dense and dense.accuracy == pytest.approx(1.0, abs=1e-5)  # its own teacher
-    tensorized = [r for r in records if r.layers and r.is_trained and r.accuracy is not None]
+    assert dense.is_dense and dense.quality == pytest.approx(1.0, abs=1e-5)  # its own teacher
+    tensorized = [r for r in records if r.layers and r.is_trained and r.quality is not None]
     assert tensorized, [(r.number, r.state, r.fail_reason) for r in records]
     for r in tensorized:
-        assert 0.0 < r.accuracy <= 1.0 + 1e-6 and r.params < dense.params
-        assert r.zero_shot_accuracy is not None  # warm: it started from the decomposition
+        assert 0.0 < r.quality <= 1.0 + 1e-6 and r.params < dense.params
+        assert r.zero_shot_quality is not None  # warm: it started from the decomposition

@@ -150,7 +150,7 @@ def test_constraints_of_zero_are_a_limit_too():
 
 # -- trial.trial_line ----------------------------------------------------------------------------
 def test_trial_line_complete():
-    rec = Record(number=7, accuracy=0.91234, params=12345, compression=4.06, latency_ms=0.1234)
+    rec = Record(number=7, quality=0.91234, params=12345, compression=4.06, latency_ms=0.1234)
     line = trial_line(rec, "fc1: cp r4", Outcome.COMPLETE, 12.34)
     assert line.startswith("trial   7  fc1: cp r4")
     assert "acc 0.9123" in line
@@ -160,7 +160,7 @@ def test_trial_line_complete():
 
 
 def test_trial_line_cuts_a_long_summary_to_48_characters():
-    rec = Record(number=1000, accuracy=0.5, params=1, compression=1.0, latency_ms=1.0)
+    rec = Record(number=1000, quality=0.5, params=1, compression=1.0, latency_ms=1.0)
     line = trial_line(rec, "x" * 100, Outcome.COMPLETE, 1.0)
     assert line.startswith("trial 1000  " + "x" * 48 + "  acc")
 
@@ -195,7 +195,7 @@ def test_trial_line_pruned_and_failed_give_the_reason():
 def test_trial_line_covers_every_outcome():
     rec = Record(
         number=1,
-        accuracy=0.5,
+        quality=0.5,
         params=10,
         compression=2.0,
         latency_ms=1.0,

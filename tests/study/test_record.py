@@ -23,9 +23,9 @@ _ALL_ATTRS = {
     "duplicate_of": 3,
     "retry_of": 2,
     "infeasible": "max_params exceeded by 10",
-    "accuracy": 0.91,
-    "test_accuracy": 0.9,
-    "zero_shot_accuracy": 0.5,
+    "quality": 0.91,
+    "test_quality": 0.9,
+    "zero_shot_quality": 0.5,
     "params": 1234,
     "compression": 41.0,
     "latency_ms": 0.25,
@@ -80,7 +80,7 @@ def test_from_trial_and_to_user_attrs_round_trip_every_schema_field():
 
 def test_to_user_attrs_leaves_out_unset_fields():
     rec = Record.from_trial(_trial(accuracy=0.5))
-    assert rec.to_user_attrs() == {"accuracy": 0.5}
+    assert rec.to_user_attrs() == {"quality": 0.5}  # a schema 1 'accuracy' is read as quality
     assert rec.history is None and rec.training_choices is None
     assert Record().to_user_attrs() == {}
     assert Record(trained=False).to_user_attrs() == {"trained": False}
@@ -153,8 +153,8 @@ def test_candidate():
     assert not _rec(_trial(accuracy=0.9, constraints=broken)).candidate
     assert not _rec(_trial(accuracy=0.9, trained=False)).candidate
     assert not _rec(_trial()).candidate
-    assert not Record(state=TrialState.PRUNED, accuracy=0.9).candidate
-    assert not Record(state=TrialState.RUNNING, accuracy=0.9).candidate
+    assert not Record(state=TrialState.PRUNED, quality=0.9).candidate
+    assert not Record(state=TrialState.RUNNING, quality=0.9).candidate
 
 
 def test_feasible_reads_constraints_from_the_trial():
@@ -196,25 +196,26 @@ def test_value_reads_the_objectives_field(objective):
 
 
 def test_objectives_directions():
-    assert OBJECTIVES["accuracy"].direction == "maximize"
+    assert record.objective("accuracy").direction == "maximize"  # any other name: the quality
+    assert record.objective("fidelity", "minimize").direction == "minimize"
     assert OBJECTIVES["params"].direction == "minimize"
     assert OBJECTIVES["latency"].direction == "minimize"
 
 
 def test_values_for_keeps_the_study_order():
-    rec = Record(accuracy=0.8, params=500, latency_ms=1.5)
+    rec = Record(quality=0.8, params=500, latency_ms=1.5)
     assert rec.values_for(["latency", "accuracy", "params"]) == [1.5, 0.8, 500.0]
     assert rec.values_for(["accuracy"]) == [0.8]
     assert rec.values_for([]) == []
     with pytest.raises(ValueError):
-        Record(accuracy=0.8).values_for(["accuracy", "latency"])
+        Record(quality=0.8).values_for(["accuracy", "latency"])
 
 
 def test_replace_returns_a_changed_copy():
-    rec = Record(number=1, accuracy=0.5)
-    changed = rec.replace(accuracy=0.7)
-    assert changed.accuracy == 0.7 and changed.number == 1
-    assert rec.accuracy == 0.5
+    rec = Record(number=1, quality=0.5)
+    changed = rec.replace(quality=0.7)
+    assert changed.quality == 0.7 and changed.number == 1
+    assert rec.quality == 0.5
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -289,11 +290,24 @@ def test_mark_schema_stores_the_version_on_a_new_study():
     assert record.schema(study) == SCHEMA_VERSION
 
 
-def test_mark_schema_accepts_an_older_study_unchanged():
+def test_mark_schema_upgrades_an_older_study():
     study = _study()
-    study.set_user_attr(SCHEMA_ATTR, 0)
+    study.set_user_attr(SCHEMA_ATTR, 1)
     record.mark_schema(study)
-    assert record.schema(study) == 0
+    assert record.schema(study) == SCHEMA_VERSION
+
+
+def test_schema_1_quality_is_read_from_its_accuracy_keys():
+    stored = {"accuracy": 0.9, "test_accuracy": 0.8, "zero_shot_accuracy": 0.5, "trained": True}
+    trial = optuna.trial.create_trial(values=[0.9], user_attrs=stored)
+    rec = Record.from_trial(trial)
+    assert (rec.quality, rec.test_quality, rec.zero_shot_quality) == (0.9, 0.8, 0.5)
+    assert rec.to_user_attrs() == {
+        "quality": 0.9,
+        "test_quality": 0.8,
+        "zero_shot_quality": 0.5,
+        "trained": True,
+    }
 
 
 def test_mark_schema_refuses_a_newer_study():

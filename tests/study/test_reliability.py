@@ -224,7 +224,9 @@ def test_a_signal_stops_every_worker_and_records_their_trials(tmp_path, signum, 
 
     from mlflow import MlflowClient
 
-    args = [f"root={tmp_path}", "trials=4", *TINY, "epochs=60", f"workers={workers}"]
+    # Long trials (500 epochs, each well over the start-up of a second worker) overlap surely;
+    # they are stopped long before they end.
+    args = [f"root={tmp_path}", "trials=4", *TINY, "epochs=500", f"workers={workers}"]
     proc = start_cli(args, cwd=tmp_path, stderr=subprocess.PIPE)
     journal = tmp_path / "mlp" / "optuna.journal"
     running = _wait_for_running(journal, workers)
@@ -459,7 +461,7 @@ def test_a_plan_running_on_another_worker_counts_as_taken():
 
     def finish():
         time.sleep(0.5)
-        record.write(twin, Record(trained=True, accuracy=0.9, params=10, latency_ms=1.0))
+        record.write(twin, Record(trained=True, quality=0.9, params=10, latency_ms=1.0))
         study.tell(twin, 0.9)
 
     threading.Thread(target=finish).start()

@@ -45,12 +45,12 @@ def test_pretrained_dense_mlp_then_decomposed_trials(tmp_path):
     trials = trials_of(tmp_path, "exact")
     dense = trials[0]
     assert dense.user_attrs["plan"]["layers"] == {} and dense.user_attrs["history"] == []
-    dense_acc = dense.user_attrs["accuracy"]
+    dense_acc = dense.user_attrs["quality"]
     assert dense_acc > 0.8  # the trained model, evaluated, not retrained
     tensorized = [t for t in trials if t.user_attrs["plan"]["layers"]]
     assert tensorized
     for t in tensorized:
-        assert t.user_attrs["zero_shot_accuracy"] == pytest.approx(dense_acc, abs=1e-9)
+        assert t.user_attrs["zero_shot_quality"] == pytest.approx(dense_acc, abs=1e-9)
 
     # 2. The same trained weights as a checkpoint; low ranks: zero-shot well above chance.
     checkpoint = tmp_path / "exact" / "pretrained.pt"
@@ -68,11 +68,11 @@ def test_pretrained_dense_mlp_then_decomposed_trials(tmp_path):
         )
     )
     trials = trials_of(tmp_path, "low")
-    assert trials[0].user_attrs["accuracy"] == pytest.approx(dense_acc)
+    assert trials[0].user_attrs["quality"] == pytest.approx(dense_acc)
     low = [t for t in trials if t.user_attrs["plan"]["layers"] and t.state == TrialState.COMPLETE]
     assert low
     for t in low:
-        assert t.user_attrs["zero_shot_accuracy"] > 0.3  # chance is 0.1
+        assert t.user_attrs["zero_shot_quality"] > 0.3  # chance is 0.1
         assert t.user_attrs["compression"] > 1.0
 
 

@@ -173,7 +173,7 @@ def truncation_table(results: list[TrialBonds], energy: float) -> str:
                 f"{r.params:,}",
                 f"{r.params_after:,}",
                 f"{r.params / max(r.params_after, 1):.2f}x",
-                _acc(r.trial.accuracy),
+                _acc(r.trial.quality),
                 _acc(r.accuracy),
                 _acc(r.accuracy_after),
                 change,

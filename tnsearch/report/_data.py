@@ -50,7 +50,12 @@ class ReportData:
 
     @property
     def objectives(self) -> list[str]:
-        return list(self.study.metric_names or record.OBJECTIVES)
+        return list(self.study.metric_names or [self.metric, *record.OBJECTIVES])
+
+    @property
+    def metric(self) -> str:
+        """The task's name of the study's quality (accuracy, fidelity, ...)."""
+        return record.quality_metric(self.study)
 
     @property
     def options(self) -> Mapping[str, Any]:

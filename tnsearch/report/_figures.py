@@ -20,12 +20,18 @@ if TYPE_CHECKING:
 
 #: (axis label, log scale) of the three objectives.
 AXES = {
-    "accuracy": ("validation accuracy", False),
+    "quality": ("validation {metric}", False),
     "params": ("parameters", True),
     "latency": ("latency (ms / batch)", True),
 }
 #: The 2-D projections of the three objectives: (x, y).
-PROJECTIONS = (("params", "accuracy"), ("latency", "accuracy"), ("params", "latency"))
+PROJECTIONS = (("params", "quality"), ("latency", "quality"), ("params", "latency"))
+
+
+def _label(axis: str, data: ReportData) -> str:
+    return AXES[axis][0].format(metric=data.metric)
+
+
 FRONT, OTHER, DENSE = "#1f6fc5", "#b8c0c8", "#d62728"
 
 
@@ -76,8 +82,8 @@ def front_png(data: ReportData) -> bytes:
                 textcoords="offset points",
                 color="#444",
             )
-        ax.set_xlabel(AXES[x][0])
-        ax.set_ylabel(AXES[y][0])
+        ax.set_xlabel(_label(x, data))
+        ax.set_ylabel(_label(y, data))
         ax.set_xscale("log" if AXES[x][1] else "linear")
         ax.set_yscale("log" if AXES[y][1] else "linear")
         ax.grid(alpha=0.3)
@@ -109,8 +115,12 @@ def front_plotly(data: ReportData) -> go.Figure:
                 row=1,
                 col=col,
             )
-        fig.update_xaxes(title_text=AXES[x][0], type="log" if AXES[x][1] else None, row=1, col=col)
-        fig.update_yaxes(title_text=AXES[y][0], type="log" if AXES[y][1] else None, row=1, col=col)
+        fig.update_xaxes(
+            title_text=_label(x, data), type="log" if AXES[x][1] else None, row=1, col=col
+        )
+        fig.update_yaxes(
+            title_text=_label(y, data), type="log" if AXES[y][1] else None, row=1, col=col
+        )
     fig.update_layout(
         height=430,
         margin={"l": 50, "r": 20, "t": 30, "b": 50},
@@ -122,7 +132,7 @@ def front_plotly(data: ReportData) -> go.Figure:
 
 def _hover(t: Record) -> str:
     return (
-        f"trial {t.number}<br>{plans.summary(t.plan)}<br>acc {t.accuracy:.4f}"
+        f"trial {t.number}<br>{plans.summary(t.plan)}<br>quality {t.quality:.4f}"
         f"<br>params {t.params:,} ({t.compression or 1.0:.1f}x)"
         f"<br>latency {t.latency_ms:.3f} ms"
     )

@@ -28,6 +28,7 @@ from tnsearch.report._html import (
 from tnsearch.results import pareto
 from tnsearch.study import record
 from tnsearch.study.record import Record
+from tnsearch.ui.console import short_name
 
 
 class Section(NamedTuple):
@@ -64,14 +65,14 @@ def overview(data: ReportData) -> str:
             (
                 "dense reference",
                 esc(
-                    f"trial {d.number}: accuracy {d.accuracy:.4f}, "
+                    f"trial {d.number}: {data.metric} {d.quality:.4f}, "
                     f"{d.params:,} parameters, {d.latency_ms:.3f} ms / batch"
                 ),
             )
         )
     if data.done:
-        best = max(data.done, key=lambda t: t.accuracy)
-        pairs.append(("best accuracy", esc(f"{best.accuracy:.4f} (trial {best.number})")))
+        best = max(data.done, key=lambda t: t.quality)
+        pairs.append((f"best {data.metric}", esc(f"{best.quality:.4f} (trial {best.number})")))
         pairs.append(("hypervolume", esc(f"{pareto.hypervolume(data.study):.4f}")))
     parent = record.parent_run(data.study)
     if parent:
@@ -82,7 +83,7 @@ def overview(data: ReportData) -> str:
 
 
 def front(data: ReportData) -> str:
-    """The front in the three 2-D projections of accuracy, parameters and latency."""
+    """The front in the three 2-D projections of the quality, parameters and latency."""
     if not data.done:
         return note("No finished trial yet.")
     parts = []
@@ -105,7 +106,8 @@ def hypervolume(data: ReportData) -> str:
     history = pareto.hypervolume_history(data.study)
     if not history:
         return note("No hypervolume yet: it needs the dense reference trial to have finished.")
-    reference = ", ".join(f"{k} {v}" for k, v in pareto.REFERENCE.items() if k in data.objectives)
+    named = {data.metric if k == "quality" else k: v for k, v in pareto.REFERENCE.items()}
+    reference = ", ".join(f"{k} {v}" for k, v in named.items() if k in data.objectives)
     figure = (
         plotly_figure(_figures.hypervolume_plotly(history))
         if _interactive(data)
@@ -113,7 +115,8 @@ def hypervolume(data: ReportData) -> str:
     )
     return figure + note(
         f"Hypervolume {history[-1][1]:.4f} after trial {history[-1][0]}, in normalized "
-        "objective space: 1 - accuracy, parameters and latency divided by the dense model's; "
+        f"objective space: 1 - {esc(data.metric)}, parameters and latency divided by the dense "
+        "model's; "
         f"reference point ({esc(reference)})."
     )
 
@@ -124,22 +127,24 @@ def front_table(data: ReportData) -> str:
         return note("No Pareto-optimal trial yet.")
     rows = []
     for t in data.front:
-        r = pareto.row(t)
+        r = pareto.row(t, data.metric)
         spread = ""
         if t.latency_p10_ms is not None and t.latency_p90_ms is not None:
             spread = f" ({t.latency_p10_ms:.3f}-{t.latency_p90_ms:.3f})"
         rows.append(
             [
                 esc(r["number"]),
-                _num(r["accuracy"], ".4f"),
-                _num(r["test_accuracy"], ".4f"),
+                _num(r[data.metric], ".4f"),
+                _num(r[f"test_{data.metric}"], ".4f"),
                 _num(r["params"], ",d"),
                 _num(r["compression"], ".1f") + "x",
                 _num(r["latency_ms"], ".3f") + spread,
                 esc(r["plan"]),
             ]
         )
-    header = ["trial", "val acc", "test acc", "params", "compression", "latency ms (p10-p90)"]
+    short = short_name(data.metric)
+    header = ["trial", f"val {short}", f"test {short}", "params", "compression"]
+    header.append("latency ms (p10-p90)")
     return table([*header, "plan"], rows, numeric=range(1, 6))
 
 

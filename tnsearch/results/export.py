@@ -23,8 +23,10 @@ from typing import Any
 from torch import nn
 
 from tnsearch.config import ConfigError
+from tnsearch.study import record
 from tnsearch.study.record import Record
 from tnsearch.ui import Console
+from tnsearch.ui.console import short_name
 
 __all__ = ["FILES", "export", "load", "to_onnx", "write_package"]
 
@@ -162,6 +164,7 @@ def write_package(
     study_name: str,
     selection: str = "",
     trusted: Collection[str] = (),
+    metric: str = "accuracy",
 ) -> Path:
     """Write the package of `trial` (trained `weights`) to the folder `out`; return it.
 
@@ -185,7 +188,7 @@ def write_package(
         save_file(tensors, work / "model.safetensors", metadata=meta)
         plans.save(plan, work / "plan.json")
         error = to_onnx(model, plan, work / "model.onnx")
-        (work / "README.md").write_text(_readme(trial, plan, study_name, selection, error))
+        (work / "README.md").write_text(_readme(trial, plan, study_name, selection, error, metric))
         mode = (work / "README.md").stat().st_mode & 0o777  # as the umask says
         out.mkdir(exist_ok=True)
         for name in FILES:
@@ -202,6 +205,7 @@ def _readme(
     study_name: str,
     selection: str,
     onnx_error: float | None,
+    metric: str = "accuracy",
 ) -> str:
     from tnsearch import plan as plans
 
@@ -209,8 +213,8 @@ def _readme(
     shape = f"(batch, {inputs['in_channels']}, {inputs['image_size']}, {inputs['image_size']})"
     how = f" (selected by `trial={selection}`)" if selection else ""
     rows = [
-        ("validation accuracy", _fmt(trial.accuracy, ".4f")),
-        ("test accuracy", _fmt(trial.test_accuracy, ".4f")),
+        (f"validation {metric}", _fmt(trial.quality, ".4f")),
+        (f"test {metric}", _fmt(trial.test_quality, ".4f")),
         ("parameters", _fmt(trial.params, ",d")),
         ("compression vs dense", _fmt(trial.compression, ".2f") + "x"),
         ("latency (ms / batch, p50)", _fmt(trial.latency_ms, ".3f")),
@@ -274,12 +278,14 @@ def export(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
     out = Path(cfg["out"]) if cfg.get("out") else study_dir / "export" / f"trial-{trial.number}"
     if out.exists() and not out.is_dir():
         raise ConfigError("out", f"{out} is a file, not a folder")
+    metric = record.quality_metric(study)
     spec = "" if str(cfg["trial"]).strip().isdigit() else str(cfg["trial"]).strip()
     if not spec and int(cfg["trial"]) != trial.number:
         console.say(f"trial {cfg['trial']} repeated the plan of trial {trial.number}")
     console.say(
         f"trial {trial.number}{f' ({spec})' if spec else ''}: {plans.summary(trial.plan)}, "
-        f"acc {trial.accuracy:.4f}, params {trial.params:,} ({trial.compression:.1f}x), "
+        f"{short_name(metric)} {trial.quality:.4f}, params {trial.params:,} "
+        f"({trial.compression:.1f}x), "
         f"{trial.latency_ms:.3f} ms"
     )
     try:
@@ -290,6 +296,7 @@ def export(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
             study_name=cfg["name"],
             selection=spec,
             trusted=plans.trusted_models(cfg),
+            metric=metric,
         )
     except plans.UntrustedModelError as exc:
         raise ConfigError("trial", f"trial {trial.number}'s plan: {exc}") from None

@@ -16,6 +16,7 @@ from tnsearch.files import atomic_path
 from tnsearch.study import optuna_internals, record
 from tnsearch.study.record import Record, front
 from tnsearch.ui import Console
+from tnsearch.ui.console import short_name
 
 __all__ = [
     "COLUMNS",
@@ -31,15 +32,22 @@ __all__ = [
     "write_csv",
 ]
 
-COLUMNS = ("number", "accuracy", "test_accuracy", "params", "compression", "latency_ms", "plan")
+
+def columns(metric: str = "accuracy") -> tuple[str, ...]:
+    """The columns of pareto.csv; the quality under the task's name (accuracy, fidelity...)."""
+    return ("number", metric, f"test_{metric}", "params", "compression", "latency_ms", "plan")
 
 
-def row(trial: Record) -> dict[str, Any]:
+#: The columns of a classification study.
+COLUMNS = columns()
+
+
+def row(trial: Record, metric: str = "accuracy") -> dict[str, Any]:
     """One line of pareto.csv for a finished trial."""
     return {
         "number": trial.number,
-        "accuracy": trial.accuracy,
-        "test_accuracy": trial.test_accuracy,
+        metric: trial.quality,
+        f"test_{metric}": trial.test_quality,
         "params": trial.params,
         "compression": trial.compression,
         "latency_ms": trial.latency_ms,
@@ -47,13 +55,14 @@ def row(trial: Record) -> dict[str, Any]:
     }
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path, metric: str = "accuracy") -> Path:
     """Write `rows` (see `row`) to `path` atomically."""
+    names = columns(metric)
     with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=names)
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: _fmt(r[k]) for k in COLUMNS})
+            writer.writerow({k: _fmt(r[k]) for k in names})
     return Path(path)
 
 
@@ -61,13 +70,14 @@ def finish(
     study: optuna.Study, study_dir: Path, objectives: Sequence[str], tracker, console: Console
 ) -> list[dict[str, Any]]:
     """Write pareto.csv and the plot, show the front, and attach both to the parent run."""
-    rows = [row(r) for r in front(study)]
-    csv_path = write_csv(rows, study_dir / "pareto.csv")
+    metric = record.quality_metric(study)
+    rows = [row(r, metric) for r in front(study)]
+    csv_path = write_csv(rows, study_dir / "pareto.csv", metric)
     files = [csv_path]
     if rows:
         files.append(plot(study, study_dir / "pareto.png"))
     console.say("\nPareto front (" + ", ".join(objectives) + "):")
-    console.say(table(rows))
+    console.say(table(rows, metric))
     tracker.log_parent(files=files)
     return rows
 
@@ -78,16 +88,20 @@ def _fmt(value: Any) -> Any:
     return value
 
 
-def table(rows: Sequence[dict[str, Any]]) -> str:
+def table(rows: Sequence[dict[str, Any]], metric: str = "accuracy") -> str:
     """The front as an aligned text table for the console."""
+    short = short_name(metric)
+    val, test = f"val {short}", f"test {short}"
+    width = max(7, len(val)), max(8, len(test))
     header = (
-        f"{'trial':>5}  {'val acc':>7}  {'test acc':>8}  {'params':>10}  {'x':>6}  {'ms':>8}  plan"
+        f"{'trial':>5}  {val:>{width[0]}}  {test:>{width[1]}}  {'params':>10}  {'x':>6}  "
+        f"{'ms':>8}  plan"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
-            f"{r['number']:>5}  {_num(r['accuracy'], '.4f'):>7}"
-            f"  {_num(r['test_accuracy'], '.4f'):>8}"
+            f"{r['number']:>5}  {_num(r[metric], '.4f'):>{width[0]}}"
+            f"  {_num(r[f'test_{metric}'], '.4f'):>{width[1]}}"
             f"  {_num(r['params'], ',d'):>10}  {_num(r['compression'], '.1f'):>6}"
             f"  {_num(r['latency_ms'], '.3f'):>8}  {r['plan']}"
         )
@@ -99,7 +113,7 @@ def _num(value: Any, spec: str) -> str:
 
 
 def plot(study: optuna.Study, path: str | Path) -> Path:
-    """Scatter accuracy against parameters and against latency; the front and dense marked."""
+    """Scatter the quality against parameters and against latency; the front and dense marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,7 +134,7 @@ def plot(study: optuna.Study, path: str | Path) -> Path:
             if group:
                 ax.scatter(
                     [t.value(key) for t in group],
-                    [t.value("accuracy") for t in group],
+                    [t.quality for t in group],
                     s=28,
                     **style,
                 )
@@ -129,7 +143,7 @@ def plot(study: optuna.Study, path: str | Path) -> Path:
         if front_trials:
             ax.step(
                 [t.value(key) for t in front_trials],
-                _running_max([t.value("accuracy") for t in front_trials]),
+                _running_max([t.quality for t in front_trials]),
                 where="post",
                 c="tab:blue",
                 lw=1,
@@ -139,7 +153,7 @@ def plot(study: optuna.Study, path: str | Path) -> Path:
         if dense is not None:
             ax.scatter(
                 [dense.value(key)],
-                [dense.value("accuracy")],
+                [dense.quality],
                 marker="*",
                 s=220,
                 c="tab:red",
@@ -152,7 +166,7 @@ def plot(study: optuna.Study, path: str | Path) -> Path:
             ax.xaxis.set_major_formatter(FuncFormatter(_short))
             ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
         ax.set_xlabel(label)
-        ax.set_ylabel("validation accuracy")
+        ax.set_ylabel(f"validation {record.quality_metric(study)}")
         ax.grid(alpha=0.3)
     axes[0].legend(loc="lower right")
     pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
@@ -184,17 +198,22 @@ def _running_max(values: Sequence[float]) -> list[float]:
     return out
 
 
-#: Reference point of the hypervolume, per objective, in normalized space: accuracy 0, and 10%
-#: more parameters / latency than the dense model. Normalized space: 1 - accuracy, params / dense
-#: params, latency / dense latency, so fronts of different runs and machines compare.
-REFERENCE = {"accuracy": 1.0, "params": 1.1, "latency": 1.1}
+#: Reference point of the hypervolume, per objective, in normalized space: quality 0, and 10%
+#: more parameters / latency than the dense model. Normalized space: 1 - quality (a quality such
+#: as accuracy or fidelity, in [0, 1]), params / dense params, latency / dense latency, so fronts
+#: of different runs and machines compare.
+REFERENCE = {"quality": 1.0, "params": 1.1, "latency": 1.1}
+
+
+def _reference(name: str) -> float:
+    return REFERENCE.get(name, REFERENCE["quality"])
 
 
 def normalized(trial: Record, dense: Record, objectives: Sequence[str]) -> list[float]:
     """A trial's objectives as losses in normalized space (see REFERENCE)."""
     out = []
     for name in objectives:
-        if name == "accuracy":
+        if name not in record.OBJECTIVES:  # the quality
             out.append(1.0 - trial.value(name))
         else:
             out.append(trial.value(name) / dense.value(name))
@@ -209,12 +228,12 @@ def hypervolume_history(study: optuna.Study) -> list[tuple[int, float]]:
     """
     import numpy as np
 
-    objectives = study.metric_names or list(record.OBJECTIVES)
+    objectives = study.metric_names or [record.quality_metric(study), *record.OBJECTIVES]
     done = [r for r in record.records(study, (TrialState.COMPLETE,)) if r.is_trained and r.feasible]
     dense = record.dense(done)
     if dense is None:
         return []
-    reference = np.array([REFERENCE[name] for name in objectives])
+    reference = np.array([_reference(name) for name in objectives])
     history, points = [], []
     for trial in done:
         point = normalized(trial, dense, objectives)

@@ -64,7 +64,7 @@ def candidates(study: optuna.Study) -> list[Record]:
 
 
 def _key(trial: Record) -> tuple:
-    return (-trial.accuracy, trial.params or 0, trial.latency_ms or 0.0, trial.number)
+    return (-trial.quality, trial.params or 0, trial.latency_ms or 0.0, trial.number)
 
 
 def select(study: optuna.Study, spec: int | str) -> Record:
@@ -93,8 +93,8 @@ def select(study: optuna.Study, spec: int | str) -> Record:
     dense = record.dense(pool)
     if dense is None:
         raise ConfigError("trial", f"{rule} needs the dense reference trial; it has not finished")
-    floor = dense.accuracy - tolerance
-    close = [t for t in pool if t.accuracy >= floor - 1e-12]
+    floor = dense.quality - tolerance
+    close = [t for t in pool if t.quality >= floor - 1e-12]
     objective = _WITHIN[rule]
     return min(close, key=lambda t: (t.value(objective), *_key(t)))
 

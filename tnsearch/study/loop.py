@@ -95,7 +95,7 @@ def snapshot(study: optuna.Study, target: int, elapsed: float, *, workers: int =
     left = max(0, target - len(counted))
     eta = sum(spans) / len(spans) * left / max(1, workers) if spans else None
     accuracies = [  # of finished trials: a pruned trial's accuracy is a partial one
-        r.accuracy for r in counted if r.state == TrialState.COMPLETE and r.accuracy is not None
+        r.quality for r in counted if r.state == TrialState.COMPLETE and r.quality is not None
     ]
     return Snapshot(
         done=len(counted),
@@ -104,6 +104,7 @@ def snapshot(study: optuna.Study, target: int, elapsed: float, *, workers: int =
         eta=0.0 if left == 0 else eta,
         best_accuracy=max(accuracies) if accuracies else None,
         front=len(record.front(study)),
+        metric=record.quality_metric(study),
     )
 
 

@@ -66,7 +66,7 @@ def accuracy_at(trial: Record, epoch: int) -> float | None:
     for point in trial.history or ():
         if int(point["epoch"]) == epoch:
             return float(point["val_acc"])
-    return trial.accuracy
+    return trial.quality
 
 
 def from_config(cfg: Mapping[str, Any]) -> ParetoPruner | None:

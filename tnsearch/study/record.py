@@ -35,9 +35,17 @@ __all__ = [
 ]
 
 #: Version of the user-attribute schema below; stored with every study (study user attribute
-#: `SCHEMA_ATTR`) so that a later tnsearch can read an older study.
-SCHEMA_VERSION = 1
+#: `SCHEMA_ATTR`) so that a later tnsearch can read an older study. 2: the task's quality is
+#: `quality` (1 stored it as `accuracy`, read as such).
+SCHEMA_VERSION = 2
 SCHEMA_ATTR = "tnsearch_schema"
+QUALITY_ATTR = "quality_metric"  # the task's name of its quality: accuracy, fidelity, val_f1...
+#: The names schema 1 stored the quality under.
+_LEGACY = {
+    "accuracy": "quality",
+    "test_accuracy": "test_quality",
+    "zero_shot_accuracy": "zero_shot_quality",
+}
 DENSE_PARAMS_ATTR = "dense_params"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 
@@ -52,12 +60,18 @@ class Objective(NamedTuple):
     field: str  # the Record attribute
 
 
-#: The objectives a study may name (`objectives: [...]`), the one map of name -> objective.
+#: The objectives besides the task's quality (`objectives: [quality, params, latency]`), the one
+#: map of name -> objective. Any other name is the quality, under the task's own name.
 OBJECTIVES: dict[str, Objective] = {
-    "accuracy": Objective("maximize", "accuracy"),
     "params": Objective("minimize", "params"),
     "latency": Objective("minimize", "latency_ms"),
 }
+QUALITY = "quality"  # how a config names the task's quality among the objectives
+
+
+def objective(name: str, quality_direction: str = "maximize") -> Objective:
+    """The objective `name` names: params, latency, or (any other name) the quality."""
+    return OBJECTIVES.get(name) or Objective(quality_direction, "quality")
 
 
 class Outcome(enum.Enum):
@@ -97,9 +111,9 @@ class Record:
     duplicate_of: int | None = None
     retry_of: int | None = None
     infeasible: str | None = None  # which constraint, by how much
-    accuracy: float | None = None  # validation accuracy (0.0 for untrained infeasible plans)
-    test_accuracy: float | None = None
-    zero_shot_accuracy: float | None = None  # warm start: right after the decomposition
+    quality: float | None = None  # the task's metric on val (0.0 for untrained infeasible plans)
+    test_quality: float | None = None
+    zero_shot_quality: float | None = None  # warm start: right after the decomposition
     params: int | None = None
     compression: float | None = None
     latency_ms: float | None = None
@@ -121,6 +135,9 @@ class Record:
         """The record of an Optuna trial (unknown user attributes are ignored)."""
         attrs = trial.user_attrs
         stored = {name: attrs[name] for name in _ATTRS if name in attrs}
+        for old, new in _LEGACY.items():  # schema 1
+            if old in attrs and new not in stored:
+                stored[new] = attrs[old]
         if stored.get("history") is not None:
             stored["history"] = tuple(stored["history"])
         return cls(
@@ -175,12 +192,12 @@ class Record:
 
     @property
     def candidate(self) -> bool:
-        """Finished, trained, feasible and with an accuracy: what results may offer a user."""
+        """Finished, trained, feasible and with a quality: what results may offer a user."""
         return (
             self.state == TrialState.COMPLETE
             and self.is_trained
             and self.feasible
-            and self.accuracy is not None
+            and self.quality is not None
         )
 
     @property
@@ -198,11 +215,12 @@ class Record:
             return Outcome.INFEASIBLE
         return Outcome.COMPLETE
 
-    def value(self, objective: str) -> float:
-        """The value of `objective` (a key of OBJECTIVES) as the record holds it."""
-        found = getattr(self, OBJECTIVES[objective].field)
+    def value(self, name: str) -> float:
+        """The value of objective `name` (params, latency, or any other name: the quality)."""
+        field_name = objective(name).field
+        found = getattr(self, field_name)
         if found is None:
-            raise ValueError(f"trial {self.number} has no {OBJECTIVES[objective].field}")
+            raise ValueError(f"trial {self.number} has no {field_name}")
         return float(found)
 
     def values_for(self, objectives: Iterable[str]) -> list[float]:
@@ -251,7 +269,7 @@ def records(study: optuna.Study, states: Sequence[TrialState] | None = None) -> 
 
 
 def trained(study: optuna.Study) -> list[Record]:
-    """Finished, trained, feasible trials with an accuracy, by number."""
+    """Finished, trained, feasible trials with a quality, by number."""
     return [r for r in records(study, (TrialState.COMPLETE,)) if r.candidate]
 
 
@@ -276,7 +294,7 @@ def front(study: optuna.Study) -> list[Record]:
 def mark_schema(study: optuna.Study) -> None:
     """Store the schema version with a new study; refuse a study written by a newer schema."""
     found = study.user_attrs.get(SCHEMA_ATTR)
-    if found is None:
+    if found is None or int(found) < SCHEMA_VERSION:  # older records are read as they are
         study.set_user_attr(SCHEMA_ATTR, SCHEMA_VERSION)
     elif int(found) > SCHEMA_VERSION:
         raise ValueError(
@@ -289,6 +307,15 @@ def schema(study: optuna.Study) -> int | None:
     """The record schema version the study was written with (None: before versions)."""
     found = study.user_attrs.get(SCHEMA_ATTR)
     return None if found is None else int(found)
+
+
+def quality_metric(study: optuna.Study) -> str:
+    """The task's name of the study's quality (schema 1 studies: accuracy)."""
+    return str(study.user_attrs.get(QUALITY_ATTR, "accuracy"))
+
+
+def set_quality_metric(study: optuna.Study, name: str) -> None:
+    study.set_user_attr(QUALITY_ATTR, name)
 
 
 def dense_params(study: optuna.Study) -> int | None:

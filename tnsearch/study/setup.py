@@ -40,8 +40,19 @@ class Setup:
     console: Console = field(default_factory=Console)
 
     @property
+    def metric(self) -> str:
+        """The task's name of its quality (accuracy, fidelity, ...)."""
+        return task_metric(self.cfg)[0]
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The study's objectives by name: `quality` under the task's own name."""
+        return metric_names(self.cfg)
+
+    @property
     def directions(self) -> list[str]:
-        return [record.OBJECTIVES[name].direction for name in self.cfg["objectives"]]
+        quality = task_metric(self.cfg)[1]
+        return [record.objective(name, quality).direction for name in self.metric_names]
 
     def teacher(self) -> torch.nn.Module:
         """The trained dense model (built once per worker), for tasks that learn from it."""
@@ -61,7 +72,8 @@ class Setup:
 
         from hydra.utils import instantiate
 
-        make = instantiate(dict(self.cfg["task"]))
+        node = {k: v for k, v in self.cfg["task"].items() if k not in TASK_KEYS}
+        make = instantiate(node)
         kwargs = {
             "optimizer": optimizer,
             "scheduler": self.cfg["trainer"].get("scheduler", "cosine"),
@@ -72,16 +84,45 @@ class Setup:
         return make(model, **kwargs)
 
 
-def check_objectives(objectives: list[str]) -> None:
-    """`objectives` must name known objectives, each once."""
-    known = record.OBJECTIVES
+#: Task config keys that are not constructor arguments.
+TASK_KEYS = ("metric", "direction")
+
+
+def task_metric(cfg: Mapping[str, Any]) -> tuple[str, str]:
+    """(name, direction) of the task's quality: `task.metric` / `task.direction` when the
+    config gives them, else the task class's `metric` / `direction` (accuracy, maximize)."""
+    node = cfg["task"]
+    found = None
+    if node.get("metric") is None or node.get("direction") is None:
+        found = plans.constructor(str(node["_target_"]))
+    name = node.get("metric") or getattr(found, "metric", "accuracy")
+    direction = node.get("direction") or getattr(found, "direction", "maximize")
+    return str(name), str(direction)
+
+
+def metric_names(cfg: Mapping[str, Any]) -> list[str]:
+    """The objectives with `quality` named as the task names it."""
+    name = task_metric(cfg)[0]
+    return [name if o == record.QUALITY else o for o in cfg["objectives"]]
+
+
+def check_objectives(cfg: Mapping[str, Any]) -> None:
+    """`objectives` must name quality (or the task's metric), params, latency, each once."""
+    objectives = list(cfg["objectives"])
+    metric, direction = task_metric(cfg)
+    known = [record.QUALITY, *record.OBJECTIVES]
     if not objectives:
         raise ConfigError("objectives", f"must name at least one of {', '.join(known)}")
     for name in objectives:
-        if name not in known:
-            raise ConfigError("objectives", f"unknown {name!r} (known: {', '.join(known)})")
-    if len(set(objectives)) != len(objectives):
+        if name not in (*known, metric):
+            raise ConfigError(
+                "objectives",
+                f"unknown {name!r} (known: {', '.join(known)}; the quality is {metric!r})",
+            )
+    if len(set(metric_names(cfg))) != len(objectives):
         raise ConfigError("objectives", f"duplicates in {objectives}")
+    if direction not in ("maximize", "minimize"):
+        raise ConfigError("task.direction", f"must be maximize or minimize, got {direction!r}")
 
 
 def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
@@ -89,7 +130,8 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
     from hydra.utils import instantiate
 
     quiet()
-    check_objectives(list(cfg["objectives"]))
+    check_task(cfg)
+    check_objectives(cfg)
     check_basic(cfg)
     resolve_compile(cfg)
     try:
@@ -116,7 +158,6 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
     if checkpoint and cfg["pretrain"]["epochs"]:
         raise ConfigError("pretrain.epochs", "give either model.checkpoint or pretrain.epochs")
     state = warmstart.load_checkpoint(checkpoint, dense) if checkpoint else None
-    check_task(cfg)
     if state is None and not cfg["pretrain"]["epochs"] and _comes_trained(cfg["model"]):
         # A pretrained model is warm by default: the dense trial is the model itself, and
         # every trial starts from the decomposition of its layers.
@@ -274,8 +315,9 @@ def open_study(setup: Setup) -> optuna.Study:
         load_if_exists=True,
     )
     if study.metric_names is None:
-        study.set_metric_names(list(cfg["objectives"]))
-    elif list(study.metric_names) != list(cfg["objectives"]):
+        study.set_metric_names(setup.metric_names)
+        record.set_quality_metric(study, setup.metric)
+    elif list(study.metric_names) != setup.metric_names:
         raise ConfigError(
             "objectives",
             f"study {cfg['name']!r} was created with {study.metric_names}; "

@@ -24,6 +24,7 @@ from tnsearch.study import interrupts, liveness, record
 from tnsearch.study.interrupts import Interrupted
 from tnsearch.study.record import Outcome, Record
 from tnsearch.study.setup import Setup, trial_device
+from tnsearch.ui.console import short_name
 
 
 def run_trial(setup: Setup, study: optuna.Study, trial: optuna.Trial, tracker) -> Outcome:
@@ -132,7 +133,7 @@ class _Trial:
             latency_ms=earlier.latency_ms,
             trained=False,
             duplicate_of=earlier.number,
-            accuracy=earlier.accuracy,
+            quality=earlier.quality,
         )
         self.end(Outcome.DUPLICATE, values=list(earlier.values))
         return Outcome.DUPLICATE
@@ -213,7 +214,7 @@ class _Trial:
         # Not trained: the sampler still learns that this region is infeasible.
         self.update(
             trained=False,
-            accuracy=0.0,
+            quality=0.0,
             infeasible=", ".join(f"{k} exceeded by {violations[k]:.4g}" for k in broken),
         )
         self.end(
@@ -241,7 +242,7 @@ class _Trial:
             self.update(history=(*(self.rec.history or ()), metrics))
             self.tracker.log_metrics(
                 self.run_id,
-                {"train_loss": metrics["train_loss"], "val_acc": metrics["val_acc"]},
+                {"train_loss": metrics["train_loss"], f"val_{setup.metric}": metrics["val_acc"]},
                 step=int(metrics["epoch"]),
             )
             if setup.pruner is not None and int(metrics["epoch"]) + 1 < epochs:
@@ -258,15 +259,15 @@ class _Trial:
             trainer_cfg=cfg["trainer"],
             on_epoch=on_epoch,
             on_zero_shot=(
-                (lambda acc: self.update(zero_shot_accuracy=acc))
+                (lambda value: self.update(zero_shot_quality=value))
                 if warm and self.plan["layers"]
                 else None
             ),
         )
         self.update(
             trained=True,
-            accuracy=result.val_acc,
-            test_accuracy=result.test_acc,
+            quality=result.val_acc,
+            test_quality=result.test_acc,
             history=tuple(result.history),
             seconds=time.perf_counter() - self.start,
         )
@@ -295,7 +296,7 @@ class _Trial:
                 record.write(self.trial, self.rec)
             self.study.tell(self.trial, values, state=state)
             self.told, self.ended = True, outcome
-        metrics = {} if outcome == Outcome.FAILED else _final_metrics(self.rec)
+        metrics = {} if outcome == Outcome.FAILED else _final_metrics(self.rec, self.setup.metric)
         state_name = mlflow_state or ("PRUNED" if state == TrialState.PRUNED else state.name)
         if self.run_id is not None:
             self.tracker.end_trial(self.run_id, state=state_name, metrics=metrics, tags=tags or {})
@@ -322,17 +323,20 @@ class _Trial:
                 plans.summary(self.plan),
                 outcome,
                 time.perf_counter() - self.start,
+                metric=self.setup.metric,
             )
         )
 
 
-def trial_line(rec: Record, summary: str, outcome: Outcome, seconds: float) -> str:
-    """One console line per trial: number, plan summary, accuracy, params (compression),
-    latency, time; or why it was not trained."""
+def trial_line(
+    rec: Record, summary: str, outcome: Outcome, seconds: float, *, metric: str = "accuracy"
+) -> str:
+    """One console line per trial: number, plan summary, quality (under the task's name),
+    params (compression), latency, time; or why it was not trained."""
     head = f"trial {rec.number:>3}  {summary[:48]:<48}"
     if outcome == Outcome.COMPLETE:
         return (
-            f"{head}  acc {rec.accuracy:.4f}  params {rec.params:>10,} "
+            f"{head}  {short_name(metric)} {rec.quality:.4f}  params {rec.params:>10,} "
             f"({rec.compression:.1f}x)  {rec.latency_ms:.3f} ms  {seconds:.1f} s"
         )
     if outcome == Outcome.INFEASIBLE:
@@ -371,18 +375,22 @@ def _constraints(constraints: Mapping[str, Any], rec: Record) -> dict[str, float
     return out
 
 
-def _final_metrics(rec: Record) -> dict[str, float]:
-    keys = (
-        "accuracy",
-        "test_accuracy",
-        "params",
-        "compression",
-        "latency_ms",
-        "latency_p10_ms",
-        "latency_p90_ms",
-        "zero_shot_accuracy",
-    )
-    return {k: float(getattr(rec, k)) for k in keys if getattr(rec, k) is not None}
+def _final_metrics(rec: Record, metric: str) -> dict[str, float]:
+    """A trial's final MLflow metrics; the quality under the task's name (e.g. `accuracy`,
+    `test_accuracy`, `zero_shot_accuracy`)."""
+    names = {
+        "quality": metric,
+        "test_quality": f"test_{metric}",
+        "zero_shot_quality": f"zero_shot_{metric}",
+        "params": "params",
+        "compression": "compression",
+        "latency_ms": "latency_ms",
+        "latency_p10_ms": "latency_p10_ms",
+        "latency_p90_ms": "latency_p90_ms",
+    }
+    return {
+        name: float(getattr(rec, k)) for k, name in names.items() if getattr(rec, k) is not None
+    }
 
 
 def _instantiate(node: Mapping[str, Any]):

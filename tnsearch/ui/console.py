@@ -34,6 +34,11 @@ class Console:
             print(text, file=self.stream or sys.stdout, flush=True)
 
 
+def short_name(metric: str) -> str:
+    """How the console abbreviates a quality's name ("acc" for accuracy)."""
+    return {"accuracy": "acc"}.get(metric, metric)
+
+
 def warn(text: str) -> None:
     """One line on stderr for something the user should know that does not stop the command."""
     print(f"warning: {text}", file=sys.stderr, flush=True)

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import TextIO
 
+from tnsearch.ui.console import short_name
+
 __all__ = ["Progress", "Snapshot", "clock", "render"]
 
 _ERASE = "\r\x1b[K"  # back to column 0, erase to the end of the line
@@ -31,8 +33,9 @@ class Snapshot:
     target: int
     elapsed: float  # seconds since the display started
     eta: float | None  # seconds to the target, None before a trial finished
-    best_accuracy: float | None
+    best_accuracy: float | None  # the best quality (accuracy, fidelity...) of finished trials
     front: int  # Pareto-optimal trials
+    metric: str = "accuracy"  # the quality's name
 
 
 def clock(seconds: float) -> str:
@@ -52,7 +55,8 @@ def render(s: Snapshot, width: int = 100) -> str:
         f"trials {s.done}/{s.target} [{'#' * filled}{'-' * (18 - filled)}]",
         f"{clock(s.elapsed)} elapsed",
         f"ETA {clock(s.eta)}" if s.eta is not None else "ETA -",
-        f"best acc {s.best_accuracy:.4f}" if s.best_accuracy is not None else "best acc -",
+        f"best {short_name(s.metric)} "
+        + (f"{s.best_accuracy:.4f}" if s.best_accuracy is not None else "-"),
         f"front {s.front}",
     ]
     line = " | ".join(parts)
