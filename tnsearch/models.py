@@ -67,6 +67,8 @@ def from_pretrained(path: str, auto_class: str = "AutoModel") -> nn.Module:
         raise ImportError(
             "model: Hugging Face models need transformers: pip install 'tnsearch[hf]'"
         ) from None
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # a bar per trial says nothing here
     loader = getattr(transformers, auto_class)
     try:
         model = loader.from_pretrained(
