@@ -22,7 +22,7 @@ def options(group: str) -> list[str]:
 
 def test_every_group_has_the_spec_options():
     assert options("study") == ["lenet", "minilm", "mlp", "quick", "resnet"]
-    assert options("task") == ["classify", "distill"]
+    assert options("task") == ["classify", "distill", "lightning"]
     assert options("optimizer") == ["adamw", "sgd"]
     assert options("model") == ["custom", "hf", "lenet5", "mlp", "resnet"]
     assert options("data") == ["cifar10", "digits", "mnist", "mnist5k", "text"]

@@ -163,28 +163,87 @@ class Classifier(pl.LightningModule):
         }
 
 
+class MetricNotLoggedError(ValueError):
+    """A user's LightningModule did not log the metric the study optimizes."""
+
+
+def val_quality(module: pl.LightningModule, trainer: pl.Trainer, metric: str) -> float:
+    """The validation quality: a tnsearch task's own figure, or the metric a user's module
+    logged (`self.log(metric, ...)`)."""
+    if isinstance(module, Classifier):
+        return float(getattr(module, "val_acc", float("nan")))
+    found = trainer.callback_metrics.get(metric)
+    if found is None:
+        logged = ", ".join(sorted(trainer.callback_metrics)) or "nothing"
+        raise MetricNotLoggedError(
+            f"task.metric: the module logged no {metric!r} in validation (it logged: {logged})"
+        )
+    return float(found)
+
+
+def test_quality(module: pl.LightningModule, trainer: pl.Trainer, metric: str) -> float | None:
+    """The test quality: a tnsearch task's own, or what a user's module logged as the metric
+    with `val` read as `test` (val_f1 -> test_f1), or under the metric's own name."""
+    if isinstance(module, Classifier):
+        return float(module.test_acc)
+    for name in (metric.replace("val", "test", 1), metric):
+        if name in trainer.callback_metrics:
+            return float(trainer.callback_metrics[name])
+    return None
+
+
+def _train_loss(module: pl.LightningModule, trainer: pl.Trainer) -> float:
+    if isinstance(module, Classifier):
+        return module.epoch_train_loss()
+    for name in ("train_loss", "loss"):
+        if name in trainer.callback_metrics:
+            return float(trainer.callback_metrics[name])
+    return float("nan")
+
+
+def check_logs(module: pl.LightningModule, datamodule: pl.LightningDataModule, metric: str) -> None:
+    """Validate `module` on one batch and check that it logs `metric`.
+
+    Raises:
+        MetricNotLoggedError: ``task.metric: the module logged no 'x' ...``.
+    """
+    quiet_lightning()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+    )
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    val_quality(module, trainer, metric)
+
+
 class EpochEnd(pl.Callback):
-    """Hands each epoch's train_loss and val_acc to `sink` (MLflow, learning curve, pruning)."""
+    """Hands each epoch's train_loss and validation quality (as "val_acc") to `sink` (MLflow,
+    learning curve, pruning)."""
 
-    def __init__(self, sink: EpochSink) -> None:
-        self._sink = sink
+    def __init__(self, sink: EpochSink, metric: str = "accuracy") -> None:
+        self._sink, self._metric = sink, metric
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, module: Classifier) -> None:
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._sink(
             {
                 "epoch": trainer.current_epoch,
-                "train_loss": module.epoch_train_loss(),
-                "val_acc": getattr(module, "val_acc", float("nan")),
+                "train_loss": _train_loss(module, trainer),
+                "val_acc": val_quality(module, trainer, self._metric),
             }
         )
 
 
 @dataclass
 class TrainResult:
-    """What training gave: the final accuracies and the learning curve."""
+    """What training gave: the final qualities (accuracy, fidelity, ...) and the learning curve."""
 
     val_acc: float
-    test_acc: float
+    test_acc: float | None
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -220,6 +279,7 @@ def fit(
     trainer_cfg: dict[str, Any],
     on_epoch: EpochSink | None = None,
     on_zero_shot: Callable[[float], None] | None = None,
+    metric: str = "accuracy",
 ) -> TrainResult:
     """Train `module` for `epochs` (validating after each), then measure val and test accuracy.
 
@@ -240,18 +300,20 @@ def fit(
         accelerator=trainer_cfg.get("accelerator", "auto"),
         precision=trainer_cfg.get("precision", "32-true"),
         gradient_clip_val=trainer_cfg.get("gradient_clip_val"),
-        callbacks=[EpochEnd(sink)],
+        callbacks=[EpochEnd(sink, metric)],
     )
     if epochs > 0:
         if on_zero_shot is not None:
             trainer.validate(module, datamodule=datamodule, verbose=False)
-            on_zero_shot(module.val_acc)
+            on_zero_shot(val_quality(module, trainer, metric))
         trainer.fit(module, datamodule=datamodule)
         val_acc = history[-1]["val_acc"] if history else float("nan")
     else:
         trainer.validate(module, datamodule=datamodule, verbose=False)
-        val_acc = module.val_acc
+        val_acc = val_quality(module, trainer, metric)
         if on_zero_shot is not None:  # untrained: the evaluation is the zero-shot accuracy
             on_zero_shot(val_acc)
     trainer.test(module, datamodule=datamodule, verbose=False)
-    return TrainResult(val_acc=val_acc, test_acc=module.test_acc, history=history)
+    return TrainResult(
+        val_acc=val_acc, test_acc=test_quality(module, trainer, metric), history=history
+    )

@@ -74,14 +74,15 @@ class Setup:
 
         node = {k: v for k, v in self.cfg["task"].items() if k not in TASK_KEYS}
         make = instantiate(node)
-        kwargs = {
+        target = getattr(make, "func", make)
+        offered = {
             "optimizer": optimizer,
             "scheduler": self.cfg["trainer"].get("scheduler", "cosine"),
         }
-        target = getattr(make, "func", make)
         if "teacher" in inspect.signature(target).parameters:
-            kwargs["teacher"] = self.teacher()
-        return make(model, **kwargs)
+            offered["teacher"] = self.teacher()
+        # A user's module takes what its signature names (the model first, always).
+        return make(model, **plans.facts_for(target, offered))
 
 
 #: Task config keys that are not constructor arguments.
@@ -176,7 +177,7 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
 
     check_reachable(cfg["storage"])
     check_writable(Path(cfg["root"]) / cfg["name"])
-    return Setup(
+    setup = Setup(
         cfg=dict(cfg),
         space=space,
         datamodule=datamodule,
@@ -187,6 +188,30 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
         pruner=pruning.from_config(cfg),
         console=console or Console(),
     )
+    check_user_task(setup, dense)
+    return setup
+
+
+def check_user_task(setup: Setup, dense: torch.nn.Module) -> None:
+    """A user's LightningModule is built on the dense model and validated on one batch, so that
+    a module that does not build or never logs `task.metric` stops here."""
+    import copy
+
+    from hydra.utils import instantiate
+
+    from tnsearch.measure import training
+
+    target = plans.constructor(str(setup.cfg["task"]["_target_"]))
+    if isinstance(target, type) and issubclass(target, training.Classifier):
+        return  # tnsearch's own tasks
+    optimizer = instantiate(dict(setup.cfg["trainer"]["optimizer"]))
+    try:
+        module = setup.task(copy.deepcopy(dense), optimizer)
+        training.check_logs(module, setup.datamodule, setup.metric)
+    except training.MetricNotLoggedError as exc:
+        raise ConfigError.from_exception(exc, "task.metric") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed: name it
+        raise ConfigError("task._target_", f"{type(exc).__name__}: {_first_line(exc)}") from None
 
 
 SCHEDULERS = ("cosine", "none")

@@ -258,6 +258,7 @@ class _Trial:
             epochs=epochs,
             trainer_cfg=cfg["trainer"],
             on_epoch=on_epoch,
+            metric=setup.metric,
             on_zero_shot=(
                 (lambda value: self.update(zero_shot_quality=value))
                 if warm and self.plan["layers"]
