@@ -79,3 +79,17 @@ def test_the_classifier_takes_logits_from_any_output_kind():
     assert logits((x, "rest")) is x
     with pytest.raises(TypeError, match="^model: its output"):
         logits({"embeddings": x})
+
+
+def test_any_datamodule_gives_a_batch_to_measure_latency_on():
+    import lightning.pytorch as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Plain(pl.LightningDataModule):  # a user's module: no example_input
+        def val_dataloader(self):
+            data = TensorDataset(torch.arange(10.0).reshape(5, 2), torch.zeros(5))
+            return DataLoader(data, batch_size=2)
+
+    batch = latency.example_batch(Plain(), 7)  # more than the split holds: repeated
+    assert batch.shape == (7, 2) and batch[0, 1] == 1.0 and batch[5, 0] == 0.0

@@ -56,6 +56,31 @@ def batch_size(example) -> int:
     return int(first.shape[0])
 
 
+def example_batch(datamodule, size: int):
+    """`size` inputs of the data: its `example_input(size)` when it has one; else the inputs of
+    the first validation batches (a batch's first element when it is a tuple or list), cut or
+    repeated to `size` (any LightningDataModule)."""
+    if hasattr(datamodule, "example_input"):
+        return datamodule.example_input(size)
+    datamodule.setup("validate")
+    parts, have = [], 0
+    for batch in datamodule.val_dataloader():
+        inputs = batch[0] if isinstance(batch, tuple | list) else batch
+        parts.append(inputs)
+        have += batch_size(inputs)
+        if have >= size:
+            break
+    if not parts:
+        raise ValueError("data: the validation split is empty: no batch to measure latency on")
+    if isinstance(parts[0], Mapping):
+        joined = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        reps = -(-size // batch_size(joined))
+        return {k: v.repeat(reps, *[1] * (v.dim() - 1))[:size] for k, v in joined.items()}
+    joined = torch.cat(parts)
+    reps = -(-size // joined.shape[0])
+    return joined.repeat(reps, *[1] * (joined.dim() - 1))[:size]
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -69,10 +69,15 @@ def accuracy_at(trial: Record, epoch: int) -> float | None:
     return trial.quality
 
 
-def from_config(cfg: Mapping[str, Any]) -> ParetoPruner | None:
-    """The pruner `pruning.*` asks for (enabled: null means on when epochs >= 3)."""
+def from_config(cfg: Mapping[str, Any], *, maximize: bool = True) -> ParetoPruner | None:
+    """The pruner `pruning.*` asks for (enabled: null means on when epochs >= 3, and the
+    quality is maximized: the pruner compares qualities as higher-is-better)."""
     node = cfg["pruning"]
-    enabled = node["enabled"] if node["enabled"] is not None else cfg["epochs"] >= 3
+    enabled = node["enabled"] if node["enabled"] is not None else cfg["epochs"] >= 3 and maximize
+    if enabled and not maximize:
+        from tnsearch.config import ConfigError
+
+        raise ConfigError("pruning.enabled", "the pruner needs a quality to maximize")
     if not enabled:
         return None
     return ParetoPruner(

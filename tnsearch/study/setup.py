@@ -185,7 +185,7 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
         dense_params=tn.n_params(dense),
         study_dir=Path(cfg["root"]) / cfg["name"],
         pretrained=state,
-        pruner=pruning.from_config(cfg),
+        pruner=pruning.from_config(cfg, maximize=task_metric(cfg)[1] == "maximize"),
         console=console or Console(),
     )
     check_user_task(setup, dense)

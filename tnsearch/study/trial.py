@@ -170,7 +170,7 @@ class _Trial:
     def measure(self, model: torch.nn.Module) -> None:
         """Latency of the whole model in eval mode, compiled as `latency.compile` says."""
         cfg = self.cfg["latency"]
-        example = self.setup.datamodule.example_input(cfg["batch_size"])
+        example = latency.example_batch(self.setup.datamodule, cfg["batch_size"])
         device = torch.device(cfg["device"] or trial_device(self.cfg))
         if cfg["compile"] != "none" or self.cfg["trainer"]["compile"] != "none":
             # Every trial is a new model behind the same forward functions: start Dynamo
@@ -197,10 +197,14 @@ class _Trial:
         model.to(device)
         was_training = model.training
         model.train()
-        tn.freeze_paths(model, dm.example_input(dm.batch_size).to(device), grad=True)
+        measured = self.cfg["latency"]["batch_size"]
+        train_size = getattr(dm, "batch_size", measured)
+        example = latency.to_device(latency.example_batch(dm, train_size), device)
+        tn.freeze_paths(model, example, grad=True)
         model.eval()
-        for size in {self.cfg["latency"]["batch_size"], dm.eval_batch_size}:
-            tn.freeze_paths(model, dm.example_input(size).to(device), grad=False)
+        for size in {measured, getattr(dm, "eval_batch_size", measured)}:
+            example = latency.to_device(latency.example_batch(dm, size), device)
+            tn.freeze_paths(model, example, grad=False)
         model.train(was_training)
 
     def infeasible(self) -> bool:
