@@ -185,9 +185,12 @@ def _wait_for_running(journal, count: int, timeout: float = 180.0) -> list:
         time.sleep(0.3)
         if not journal.exists():
             continue
-        study = optuna.load_study(
-            study_name="mlp", storage=JournalStorage(JournalFileBackend(str(journal)))
-        )
+        try:
+            study = optuna.load_study(
+                study_name="mlp", storage=JournalStorage(JournalFileBackend(str(journal)))
+            )
+        except KeyError:  # the file is there, the study not yet
+            continue
         running = [
             t
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))

@@ -122,9 +122,13 @@ def test_kill_9_mid_trial_then_rerun(tmp_path):
         time.sleep(0.5)
         if not journal.exists():
             continue
+        try:
+            study = journal_study(tmp_path, "mlp")
+        except KeyError:  # the file is there, the study not yet
+            continue
         running = [
             t
-            for t in journal_study(tmp_path, "mlp").get_trials(states=(TrialState.RUNNING,))
+            for t in study.get_trials(states=(TrialState.RUNNING,))
             if "mlflow_run_id" in t.user_attrs
         ]
         if running:
