@@ -28,7 +28,7 @@ from tnsearch.report._html import (
 from tnsearch.results import pareto
 from tnsearch.study import record
 from tnsearch.study.record import Record
-from tnsearch.ui.console import short_name
+from tnsearch.ui.console import headers, test_name
 
 
 class Section(NamedTuple):
@@ -135,15 +135,14 @@ def front_table(data: ReportData) -> str:
             [
                 esc(r["number"]),
                 _num(r[data.metric], ".4f"),
-                _num(r[f"test_{data.metric}"], ".4f"),
+                _num(r[test_name(data.metric)], ".4f"),
                 _num(r["params"], ",d"),
                 _num(r["compression"], ".1f") + "x",
                 _num(r["latency_ms"], ".3f") + spread,
                 esc(r["plan"]),
             ]
         )
-    short = short_name(data.metric)
-    header = ["trial", f"val {short}", f"test {short}", "params", "compression"]
+    header = ["trial", *headers(data.metric), "params", "compression"]
     header.append("latency ms (p10-p90)")
     return table([*header, "plan"], rows, numeric=range(1, 6))
 

@@ -16,7 +16,7 @@ from tnsearch.files import atomic_path
 from tnsearch.study import optuna_internals, record
 from tnsearch.study.record import Record, front
 from tnsearch.ui import Console
-from tnsearch.ui.console import short_name
+from tnsearch.ui.console import headers, test_name
 
 __all__ = [
     "COLUMNS",
@@ -35,7 +35,7 @@ __all__ = [
 
 def columns(metric: str = "accuracy") -> tuple[str, ...]:
     """The columns of pareto.csv; the quality under the task's name (accuracy, fidelity...)."""
-    return ("number", metric, f"test_{metric}", "params", "compression", "latency_ms", "plan")
+    return ("number", metric, test_name(metric), "params", "compression", "latency_ms", "plan")
 
 
 #: The columns of a classification study.
@@ -47,7 +47,7 @@ def row(trial: Record, metric: str = "accuracy") -> dict[str, Any]:
     return {
         "number": trial.number,
         metric: trial.quality,
-        f"test_{metric}": trial.test_quality,
+        test_name(metric): trial.test_quality,
         "params": trial.params,
         "compression": trial.compression,
         "latency_ms": trial.latency_ms,
@@ -90,8 +90,7 @@ def _fmt(value: Any) -> Any:
 
 def table(rows: Sequence[dict[str, Any]], metric: str = "accuracy") -> str:
     """The front as an aligned text table for the console."""
-    short = short_name(metric)
-    val, test = f"val {short}", f"test {short}"
+    val, test = headers(metric)
     width = max(7, len(val)), max(8, len(test))
     header = (
         f"{'trial':>5}  {val:>{width[0]}}  {test:>{width[1]}}  {'params':>10}  {'x':>6}  "
@@ -101,7 +100,7 @@ def table(rows: Sequence[dict[str, Any]], metric: str = "accuracy") -> str:
     for r in rows:
         lines.append(
             f"{r['number']:>5}  {_num(r[metric], '.4f'):>{width[0]}}"
-            f"  {_num(r[f'test_{metric}'], '.4f'):>{width[1]}}"
+            f"  {_num(r[test_name(metric)], '.4f'):>{width[1]}}"
             f"  {_num(r['params'], ',d'):>10}  {_num(r['compression'], '.1f'):>6}"
             f"  {_num(r['latency_ms'], '.3f'):>8}  {r['plan']}"
         )

@@ -54,7 +54,7 @@ class ParetoPruner:
             if theirs is not None and theirs > val_acc + self.margin:
                 return (
                     f"dominated by trial {other.number} after epoch {epoch + 1}: "
-                    f"val acc {val_acc:.4f} < {theirs:.4f} - {self.margin} with no fewer params "
+                    f"quality {val_acc:.4f} < {theirs:.4f} - {self.margin} with no fewer params "
                     f"({mine.params:,} >= {other.params:,}) and no lower latency "
                     f"({mine.latency_ms:.3f} >= {other.latency_ms:.3f} ms)"
                 )

@@ -24,7 +24,7 @@ from tnsearch.study import interrupts, liveness, record
 from tnsearch.study.interrupts import Interrupted
 from tnsearch.study.record import Outcome, Record
 from tnsearch.study.setup import Setup, trial_device
-from tnsearch.ui.console import short_name
+from tnsearch.ui.console import short_name, test_name, val_name
 
 
 def run_trial(setup: Setup, study: optuna.Study, trial: optuna.Trial, tracker) -> Outcome:
@@ -246,7 +246,7 @@ class _Trial:
             self.update(history=(*(self.rec.history or ()), metrics))
             self.tracker.log_metrics(
                 self.run_id,
-                {"train_loss": metrics["train_loss"], f"val_{setup.metric}": metrics["val_acc"]},
+                {"train_loss": metrics["train_loss"], val_name(setup.metric): metrics["val_acc"]},
                 step=int(metrics["epoch"]),
             )
             if setup.pruner is not None and int(metrics["epoch"]) + 1 < epochs:
@@ -385,7 +385,7 @@ def _final_metrics(rec: Record, metric: str) -> dict[str, float]:
     `test_accuracy`, `zero_shot_accuracy`)."""
     names = {
         "quality": metric,
-        "test_quality": f"test_{metric}",
+        "test_quality": test_name(metric),
         "zero_shot_quality": f"zero_shot_{metric}",
         "params": "params",
         "compression": "compression",

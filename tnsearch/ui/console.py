@@ -39,6 +39,22 @@ def short_name(metric: str) -> str:
     return {"accuracy": "acc"}.get(metric, metric)
 
 
+def val_name(metric: str) -> str:
+    """The validation figure's name: `val_f1` as it is, else `val_<metric>` (val_accuracy)."""
+    return metric if metric.startswith("val_") else f"val_{metric}"
+
+
+def test_name(metric: str) -> str:
+    """The test figure's name: `val_f1` -> `test_f1`, else `test_<metric>` (test_accuracy)."""
+    return "test_" + metric.removeprefix("val_")
+
+
+def headers(metric: str) -> tuple[str, str]:
+    """Short column headers of the validation and test quality ("val acc", "test f1")."""
+    short = short_name(metric.removeprefix("val_"))
+    return f"val {short}", f"test {short}"
+
+
 def warn(text: str) -> None:
     """One line on stderr for something the user should know that does not stop the command."""
     print(f"warning: {text}", file=sys.stderr, flush=True)
