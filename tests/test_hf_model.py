@@ -127,7 +127,9 @@ def test_distill_needs_trained_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_pretrained_transformer_is_compressed_by_distillation(bert_with_tokenizer, tmp_path):
+def test_a_pretrained_transformer_is_compressed_by_distillation(
+    bert_with_tokenizer, tmp_path, monkeypatch
+):
     import optuna
 
     from tnsearch.__main__ import run as run_search
@@ -165,6 +167,21 @@ def test_a_pretrained_transformer_is_compressed_by_distillation(bert_with_tokeni
     for r in tensorized:
         assert 0.0 < r.quality <= 1.0 + 1e-6 and r.params < dense.params
         assert r.zero_shot_quality is not None  # warm: it started from the decomposition
+
+    import sys
+
+    import tnsearch
+    from tnsearch import export as export_cli
+
+    out = tmp_path / "pkg"
+    best = max(tensorized, key=lambda r: r.quality)
+    argv = ["tnsearch.export", *overrides, f"trial={best.number}", f"out={out}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    export_cli.main()
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "model.safetensors", "plan.json"]
+    model = tnsearch.load(out)  # tnsearch's own loader: no trust needed
+    ids = torch.randint(0, 10, (2, 8))
+    assert model(input_ids=ids).last_hidden_state.shape == (2, 8, 32)
 
 
 @pytest.mark.slow

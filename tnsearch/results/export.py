@@ -187,16 +187,46 @@ def write_package(
         meta = {"format": "pt", "study": study_name, "trial": str(trial.number)}
         save_file(tensors, work / "model.safetensors", metadata=meta)
         plans.save(plan, work / "plan.json")
-        error = to_onnx(model, plan, work / "model.onnx")
-        (work / "README.md").write_text(_readme(trial, plan, study_name, selection, error, metric))
+        onnx = _is_image(plan)  # ONNX export of token models: not yet
+        error = to_onnx(model, plan, work / "model.onnx") if onnx else None
+        readme = _readme(trial, plan, study_name, selection, error, metric) if onnx else None
+        (work / "README.md").write_text(readme or _plain_readme(trial, plan, study_name, metric))
         mode = (work / "README.md").stat().st_mode & 0o777  # as the umask says
         out.mkdir(exist_ok=True)
         for name in FILES:
-            (work / name).chmod(mode)
-            (work / name).replace(out / name)
+            if (work / name).exists():
+                (work / name).chmod(mode)
+                (work / name).replace(out / name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def _is_image(plan: Mapping[str, Any]) -> bool:
+    return {"in_channels", "image_size", "num_classes"} <= set(plan["inputs"])
+
+
+def _plain_readme(trial: Record, plan: Mapping[str, Any], study_name: str, metric: str) -> str:
+    """The README of a package without ONNX (a model whose inputs are not images)."""
+    from tnsearch import plan as plans
+
+    return f"""# {study_name}, trial {trial.number}
+
+Trial {trial.number} of the tnsearch study `{study_name}`: `{plans.summary(plan)}`;
+validation {metric} {_fmt(trial.quality, ".4f")}, {_fmt(trial.params, ",d")} parameters
+({_fmt(trial.compression, ".2f")}x fewer than dense), {_fmt(trial.latency_ms, ".3f")} ms per batch.
+
+## Files
+- `model.safetensors`: the trained weights, the state_dict of `tnsearch.plan.build(plan)`.
+- `plan.json`: the plan (how to rebuild the model, one entry per tensorized layer).
+- No `model.onnx`: ONNX export is written for image models only so far.
+
+## Use
+```python
+import tnsearch
+model = tnsearch.load("path/to/this/folder")   # eval mode; trusted=[...] for your own factory
+```
+"""
 
 
 def _readme(
