@@ -112,3 +112,81 @@ def test_a_study_of_a_user_factory_exports_and_loads(tmp_path, monkeypatch):
         tnsearch.load(out)  # a plan naming user code is refused unless the caller trusts it
     model = tnsearch.load(out, trusted=[f"{HERE}.build"])
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def blobs_datamodule(seed: int = 0, batch_size: int = 32):
+    import lightning.pytorch as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class BlobData(pl.LightningDataModule):
+        num_classes = 4
+        vocab_size = 0  # a fact nobody asks for
+
+        def __init__(self):
+            super().__init__()
+            g = torch.Generator().manual_seed(seed)
+            centers = torch.randn(4, 16, generator=g) * 3
+            y = torch.randint(0, 4, (600,), generator=g)
+            x = centers[y] + torch.randn(600, 16, generator=g)
+            self.parts = {"train": (x[:400], y[:400]), "val": (x[400:500], y[400:500])}
+            self.parts["test"] = (x[500:], y[500:])
+
+        def _loader(self, split, shuffle=False):
+            return DataLoader(
+                TensorDataset(*self.parts[split]), batch_size=batch_size, shuffle=shuffle
+            )
+
+        def train_dataloader(self):
+            return self._loader("train", shuffle=True)
+
+        def val_dataloader(self):
+            return self._loader("val")
+
+        def test_dataloader(self):
+            return self._loader("test")
+
+    return BlobData()
+
+
+def blob_net(num_classes: int, width: int = 64) -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(16, width),
+        nn.ReLU(),
+        nn.Linear(width, width),
+        nn.ReLU(),
+        nn.Linear(width, num_classes),
+    )
+
+
+@pytest.mark.slow
+def test_a_user_factory_on_a_user_lightning_datamodule(tmp_path):
+    import optuna
+
+    from tnsearch.__main__ import run as run_search
+    from tnsearch.study import record, storage
+
+    overrides = [
+        f"root={tmp_path}",
+        "name=blobs",
+        "model=custom",
+        f"model._target_={HERE}.blob_net",
+        "trials=3",
+        "epochs=2",
+        "space.min_size=1024",
+        "space.orders=[2]",
+        "tracking.enabled=false",
+        *FAST,
+    ]
+    cfg = compose_cfg(overrides)
+    from omegaconf import OmegaConf
+
+    OmegaConf.set_struct(cfg, False)
+    cfg.data = {"_target_": f"{HERE}.blobs_datamodule", "seed": 0}  # nothing of tnsearch's
+    assert run_search(cfg) == 0
+    study = optuna.load_study(
+        study_name="blobs", storage=storage.journal(str(tmp_path / "blobs" / "optuna.journal"))
+    )
+    done = record.trained(study)
+    assert len(done) == 3 and record.dense(done).quality > 0.9  # blobs are easy
+    assert record.dense(done).plan["inputs"] == {"num_classes": 4, "vocab_size": 0}
