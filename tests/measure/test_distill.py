@@ -68,3 +68,15 @@ def test_healing_raises_the_fidelity_of_a_truncated_student(tmp_path):
             module.teacher.state_dict().values(), teacher.state_dict().values(), strict=True
         )
     )
+
+
+def test_the_task_names_the_output_it_needs():
+    hidden = torch.randn(2, 3, 4)
+    other = torch.randn(2, 4)
+    assert torch.allclose(
+        pooled({"pooler_output": other}, None, "pooler_output"),
+        torch.nn.functional.normalize(other, dim=-1),
+    )
+    with pytest.raises(TypeError, match="^task.output: the model's output has no 'nope'"):
+        pooled({"last_hidden_state": hidden}, None, "nope")
+    assert training.logits({"scores": other}, "scores") is other

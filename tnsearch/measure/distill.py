@@ -21,16 +21,21 @@ from tnsearch.measure.training import Classifier
 __all__ = ["Distill", "embedding", "pooled"]
 
 
-def pooled(output: Any, attention_mask: torch.Tensor | None) -> torch.Tensor:
+def pooled(
+    output: Any, attention_mask: torch.Tensor | None, key: str = "last_hidden_state"
+) -> torch.Tensor:
     """The mean-pooled, L2-normalized embedding (B, H) of a model's output.
 
     Args:
-        output: a tensor (B, L, H) or (B, H), or a dict / ModelOutput with `last_hidden_state`
-            (or a tuple whose first element is it).
+        output: a tensor (B, L, H) or (B, H), or a dict / ModelOutput with `key` (default
+            `last_hidden_state`; `pooler_output`, a sentence embedding, ...), or a tuple whose
+            first element is it.
         attention_mask: (B, L), 1 for real tokens; None: every position counts.
     """
     if isinstance(output, Mapping):
-        hidden = output["last_hidden_state"]
+        if key not in output:
+            raise TypeError(f"task.output: the model's output has no {key!r} ({', '.join(output)})")
+        hidden = output[key]
     elif isinstance(output, tuple | list):
         hidden = output[0]
     else:
@@ -44,9 +49,11 @@ def pooled(output: Any, attention_mask: torch.Tensor | None) -> torch.Tensor:
     return F.normalize(hidden.float(), dim=-1)
 
 
-def embedding(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def embedding(
+    model: nn.Module, batch: Mapping[str, torch.Tensor], key: str = "last_hidden_state"
+) -> torch.Tensor:
     """`model`'s pooled embedding (B, H) of a tokenized batch."""
-    return pooled(model(**batch), batch.get("attention_mask"))
+    return pooled(model(**batch), batch.get("attention_mask"), key)
 
 
 class Distill(Classifier):
@@ -68,14 +75,19 @@ class Distill(Classifier):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: str = "cosine",
         nan_check_every: int = 20,
+        output: str = "last_hidden_state",
     ) -> None:
         super().__init__(
-            model, optimizer=optimizer, scheduler=scheduler, nan_check_every=nan_check_every
+            model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            nan_check_every=nan_check_every,
+            output=output,
         )
         self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return embedding(self.model, batch)
+        return embedding(self.model, batch, self._output)
 
     def train(self, mode: bool = True) -> Distill:
         super().train(mode)
@@ -84,7 +96,7 @@ class Distill(Classifier):
 
     def _targets(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():
-            return embedding(self.teacher, batch)
+            return embedding(self.teacher, batch, self._output)
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return (1.0 - (self(batch) * self._targets(batch)).sum(dim=-1)).mean()

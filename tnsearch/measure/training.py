@@ -33,18 +33,19 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance.*LeafSpec.*")
 
 
-def logits(output: Any) -> torch.Tensor:
-    """The logits in a model's output: a tensor as it is, a dict's or ModelOutput's "logits",
-    or a tuple's first element."""
+def logits(output: Any, key: str = "logits") -> torch.Tensor:
+    """The logits in a model's output: a tensor as it is, a dict's or ModelOutput's `key`
+    ("logits" unless the task names another: `task.output`), or a tuple's first element."""
     if isinstance(output, torch.Tensor):
         return output
-    if isinstance(output, Mapping) and "logits" in output:  # also transformers' ModelOutput
-        return output["logits"]
+    if isinstance(output, Mapping) and key in output:  # also transformers' ModelOutput
+        return output[key]
     if isinstance(output, tuple | list) and output:
         return output[0]
     raise TypeError(
-        f"model: its output ({type(output).__name__}) holds no logits: return a tensor, a tuple "
-        "whose first element is the logits, or a dict / ModelOutput with 'logits'"
+        f"model: its output ({type(output).__name__}) holds no {key!r}: return a tensor, a tuple "
+        f"whose first element is the logits, or a dict / ModelOutput with {key!r} "
+        "(task.output names the key)"
     )
 
 
@@ -56,6 +57,7 @@ class Classifier(pl.LightningModule):
         optimizer: a partial optimizer (Hydra `_partial_: true`), called with the parameters.
         scheduler: "cosine" (per step, down to zero over the whole run) or "none".
         nan_check_every: steps between checks that the loss is finite (each check syncs CUDA).
+        output: the key of the logits in a dict / ModelOutput output (`task.output`).
     """
 
     def __init__(
@@ -65,8 +67,10 @@ class Classifier(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: str = "cosine",
         nan_check_every: int = 20,
+        output: str = "logits",
     ) -> None:
         super().__init__()
+        self._output = output
         self.model = model
         self._optimizer = optimizer
         self._scheduler = scheduler
@@ -77,7 +81,7 @@ class Classifier(pl.LightningModule):
         self._loss_steps = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return logits(self.model(x))
+        return logits(self.model(x), self._output)
 
     #: The name of the quality `val_acc` / `test_acc` hold (a subclass may measure another).
     metric = "accuracy"
