@@ -144,3 +144,21 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     assert lines[0].startswith(f"error: {key}: "), lines[0]
     assert "Traceback" not in done.stdout + done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_next_commands_name_the_study_as_the_command_line_did():
+    from tnsearch.__main__ import next_steps
+
+    cfg = {
+        "root": "studies",
+        "name": "mine",
+        "tracking": {"uri": "sqlite:///studies/mlflow.db"},
+        "storage": {"path": "studies/mine/optuna.journal"},
+    }
+    text = next_steps(cfg, ["model=custom", "space.orders=[1,2]", "trials=9", "workers=2"], "7")
+    assert "#/experiments/7/runs?workflowType=machine_learning" in text
+    assert "python -m tnsearch.report model=custom 'space.orders=[1,2]'\n" in text
+    assert "trials=9" not in text and "workers=2" not in text
+    assert "optuna-dashboard studies/mine/optuna.journal" in text
+    plain = next_steps(cfg, [], None)  # in-process, tracking off
+    assert "mlflow ui" not in plain and "tnsearch.export root=studies name=mine" in plain

@@ -69,7 +69,36 @@ def _run(resolved: dict, overrides: Sequence[str], show_status: bool | None) -> 
             pareto.finish(study, ready.study_dir, names, tracker, console)
             if loop.running(study) == 0:  # other jobs of an array may still be at work
                 tracker.finish_parent(status)
+            console.say(next_steps(resolved, overrides, getattr(tracker, "experiment_id", None)))
     return code
+
+
+#: Overrides that concern only the search, not which study it is (left out of the next commands).
+_SEARCH_ONLY = ("trials", "epochs", "workers", "worker", "timeout", "retries", "hydra.searchpath")
+
+
+def next_steps(cfg: dict, overrides: Sequence[str], experiment_id: str | None) -> str:
+    """Where to look next: the MLflow runs view (in its "Model training" view, not the GenAI
+    overview MLflow 3 opens by default), the report, the export and optuna-dashboard, with the
+    command line's own keys (so a study of your own model is found with its model)."""
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in _SEARCH_ONLY]
+    import shlex
+
+    keys = " ".join(map(shlex.quote, kept)) or " ".join(f"{k}={cfg[k]}" for k in ("root", "name"))
+    lines = ["", "Next:"]
+    if experiment_id is not None:
+        uri = cfg["tracking"]["uri"]
+        lines.append(f"  mlflow ui --backend-store-uri {uri}")
+        lines.append(
+            f"    then http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
+            "?workflowType=machine_learning"
+        )
+    lines.append(f"  python -m tnsearch.report {keys}")
+    lines.append(f"  python -m tnsearch.export {keys} trial=best-accuracy")
+    journal = cfg["storage"].get("path")
+    if journal:
+        lines.append(f"  optuna-dashboard {journal}")
+    return "\n".join(lines)
 
 
 @command("config")
