@@ -68,9 +68,31 @@ class TensorImageDataset(Dataset):
         return self.images.float().mul_(self.scale).add_(self.shift), self.labels
 
 
-def _keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+def _keep_batch(batch: Any) -> Any:
     """collate_fn for a dataset whose ``__getitems__`` already returns a batch."""
     return batch
+
+
+class _SplitLoaders:
+    """The loaders of a data module whose datasets serve whole batches: `dataset(split)`,
+    `batch_size`, `eval_batch_size` and a seeded `_shuffle` generator come from the module."""
+
+    def train_dataloader(self) -> DataLoader:
+        data = self.dataset("train")
+        return DataLoader(
+            data,
+            batch_size=min(self.batch_size, len(data)),
+            shuffle=True,
+            drop_last=True,
+            generator=self._shuffle,
+            collate_fn=_keep_batch,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset("val"), self.eval_batch_size, collate_fn=_keep_batch)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset("test"), self.eval_batch_size, collate_fn=_keep_batch)
 
 
 def _split(
@@ -121,7 +143,7 @@ def _fraction(key: str, value: Any) -> None:
         raise ValueError(f"{key}: must be between 0 and 1 (exclusive), got {value}")
 
 
-class _ImageDataModule(LightningDataModule):
+class _ImageDataModule(_SplitLoaders, LightningDataModule):
     """Shared logic: seeded splits, normalization, cheap loaders. Subclasses implement ``_load``.
 
     Args:
@@ -230,23 +252,6 @@ class _ImageDataModule(LightningDataModule):
     def train_tensors(self) -> tuple[Tensor, Tensor]:
         """``tensors("train")``: the data of a plain PyTorch loop that matches the loaders."""
         return self.tensors("train")
-
-    def train_dataloader(self) -> DataLoader:
-        data = self.dataset("train")
-        return DataLoader(
-            data,
-            batch_size=min(self.batch_size, len(data)),
-            shuffle=True,
-            drop_last=True,
-            generator=self._shuffle,
-            collate_fn=_keep_batch,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset("val"), self.eval_batch_size, collate_fn=_keep_batch)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset("test"), self.eval_batch_size, collate_fn=_keep_batch)
 
 
 class _NoTestSplitDataModule(_ImageDataModule):

@@ -51,10 +51,10 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from tnsearch.config import ConfigError
-from tnsearch.data._base import _stream
+from tnsearch.data._base import _SplitLoaders, _stream
 
 SPLITS = ("train", "val", "test")
 #: The tokenizer outputs a batch holds (those the tokenizer gives).
@@ -223,11 +223,6 @@ class TextDataset(Dataset):
         return TextBatch(self.batch)
 
 
-def _keep_batch(batch: TextBatch) -> TextBatch:
-    """collate_fn for a dataset whose ``__getitems__`` already returns a batch."""
-    return batch
-
-
 # ---- the data module ----------------------------------------------------------------------------
 
 
@@ -260,7 +255,7 @@ def _read_lines(path: Path, name: str) -> list[str]:
     return lines
 
 
-class TextDataModule(LightningDataModule):
+class TextDataModule(_SplitLoaders, LightningDataModule):
     """Lines of text tokenized by the model's own Hugging Face tokenizer, for transformers.
 
     Args:
@@ -510,22 +505,3 @@ class TextDataModule(LightningDataModule):
         train = self.tensors("train")
         ids = train["input_ids"][train["attention_mask"].bool()]
         return torch.bincount(ids, minlength=self.facts["vocab_size"]).long()
-
-    # -- loaders ----------------------------------------------------------------------------------
-
-    def train_dataloader(self) -> DataLoader:
-        data = self.dataset("train")
-        return DataLoader(
-            data,
-            batch_size=min(self.batch_size, len(data)),
-            shuffle=True,
-            drop_last=True,
-            generator=self._shuffle,
-            collate_fn=_keep_batch,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset("val"), self.eval_batch_size, collate_fn=_keep_batch)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset("test"), self.eval_batch_size, collate_fn=_keep_batch)
