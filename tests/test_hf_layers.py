@@ -7,6 +7,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from tests.helpers import tiny_bert_config  # noqa: E402
+
 
 def _tiny_gpt2():
     config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=97, n_positions=16)
@@ -44,14 +46,7 @@ def test_a_bert_s_embeddings_and_linears_are_candidates_and_tensorize():
     from tnsearch import plan as plans
     from tnsearch.space import candidate_layers
 
-    config = transformers.BertConfig(
-        vocab_size=90,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=16,
-    )
+    config = tiny_bert_config(90, positions=16)
     torch.manual_seed(0)
     model = transformers.BertModel(config).eval().double()
     found = {layer.name: layer for layer in candidate_layers(model)}

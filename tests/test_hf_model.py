@@ -7,21 +7,14 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from tests.helpers import compose_cfg  # noqa: E402
+from tests.helpers import compose_cfg, tiny_bert_config  # noqa: E402
 from tnsearch.config import ConfigError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def bert_folder(tmp_path_factory):
     """A tiny BERT with random weights, saved as a Hugging Face folder (safetensors)."""
-    config = transformers.BertConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    )
+    config = tiny_bert_config(64, layers=2)
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("bert")
     transformers.BertModel(config).save_pretrained(folder)
@@ -101,14 +94,7 @@ def bert_with_tokenizer(tmp_path_factory):
     root = tmp_path_factory.mktemp("bert-tok")
     tokenizer = bert_tokenizer(root / "tok", embedded_sentences()[:300])
     vocab = len(transformers.AutoTokenizer.from_pretrained(tokenizer))
-    config = transformers.BertConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    )
+    config = tiny_bert_config(vocab)
     torch.manual_seed(0)
     folder = root / "model"
     transformers.BertModel(config).save_pretrained(folder)

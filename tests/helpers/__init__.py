@@ -141,3 +141,18 @@ def bert_tokenizer(folder: Path, sentences) -> Path:
     assert len(tokenizer) == len(SPECIAL) + len(words)
     tokenizer.save_pretrained(str(folder / "tokenizer"))
     return folder / "tokenizer"
+
+
+def tiny_bert_config(vocab_size: int, *, layers: int = 1, positions: int = 32, **extra):
+    """A transformers BertConfig small enough for tests: width 32, 2 heads, FFN 64."""
+    import transformers
+
+    return transformers.BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=positions,
+        **extra,
+    )

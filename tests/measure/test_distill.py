@@ -9,7 +9,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from tests.helpers import bert_tokenizer  # noqa: E402
+from tests.helpers import bert_tokenizer, tiny_bert_config  # noqa: E402
 from tnsearch import plan as plans  # noqa: E402
 from tnsearch.data import TextDataModule, embedded_sentences  # noqa: E402
 from tnsearch.measure import training  # noqa: E402
@@ -30,16 +30,7 @@ def test_healing_raises_the_fidelity_of_a_truncated_student(tmp_path):
     data = TextDataModule(tokenizer=str(tokenizer), max_length=24, batch_size=32, limit=300)
     data.setup()
     vocab = data.facts["vocab_size"]
-    config = transformers.BertConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
+    config = tiny_bert_config(vocab, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(0)
     teacher = transformers.BertModel(config).eval()
     student = copy.deepcopy(teacher)
