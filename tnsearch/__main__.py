@@ -69,7 +69,7 @@ def _run(resolved: dict, overrides: Sequence[str], show_status: bool | None) -> 
             pareto.finish(study, ready.study_dir, names, tracker, console)
             if loop.running(study) == 0:  # other jobs of an array may still be at work
                 tracker.finish_parent(status)
-            console.say(next_steps(resolved, overrides, getattr(tracker, "experiment_id", None)))
+            console.say(next_steps(resolved, overrides, tracker.experiment_id))
     return code
 
 

@@ -68,8 +68,6 @@ class Setup:
     def task(self, model: torch.nn.Module, optimizer) -> Any:
         """The LightningModule of the configured task (`task=classify`, `task=distill`, ...)
         that trains `model` with `optimizer` (a partial: called with the parameters)."""
-        import inspect
-
         from hydra.utils import instantiate
 
         node = {k: v for k, v in self.cfg["task"].items() if k not in TASK_KEYS}
@@ -79,7 +77,7 @@ class Setup:
             "optimizer": optimizer,
             "scheduler": self.cfg["trainer"].get("scheduler", "cosine"),
         }
-        if "teacher" in inspect.signature(target).parameters:
+        if _needs_teacher(self.cfg):  # built once per worker, only for tasks that take one
             offered["teacher"] = self.teacher()
         # A user's module takes what its signature names (the model first, always).
         return make(model, **plans.facts_for(target, offered))

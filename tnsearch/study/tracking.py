@@ -227,6 +227,7 @@ class NullTracker:
 
     enabled = False
     parent_id = None
+    experiment_id = None
 
     def attach(self, study) -> None:
         return None
