@@ -20,6 +20,7 @@ state is set on import.
 
 from tnsearch.tn import shapes
 from tnsearch.tn._base import TNLayer
+from tnsearch.tn._calibrate import InputStats, fit_to_inputs, output_error
 from tnsearch.tn._cp import CPLayer
 from tnsearch.tn._embedding import TNEmbedding
 from tnsearch.tn._geometry import Geometry
@@ -36,6 +37,7 @@ __all__ = [
     "CPLayer",
     "ComponentLayout",
     "Geometry",
+    "InputStats",
     "MPOLayer",
     "TNEmbedding",
     "TNLayer",
@@ -44,8 +46,10 @@ __all__ = [
     "TreeLayout",
     "TuckerLayer",
     "describe",
+    "fit_to_inputs",
     "freeze_paths",
     "n_params",
+    "output_error",
     "register",
     "shapes",
     "tensorize",

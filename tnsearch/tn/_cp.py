@@ -32,6 +32,10 @@ def cp_rank(dims: Sequence[int], rank: int) -> int:
     return min(rank, math.prod(dims) // max(dims))
 
 
+#: Multiply-adds that CP-ALS may spend (sweeps x tensor size x rank).
+ALS_WORK = 3e9
+
+
 def cp_decompose(
     tensor: torch.Tensor, rank: int, n_iter_max: int = 100, seed: int = 0
 ) -> list[torch.Tensor]:
@@ -43,6 +47,10 @@ def cp_decompose(
     t = tensor.detach().cpu().double().numpy()
     import tensorly as tl  # imported here: it adds about a second to every start-up
     from tensorly.decomposition import parafac
+
+    # An ALS sweep costs about size * rank: a large table (an embedding) gets fewer sweeps
+    # (at least 5) instead of minutes; a data-aware fit refines the result anyway.
+    n_iter_max = max(5, min(n_iter_max, int(ALS_WORK / max(t.size * rank, 1))))
 
     with tl.backend_context("numpy", local_threadsafe=True), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "n_eigenvecs larger than ..." (rank > size)

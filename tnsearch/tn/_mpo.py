@@ -34,6 +34,10 @@ def mpo_ranks(site_sizes: Sequence[int], rank: Sequence[int]) -> tuple[int, ...]
     return tuple(r[1:-1])
 
 
+#: Weight tensors with more entries than this are split by randomized SVDs.
+RANDOMIZED_FROM = 4_000_000
+
+
 def mpo_decompose(
     tensor: torch.Tensor, in_modes: Sequence[int], out_modes: Sequence[int], rank: Sequence[int]
 ) -> list[torch.Tensor]:
@@ -54,8 +58,11 @@ def mpo_decompose(
     import tensorly as tl  # imported here: it adds about a second to every start-up
     from tensorly.decomposition import tensor_train_matrix
 
+    # A large table (an embedding's) with small bonds: a randomized SVD of each unfolding
+    # takes a second where the full one takes a minute.
+    method = "randomized_svd" if t.size > RANDOMIZED_FROM and max(rank) <= 256 else "truncated_svd"
     with tl.backend_context("numpy", local_threadsafe=True):
-        cores = tensor_train_matrix(tl.tensor(t), [1, *rank, 1]).factors
+        cores = tensor_train_matrix(tl.tensor(t), [1, *rank, 1], svd=method, random_state=0).factors
     bonds, out = [1, *rank, 1], []
     for k, core in enumerate(cores):
         core = torch.from_numpy(np.ascontiguousarray(core))

@@ -92,7 +92,12 @@ def _edge(nodes: list[Node], dims: dict[str, int], rank: tuple[int, ...], t: int
 
 def _basis(mat: np.ndarray, r: int) -> np.ndarray:
     """The leading ``r`` left singular vectors of ``mat`` (zero columns beyond its rank)."""
-    u = np.linalg.svd(mat, full_matrices=False)[0][:, :r]
+    if mat.shape[1] > 4 * mat.shape[0]:  # wide (a large table): from the small Gram matrix
+        values, vectors = np.linalg.eigh(mat @ mat.T)
+        keep = values[::-1] > values.max(initial=0.0) * 1e-24
+        u = vectors[:, ::-1][:, keep][:, :r]
+    else:
+        u = np.linalg.svd(mat, full_matrices=False)[0][:, :r]
     return np.pad(u, ((0, 0), (0, r - u.shape[1])))
 
 

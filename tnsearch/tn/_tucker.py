@@ -41,6 +41,10 @@ def tucker_ranks(dims: Sequence[int], rank: Sequence[int], extra: int = 1) -> tu
     return tuple(r)
 
 
+#: Multiply-adds that HOOI may spend (sweeps x tensor size x largest rank).
+HOOI_WORK = 3e9
+
+
 def tucker_decompose(
     tensor: torch.Tensor, rank: Sequence[int], n_iter_max: int = 20
 ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
@@ -57,6 +61,10 @@ def tucker_decompose(
         return torch.from_numpy(t.copy()), [None] * len(rank)
     import tensorly as tl  # imported here: it adds about a second to every start-up
     from tensorly.decomposition import partial_tucker
+
+    # A HOOI sweep costs about size * rank per mode: a large table gets fewer (at least 2).
+    work = max(t.size * max(rank), 1)
+    n_iter_max = max(2, min(n_iter_max, int(HOOI_WORK / work)))
 
     with tl.backend_context("numpy", local_threadsafe=True):
         (core, factors), _ = partial_tucker(
