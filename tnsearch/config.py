@@ -52,6 +52,8 @@ def check_basic(cfg: Mapping[str, Any]) -> None:
     margin = cfg["pruning"]["margin"]
     if isinstance(margin, bool) or not isinstance(margin, int | float) or margin < 0:
         raise ConfigError("pruning.margin", f"must be a number >= 0, got {margin!r}")
+    _flag(cfg["pruning"], "zero_shot", prefix="pruning.", null=True)
+    check_heal(cfg.get("heal"))
     latency = cfg["latency"]
     _positive_int(latency, "batch_size", prefix="latency.")
     _positive_int(latency, "repeats", prefix="latency.")
@@ -74,6 +76,20 @@ def check_basic(cfg: Mapping[str, Any]) -> None:
             )
 
 
+def check_heal(heal: Mapping[str, Any] | None) -> None:
+    """`heal.*`: distillation healing's switches, temperature (> 0) and KL weight (in [0, 1])."""
+    if heal is None:
+        return
+    for key in ("distill", "features"):
+        _flag(heal, key, prefix="heal.")
+    temperature = heal["temperature"]
+    if not _number(temperature) or temperature <= 0:
+        raise ConfigError("heal.temperature", f"must be a number > 0, got {temperature!r}")
+    alpha = heal["alpha"]
+    if not _number(alpha) or not 0 <= alpha <= 1:
+        raise ConfigError("heal.alpha", f"must be a number in [0, 1], got {alpha!r}")
+
+
 def check_name(name: Any) -> None:
     """A study's name is one folder name inside `root`: no separators, not `.` or `..`."""
     text = str(name)
@@ -92,3 +108,14 @@ def _positive_int(node: Mapping[str, Any], key: str, *, prefix: str = "", minimu
     value = node[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{prefix}{key}", f"must be an integer >= {minimum}, got {value!r}")
+
+
+def _flag(node: Mapping[str, Any], key: str, *, prefix: str = "", null: bool = False) -> None:
+    value = node.get(key)
+    if not isinstance(value, bool) and not (null and value is None):
+        allowed = "true, false or null" if null else "true or false"
+        raise ConfigError(f"{prefix}{key}", f"must be {allowed}, got {value!r}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

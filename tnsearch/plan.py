@@ -173,20 +173,24 @@ def tensorize(model: nn.Module, plan: Mapping[str, Any], *, init: str = "random"
         init: "random" to train from scratch, "decompose" to start from the dense weights.
     """
     for name, spec in plan["layers"].items():
-        module = model.get_submodule(name)
-        if is_conv1d(module):
-            module = as_linear(module)
-        layer = tn.tensorize(
-            module,
-            topology=spec["topology"],
-            rank=spec["rank"],
-            order=spec["order"],
-            in_modes=spec["in_modes"],
-            out_modes=spec["out_modes"],
-            init=init,
-        )
-        model.set_submodule(name, layer)
+        model.set_submodule(name, tensorize_module(model.get_submodule(name), spec, init=init))
     return model
+
+
+def tensorize_module(module: nn.Module, spec: Mapping[str, Any], *, init: str) -> nn.Module:
+    """The tensorized version of one layer (a Hugging Face Conv1D as the Linear it computes)
+    as a plan's layer `spec` says."""
+    if is_conv1d(module):
+        module = as_linear(module)
+    return tn.tensorize(
+        module,
+        topology=spec["topology"],
+        rank=spec["rank"],
+        order=spec["order"],
+        in_modes=spec["in_modes"],
+        out_modes=spec["out_modes"],
+        init=init,
+    )
 
 
 def build(

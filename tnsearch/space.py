@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -103,6 +103,14 @@ def _modes_label(modes: Sequence[int]) -> str:
     return "x".join(str(m) for m in modes)
 
 
+def mode_choices(dim: int, order: int) -> list[str]:
+    """The labels of the splits a trial may choose for `dim`: every exact one (padded when
+    there is none) and the near-even padded one (`shapes.near_even`), which the profile uses."""
+    found = [_modes_label(f) for f in shapes.factorizations(dim, order, pad=True)]
+    even = _modes_label(shapes.near_even(dim, order))
+    return found if even in found else [*found, even]
+
+
 def _parse_modes(label: str) -> list[int]:
     return [int(m) for m in label.split("x")]
 
@@ -117,6 +125,9 @@ class Space:
     ranks: tuple[int, ...]
     factorizations: str
     lr: tuple[float, ...] = ()  # learning rates to choose from; empty: the trainer's own
+    # per group, when a profile narrowed the choices (`restrict`); else the space's own
+    group_topologies: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    group_ranks: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, space: Mapping[str, Any], model: nn.Module) -> Space:
@@ -232,11 +243,11 @@ class Space:
         for group, members in self.groups.items():
             if not trial.suggest_categorical(param_name(group, "tensorize"), [False, True]):
                 continue
-            topology = trial.suggest_categorical(
-                param_name(group, "topology"), list(self.topologies)
-            )
+            topologies = self.group_topologies.get(group, self.topologies)
+            topology = trial.suggest_categorical(param_name(group, "topology"), list(topologies))
             order = trial.suggest_categorical(param_name(group, "order"), list(self.orders[group]))
-            rank = trial.suggest_categorical(param_name(group, "rank"), list(self.ranks))
+            ranks = self.group_ranks.get(group, self.ranks)
+            rank = trial.suggest_categorical(param_name(group, "rank"), list(ranks))
             for layer in members:
                 chosen[layer.name] = {
                     "topology": topology,
@@ -247,6 +258,56 @@ class Space:
                 }
         return chosen
 
+    def restrict(self, allowed: Mapping[str, set[tuple[str, int, int]]]) -> Space:
+        """The space with only the (topology, order, rank) options `allowed` per group: a group
+        keeps the topologies, orders and ranks some allowed option uses (each stays its own
+        choice, as samplers need); a group with none stays dense (it leaves the space)."""
+        groups, orders, topologies, ranks = {}, {}, {}, {}
+        for group, members in self.groups.items():
+            ok = allowed.get(group, set())
+            if not ok:
+                continue
+            groups[group] = members
+            topologies[group] = tuple(t for t in self.topologies if any(o[0] == t for o in ok))
+            orders[group] = tuple(k for k in self.orders[group] if any(o[1] == k for o in ok))
+            ranks[group] = tuple(r for r in self.ranks if any(o[2] == r for o in ok))
+        return replace(
+            self, groups=groups, orders=orders, group_topologies=topologies, group_ranks=ranks
+        )
+
+    def params_for(self, layers: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        """The Optuna parameters under which `suggest` proposes the plan's `layers` (for
+        `study.enqueue_trial`). Every layer of a group must share its group's choice, and
+        ranks and orders must be among the space's."""
+        params: dict[str, Any] = {}
+        for group, members in self.groups.items():
+            specs = [layers.get(layer.name) for layer in members]
+            if all(spec is None for spec in specs):
+                params[param_name(group, "tensorize")] = False
+                continue
+            first = specs[0]
+            if any(spec is None or spec["topology"] != first["topology"] for spec in specs):
+                raise ValueError(f"layers: the layers of group {group!r} differ")
+            params.update(
+                {
+                    param_name(group, "tensorize"): True,
+                    param_name(group, "topology"): first["topology"],
+                    param_name(group, "order"): first["order"],
+                    param_name(group, "rank"): first["rank"],
+                }
+            )
+            order = first["order"]
+            if self.factorizations == "balanced" or order == 1:
+                continue
+            for layer, spec in zip(members, specs, strict=True):
+                for dim, modes in (
+                    (layer.in_dim, spec["in_modes"]),
+                    (layer.out_dim, spec["out_modes"]),
+                ):
+                    if len(mode_choices(dim, order)) > 1:
+                        params[modes_param(group, order, dim)] = _modes_label(modes)
+        return params
+
     def suggest_training(self, trial) -> dict[str, float]:
         """Training hyperparameters the trial chooses too (overrides of trainer.optimizer)."""
         if not self.lr:
@@ -255,8 +316,8 @@ class Space:
 
     def _modes(self, trial, group: str, dim: int, order: int) -> list[int]:
         if self.factorizations == "balanced" or order == 1:
-            return list(shapes.balanced(dim, order, pad=True))
-        choices = [_modes_label(f) for f in shapes.factorizations(dim, order, pad=True)]
+            return list(shapes.near_even(dim, order))
+        choices = mode_choices(dim, order)
         if len(choices) == 1:
             return _parse_modes(choices[0])
         return _parse_modes(trial.suggest_categorical(modes_param(group, order, dim), choices))

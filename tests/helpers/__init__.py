@@ -12,8 +12,9 @@ from hydra import compose, initialize_config_module
 
 from tnsearch.space import param_name
 
-#: Overrides that make any study's latency measurement CI-sized.
-FAST = ["latency.warmup=1", "latency.repeats=3", "latency.batch_size=8"]
+#: Overrides that make any study's latency measurement CI-sized; a warm study does not profile
+#: and enqueue its budget ladder (tests/study/test_ladder.py does).
+FAST = ["latency.warmup=1", "latency.repeats=3", "latency.batch_size=8", "search.budgets=[]"]
 #: The quick study, shrunk: a ResNet-8 of width 8.
 QUICK = ["model.depth=8", "model.width=8", *FAST]
 #: The smallest real study: LeNet-300-100 on scikit-learn's digits.

@@ -12,7 +12,10 @@ from optuna.trial import TrialState, create_trial
 
 from tests.helpers import TINY, compose_cfg
 from tnsearch.__main__ import run as run_search
-from tnsearch.study.pruning import ParetoPruner
+from tnsearch.cli import resolve
+from tnsearch.config import ConfigError
+from tnsearch.study import pruning
+from tnsearch.study.pruning import ZERO_SHOT, ParetoPruner
 from tnsearch.study.record import Record
 
 OBJECTIVES = ("accuracy", "params", "latency")
@@ -65,6 +68,94 @@ def test_objectives_not_searched_do_not_protect_a_trial():
     pruner = ParetoPruner(("accuracy", "params"), margin=0.0, min_epochs=1)
     # Faster, but latency is not an objective of this study.
     assert pruner.dominator([Record.from_trial(best)], Record(params=2000, latency_ms=0.1), 0, 0.5)
+
+
+# -- the zero-shot rung ------------------------------------------------------------------------
+def warm_finished(number, params, latency, zero_shot, final=0.95):
+    """A finished warm trial: its zero-shot quality, then one epoch of healing."""
+    return Record(
+        number=number,
+        state=TrialState.COMPLETE,
+        trained=True,
+        params=params,
+        latency_ms=latency,
+        quality=final,
+        zero_shot_quality=zero_shot,
+        history=({"epoch": 0, "val_acc": final, "train_loss": 1.0},),
+    )
+
+
+def test_a_plan_dominated_at_zero_shot_is_pruned_whatever_the_warm_up():
+    done = [warm_finished(3, params=1000, latency=1.0, zero_shot=0.80)]
+    pruner = ParetoPruner(OBJECTIVES, margin=0.03, min_epochs=5, zero_shot=True)
+    mine = Record(params=2000, latency_ms=2.0)
+    reason = pruner.dominator(done, mine, ZERO_SHOT, 0.70)
+    assert reason is not None
+    assert reason.startswith("dominated at zero-shot by trial 3: quality 0.7000 < 0.8000")
+    assert pruner.dominator(done, mine, ZERO_SHOT, 0.78) is None  # within the margin
+    assert pruner.dominator(done, mine, 0, 0.10) is None  # the epoch rungs' warm-up still holds
+
+
+@pytest.mark.parametrize(
+    "mine", [Record(params=999, latency_ms=2.0), Record(params=2000, latency_ms=0.5)]
+)
+def test_a_plan_smaller_or_faster_is_never_pruned_at_zero_shot(mine):
+    done = [warm_finished(0, params=1000, latency=1.0, zero_shot=0.99)]
+    pruner = ParetoPruner(OBJECTIVES, margin=0.0, zero_shot=True)
+    assert pruner.dominator(done, mine, ZERO_SHOT, 0.0) is None
+
+
+def test_only_finished_trained_trials_with_a_zero_shot_quality_dominate_at_zero_shot():
+    pruner = ParetoPruner(OBJECTIVES, margin=0.0, zero_shot=True)
+    mine = Record(params=2000, latency_ms=2.0)
+    dense = Record(number=0, state=TrialState.COMPLETE, params=1, latency_ms=0.1, quality=1.0)
+    repeat = warm_finished(1, 1, 0.1, zero_shot=1.0).replace(trained=False, duplicate_of=2)
+    pruned = warm_finished(2, 1, 0.1, zero_shot=1.0).replace(state=TrialState.PRUNED)
+    assert pruner.dominator([dense, repeat, pruned], mine, ZERO_SHOT, 0.1) is None
+    # The dense trial's final quality still dominates after an epoch.
+    assert "by trial 0 after epoch 1" in pruner.dominator([dense], mine, 0, 0.1)
+
+
+def test_a_pruner_judges_only_its_rungs():
+    done = [warm_finished(0, params=1000, latency=1.0, zero_shot=0.9)]
+    mine = Record(params=2000, latency_ms=2.0)
+    epochs_only = ParetoPruner(OBJECTIVES, margin=0.0)
+    assert epochs_only.dominator(done, mine, ZERO_SHOT, 0.1) is None
+    assert epochs_only.dominator(done, mine, 0, 0.1) is not None
+    zero_shot_only = ParetoPruner(OBJECTIVES, margin=0.0, each_epoch=False, zero_shot=True)
+    assert zero_shot_only.dominator(done, mine, 0, 0.1) is None
+    assert zero_shot_only.dominator(done, mine, ZERO_SHOT, 0.1) is not None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "warm", "rungs"),
+    [
+        (["epochs=1"], False, None),  # cold, too short for the epoch rungs: no pruner
+        (["epochs=1"], True, (False, True)),  # warm: the zero-shot rung alone
+        (["epochs=3"], False, (True, False)),
+        (["epochs=3"], True, (True, True)),
+        (["epochs=3", "pruning.enabled=false"], True, None),  # off means off
+        (["epochs=1", "pruning.zero_shot=false"], True, None),
+        (["epochs=3", "pruning.enabled=false", "pruning.zero_shot=true"], True, (False, True)),
+    ],
+)
+def test_from_config_judges_the_rungs_asked_for(overrides, warm, rungs):
+    found = pruning.from_config(resolve(compose_cfg([*TINY, *overrides])), warm=warm)
+    assert (found and (found.each_epoch, found.zero_shot)) == rungs
+
+
+def test_from_config_refuses_a_zero_shot_rung_it_cannot_judge():
+    cfg = resolve(compose_cfg([*TINY, "pruning.zero_shot=true"]))
+    with pytest.raises(ConfigError, match=r"^pruning\.zero_shot: needs trained weights"):
+        pruning.from_config(cfg, warm=False)
+    with pytest.raises(ConfigError, match=r"^pruning\.zero_shot: the pruner needs a quality"):
+        pruning.from_config(cfg, warm=True, maximize=False)
+    assert (
+        pruning.from_config(
+            {**cfg, "pruning": {**cfg["pruning"], "zero_shot": None}}, warm=True, maximize=False
+        )
+        is None
+    )
 
 
 @pytest.mark.slow

@@ -165,8 +165,13 @@ def write_package(
     selection: str = "",
     trusted: Collection[str] = (),
     metric: str = "accuracy",
+    readme: str | None = None,
+    source: str | None = None,
 ) -> Path:
     """Write the package of `trial` (trained `weights`) to the folder `out`; return it.
+
+    `readme` replaces the README a trial gets; `source` the weights' metadata "trial" entry
+    (e.g. "compress params-0.5" for a package that is no trial).
 
     Files are written to a temporary folder next to `out` first, so a failure leaves `out` as it
     was; existing package files in `out` are replaced.
@@ -184,12 +189,13 @@ def write_package(
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-        meta = {"format": "pt", "study": study_name, "trial": str(trial.number)}
+        meta = {"format": "pt", "study": study_name, "trial": source or str(trial.number)}
         save_file(tensors, work / "model.safetensors", metadata=meta)
         plans.save(plan, work / "plan.json")
         onnx = _is_image(plan)  # ONNX export of token models: not yet
         error = to_onnx(model, plan, work / "model.onnx") if onnx else None
-        readme = _readme(trial, plan, study_name, selection, error, metric) if onnx else None
+        if readme is None and onnx:
+            readme = _readme(trial, plan, study_name, selection, error, metric)
         (work / "README.md").write_text(readme or _plain_readme(trial, plan, study_name, metric))
         mode = (work / "README.md").stat().st_mode & 0o777  # as the umask says
         out.mkdir(exist_ok=True)

@@ -13,7 +13,7 @@ import torch
 from optuna.trial import TrialState
 
 from tnsearch import plan as plans
-from tnsearch.study import liveness, optuna_internals, record, warmstart, workers
+from tnsearch.study import budgets, liveness, optuna_internals, record, warmstart, workers
 from tnsearch.study.record import Outcome
 from tnsearch.study.setup import Setup, seed_for
 from tnsearch.study.trial import run_trial
@@ -34,13 +34,9 @@ def work(setup: Setup, study: optuna.Study, tracker, *, show_status: bool | None
     console = setup.console
     started = time.monotonic()
     timeout = setup.cfg.get("timeout")
-    if setup.cfg["pretrain"]["epochs"] and setup.pretrained is None:
-        setup.pretrained = warmstart.pretrained(
-            setup.study_dir,
-            setup.cfg["pretrain"]["epochs"],
-            lambda: pretrain(setup),
-            say=console.say,
-        )
+    ensure_pretrained(setup)
+    budgets.narrow(setup, say=console.say)
+    budgets.enqueue_ladder(setup, study, say=console.say)
     console.say(
         f"worker {liveness.worker_id()} joined study {study.study_name!r}: "
         f"{record.counted(study)}/{target} trials done"
@@ -130,6 +126,17 @@ class _Stuck:
                 f"{self.failed} failed trials in a row (see their fail_reason): "
                 "something is wrong beyond one plan"
             )
+
+
+def ensure_pretrained(setup: Setup) -> None:
+    """With `pretrain.epochs`, the study's trained dense weights (trained once per study)."""
+    if setup.cfg["pretrain"]["epochs"] and setup.pretrained is None:
+        setup.pretrained = warmstart.pretrained(
+            setup.study_dir,
+            setup.cfg["pretrain"]["epochs"],
+            lambda: pretrain(setup),
+            say=setup.console.say,
+        )
 
 
 def pretrain(setup: Setup) -> dict[str, torch.Tensor]:

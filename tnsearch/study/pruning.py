@@ -2,10 +2,14 @@
 
 Optuna cannot prune multi-objective studies (Trial.report and should_prune raise there). But
 two of tnsearch's three objectives, parameters and latency, are known before training starts.
-So after each epoch a trial is stopped when an already finished trial dominates it: no more
-parameters, no more latency, and a validation accuracy at the same epoch higher by more than
-`margin`. Such a trial cannot reach the front unless it learns much faster later than a model
-that is already at least as small and fast, which the margin allows for.
+So a running trial is stopped when an already finished trial dominates it: no more parameters,
+no more latency, and a quality at the same rung higher by more than `margin`. Such a trial cannot
+reach the front unless it learns much faster later than a model that is already at least as
+small and fast, which the margin allows for.
+
+The rungs are the epochs (the validation quality after each) and, in a warm study, the zero-shot
+rung before the first epoch: the quality right after the decomposition of the trained weights,
+compared with the finished trials' own zero-shot qualities. A plan pruned there is never trained.
 """
 
 from __future__ import annotations
@@ -16,22 +20,36 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from tnsearch.config import ConfigError
 from tnsearch.study.record import Record
+
+#: The rung before the first epoch (epochs count from 0): the zero-shot quality of a warm trial.
+ZERO_SHOT = -1
 
 
 @dataclass(frozen=True)
 class ParetoPruner:
-    """Decides, after each epoch, whether a finished trial dominates a running one.
+    """Decides, at each rung it judges, whether a finished trial dominates a running one.
 
     Args:
         objectives: the study's objectives (params / latency only count when present).
-        margin: how much higher (absolute) the finished trial's accuracy must be.
-        min_epochs: never prune before this many epochs (warm-up).
+        margin: how much higher (absolute) the finished trial's quality must be.
+        min_epochs: never prune after an epoch before this many epochs (warm-up).
+        each_epoch: judge after each epoch.
+        zero_shot: judge at `ZERO_SHOT`, before the first epoch (warm studies).
     """
 
     objectives: Sequence[str]
     margin: float = 0.01
     min_epochs: int = 1
+    each_epoch: bool = True
+    zero_shot: bool = False
+
+    def judges(self, epoch: int) -> bool:
+        """Whether this pruner judges a trial at rung `epoch` (`ZERO_SHOT`, or from 0)."""
+        if epoch == ZERO_SHOT:
+            return self.zero_shot
+        return self.each_epoch and epoch + 1 >= self.min_epochs
 
     def dominator(
         self,
@@ -40,8 +58,9 @@ class ParetoPruner:
         epoch: int,
         val_acc: float,
     ) -> str | None:
-        """The reason to prune, or None. `epoch` counts from 0; `mine` holds params/latency."""
-        if epoch + 1 < self.min_epochs:
+        """The reason to prune, or None. `epoch` counts from 0 (`ZERO_SHOT`: before the first,
+        `val_acc` is then the zero-shot quality); `mine` holds params/latency."""
+        if not self.judges(epoch):
             return None
         for other in finished:
             if other.state != TrialState.COMPLETE or not other.is_trained:
@@ -52,8 +71,13 @@ class ParetoPruner:
                 continue
             theirs = accuracy_at(other, epoch)
             if theirs is not None and theirs > val_acc + self.margin:
+                where = (
+                    f"at zero-shot by trial {other.number}:"
+                    if epoch == ZERO_SHOT
+                    else f"by trial {other.number} after epoch {epoch + 1}:"
+                )
                 return (
-                    f"dominated by trial {other.number} after epoch {epoch + 1}: "
+                    f"dominated {where} "
                     f"quality {val_acc:.4f} < {theirs:.4f} - {self.margin} with no fewer params "
                     f"({mine.params:,} >= {other.params:,}) and no lower latency "
                     f"({mine.latency_ms:.3f} >= {other.latency_ms:.3f} ms)"
@@ -62,26 +86,48 @@ class ParetoPruner:
 
 
 def accuracy_at(trial: Record, epoch: int) -> float | None:
-    """A finished trial's validation accuracy after `epoch` (its final one if it ran fewer)."""
+    """A finished trial's validation quality after `epoch` (its final one if it ran fewer); at
+    `ZERO_SHOT` its zero-shot quality, or None when it has none (the dense trial, a cold trial,
+    older records): such a trial never dominates there."""
+    if epoch == ZERO_SHOT:
+        return trial.zero_shot_quality
     for point in trial.history or ():
         if int(point["epoch"]) == epoch:
             return float(point["val_acc"])
     return trial.quality
 
 
-def from_config(cfg: Mapping[str, Any], *, maximize: bool = True) -> ParetoPruner | None:
-    """The pruner `pruning.*` asks for (enabled: null means on when epochs >= 3, and the
-    quality is maximized: the pruner compares qualities as higher-is-better)."""
-    node = cfg["pruning"]
-    enabled = node["enabled"] if node["enabled"] is not None else cfg["epochs"] >= 3 and maximize
-    if enabled and not maximize:
-        from tnsearch.config import ConfigError
+def from_config(
+    cfg: Mapping[str, Any], *, maximize: bool = True, warm: bool = False
+) -> ParetoPruner | None:
+    """The pruner `pruning.*` asks for, or None when it judges no rung.
 
+    `pruning.enabled` (the epoch rungs) null means on when epochs >= 3; `pruning.zero_shot` null
+    means on when the study is `warm` (it has trained dense weights), unless `pruning.enabled`
+    is false. Both need the quality maximized: the pruner compares qualities as higher-is-better.
+    """
+    node = cfg["pruning"]
+    enabled = node["enabled"]
+    each_epoch = enabled if enabled is not None else cfg["epochs"] >= 3 and maximize
+    if each_epoch and not maximize:
         raise ConfigError("pruning.enabled", "the pruner needs a quality to maximize")
-    if not enabled:
+    zero_shot = node.get("zero_shot")
+    if zero_shot is None:
+        zero_shot = warm and maximize and enabled is not False
+    elif zero_shot and not maximize:
+        raise ConfigError("pruning.zero_shot", "the pruner needs a quality to maximize")
+    elif zero_shot and not warm:
+        raise ConfigError(
+            "pruning.zero_shot",
+            "needs trained weights (model.checkpoint, pretrain.epochs or a pretrained model): "
+            "a trial from scratch has no zero-shot quality",
+        )
+    if not (each_epoch or zero_shot):
         return None
     return ParetoPruner(
         objectives=tuple(cfg["objectives"]),
         margin=float(node["margin"]),
         min_epochs=int(node["min_epochs"]),
+        each_epoch=bool(each_epoch),
+        zero_shot=bool(zero_shot),
     )

@@ -48,6 +48,7 @@ _LEGACY = {
 }
 DENSE_PARAMS_ATTR = "dense_params"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
+LADDER_ATTR = "budget_ladder"  # the budgets whose plans the study enqueued (search.budgets)
 
 #: Trial states that count towards `trials` (failed and surplus trials do not).
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -334,3 +335,13 @@ def parent_run(study: optuna.Study) -> str | None:
 
 def set_parent_run(study: optuna.Study, run_id: str) -> None:
     study.set_user_attr(PARENT_RUN_ATTR, run_id)
+
+
+def ladder(study: optuna.Study) -> list[float] | None:
+    """The budgets whose plans were enqueued after the dense trial (None: not yet)."""
+    found = study.user_attrs.get(LADDER_ATTR)
+    return None if found is None else [float(b) for b in found]
+
+
+def set_ladder(study: optuna.Study, budgets: list[float]) -> None:
+    study.set_user_attr(LADDER_ATTR, [float(b) for b in budgets])

@@ -70,8 +70,7 @@ class Setup:
         that trains `model` with `optimizer` (a partial: called with the parameters)."""
         from hydra.utils import instantiate
 
-        node = {k: v for k, v in self.cfg["task"].items() if k not in TASK_KEYS}
-        make = instantiate(node)
+        make = instantiate(task_node(self.cfg))
         target = getattr(make, "func", make)
         offered = {
             "optimizer": optimizer,
@@ -85,6 +84,24 @@ class Setup:
 
 #: Task config keys that are not constructor arguments.
 TASK_KEYS = ("metric", "direction")
+#: The task `heal.distill=true` makes of `task=classify`: the dense model teaches it too.
+DISTILLED = "tnsearch.measure.distill.DistilledClassifier"
+CLASSIFY = "tnsearch.measure.training.Classifier"
+
+
+def task_node(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The task's constructor config: `task.*` less TASK_KEYS; with `heal.distill`, the
+    classifier that learns from the dense model as well as from the labels."""
+    node = {k: v for k, v in cfg["task"].items() if k not in TASK_KEYS}
+    heal = cfg.get("heal") or {}
+    if heal.get("distill"):
+        node.update(
+            _target_=DISTILLED,
+            temperature=heal["temperature"],
+            alpha=heal["alpha"],
+            features=heal["features"],
+        )
+    return node
 
 
 def task_metric(cfg: Mapping[str, Any]) -> tuple[str, str]:
@@ -161,7 +178,9 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
         # A pretrained model is warm by default: the dense trial is the model itself, and
         # every trial starts from the decomposition of its layers.
         state = {k: v.detach().clone() for k, v in dense.state_dict().items()}
-    if state is None and not cfg["pretrain"]["epochs"] and _needs_teacher(cfg):
+    warm = state is not None or bool(cfg["pretrain"]["epochs"])
+    check_heal(cfg, dense, warm=warm)
+    if not warm and _needs_teacher(cfg):
         raise ConfigError(
             "task",
             "distillation needs a trained dense model to teach: give model.checkpoint, "
@@ -183,7 +202,7 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
         dense_params=tn.n_params(dense),
         study_dir=Path(cfg["root"]) / cfg["name"],
         pretrained=state,
-        pruner=pruning.from_config(cfg, maximize=task_metric(cfg)[1] == "maximize"),
+        pruner=pruning.from_config(cfg, maximize=task_metric(cfg)[1] == "maximize", warm=warm),
         console=console or Console(),
     )
     check_user_task(setup, dense)
@@ -260,10 +279,42 @@ def check_task(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("task._target_", str(exc).split(": ", 1)[-1]) from None
 
 
+def check_heal(cfg: Mapping[str, Any], dense: torch.nn.Module, *, warm: bool) -> None:
+    """`heal.distill` needs `task=classify` and a trained dense model to teach; `heal.features`
+    a Linear layer whose input to match, read by hooks on an eager (not compiled) model."""
+    from tnsearch.measure.distill import last_linear
+
+    heal = cfg.get("heal") or {}
+    if not heal.get("distill"):
+        return
+    target = str(cfg["task"]["_target_"])
+    if target != CLASSIFY:
+        raise ConfigError(
+            "heal.distill",
+            f"distills task=classify only, not {target} (task=distill learns from the dense "
+            "model already; a LightningModule of yours trains as it is written)",
+        )
+    if not warm:
+        raise ConfigError(
+            "heal.distill",
+            "needs a trained dense model to teach: give model.checkpoint, pretrain.epochs, or "
+            "a model with pretrained weights (model=hf)",
+        )
+    if heal["features"]:
+        if last_linear(dense) is None:
+            raise ConfigError("heal.features", "the model has no nn.Linear whose input to match")
+        if cfg["trainer"]["compile"] != "none":
+            raise ConfigError(
+                "heal.features",
+                "reads the features with forward hooks on the eager model: set "
+                f"trainer.compile=none (it is {cfg['trainer']['compile']})",
+            )
+
+
 def _needs_teacher(cfg: Mapping[str, Any]) -> bool:
     import inspect
 
-    found = plans.constructor(str(cfg["task"]["_target_"]))
+    found = plans.constructor(str(task_node(cfg)["_target_"]))
     try:
         return "teacher" in inspect.signature(found).parameters
     except (TypeError, ValueError):

@@ -214,6 +214,32 @@ class Tracker:
         )
         self.client.set_terminated(run_id, status=status)
 
+    # -- a run of its own (profile, compress) ------------------------------------------------
+    @_safe
+    def log_run(
+        self,
+        name: str,
+        *,
+        params: Mapping[str, Any] = (),
+        metrics: Mapping[str, float] = (),
+        files: Iterable[str | Path] = (),
+        tags: Mapping[str, str] = (),
+    ) -> str:
+        """One finished run in the study's experiment: params, metrics, files as artifacts."""
+        from mlflow.entities import RunTag
+
+        run_id = self.client.create_run(self.experiment_id, run_name=name).info.run_id
+        if params:
+            self._log_params(run_id, params)
+        if metrics:
+            self.log_metrics(run_id, metrics)
+        if tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        for file in files:
+            self.client.log_artifact(run_id, str(file))
+        self.client.set_terminated(run_id, status="FINISHED")
+        return run_id
+
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -242,6 +268,9 @@ class NullTracker:
         return None
 
     def log_metrics(self, run_id: Any, metrics: Mapping[str, float], step: int = 0) -> None:
+        return None
+
+    def log_run(self, name: str, **kwargs: Any) -> None:
         return None
 
     def end_trial(self, run_id: Any, **kwargs: Any) -> None:

@@ -18,9 +18,10 @@ from optuna.trial import TrialState
 
 from tnsearch import plan as plans
 from tnsearch import tn
+from tnsearch.budget import calibration
 from tnsearch.files import atomic_path
 from tnsearch.measure import latency, training
-from tnsearch.study import interrupts, liveness, record
+from tnsearch.study import budgets, interrupts, liveness, pruning, record
 from tnsearch.study.interrupts import Interrupted
 from tnsearch.study.record import Outcome, Record
 from tnsearch.study.setup import Setup, trial_device
@@ -66,8 +67,12 @@ class _Trial:
             self.train(model)
             return Outcome.COMPLETE
         except optuna.TrialPruned as exc:
+            # Pruned at the zero-shot rung, before its first epoch, a trial was not trained
+            # (and does not count towards `trials`); after an epoch, it was.
             self.update(
-                trained=True, prune_reason=str(exc), seconds=time.perf_counter() - self.start
+                trained=bool(self.rec.history),
+                prune_reason=str(exc),
+                seconds=time.perf_counter() - self.start,
             )
             self.end(Outcome.PRUNED, state=TrialState.PRUNED, tags={"prune_reason": str(exc)})
             return Outcome.PRUNED
@@ -148,7 +153,14 @@ class _Trial:
         if setup.pretrained is not None:
             model.load_state_dict(setup.pretrained)
         warm = setup.pretrained is not None
-        plans.tensorize(model, self.plan, init="decompose" if warm else "random")
+        if warm and self.cfg["decompose"]["calibration"] and self.plan["layers"]:
+            inputs, stats = budgets.calibrated(setup)  # measured once per worker
+            steps = self.cfg["decompose"]["steps"]
+            calibration.tensorize(model, self.plan["layers"], stats, steps=steps)
+            if self.cfg["decompose"]["batchnorm"]:
+                calibration.reestimate_batchnorm(model, inputs)
+        else:
+            plans.tensorize(model, self.plan, init="decompose" if warm else "random")
         self.plan["params"] = tn.n_params(model)
         self.update(
             plan=self.plan,
@@ -242,6 +254,13 @@ class _Trial:
             record.records(self.study, (TrialState.COMPLETE,)) if setup.pruner is not None else []
         )
 
+        def judge(epoch: int, quality: float) -> None:
+            # Only while training is left to save: never after the last epoch.
+            if setup.pruner is not None and epoch + 1 < epochs:
+                reason = setup.pruner.dominator(finished, self.rec, epoch, quality)
+                if reason:
+                    raise optuna.TrialPruned(reason)
+
         def on_epoch(metrics: dict[str, float]) -> None:
             self.update(history=(*(self.rec.history or ()), metrics))
             self.tracker.log_metrics(
@@ -249,12 +268,11 @@ class _Trial:
                 {"train_loss": metrics["train_loss"], val_name(setup.metric): metrics["val_acc"]},
                 step=int(metrics["epoch"]),
             )
-            if setup.pruner is not None and int(metrics["epoch"]) + 1 < epochs:
-                reason = setup.pruner.dominator(
-                    finished, self.rec, int(metrics["epoch"]), metrics["val_acc"]
-                )
-                if reason:
-                    raise optuna.TrialPruned(reason)
+            judge(int(metrics["epoch"]), metrics["val_acc"])
+
+        def on_zero_shot(value: float) -> None:  # kept even when the trial is pruned here
+            self.update(zero_shot_quality=value)
+            judge(pruning.ZERO_SHOT, value)
 
         result = training.fit(
             module,
@@ -263,11 +281,7 @@ class _Trial:
             trainer_cfg=cfg["trainer"],
             on_epoch=on_epoch,
             metric=setup.metric,
-            on_zero_shot=(
-                (lambda value: self.update(zero_shot_quality=value))
-                if warm and self.plan["layers"]
-                else None
-            ),
+            on_zero_shot=on_zero_shot if warm and self.plan["layers"] else None,
         )
         self.update(
             trained=True,

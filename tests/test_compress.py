@@ -1,0 +1,96 @@
+"""`python -m tnsearch.profile` and `python -m tnsearch.compress` on the command line."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import tnsearch
+from tests.helpers import FAST
+from tnsearch import tn
+from tnsearch.data import DigitsDataModule
+from tnsearch.plan import build_dense
+
+BASE = ["study=mlp", "data=digits", "pretrain.epochs=2", "space.orders=[1,2]",
+        "space.ranks=[2,8]", "space.topologies=[mpo,tucker]", "profile.steps=5",
+        "decompose.steps=10", "tracking.enabled=false", *FAST]  # fmt: skip
+
+
+def run(module: str, args: list[str], cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def accuracy(model, dm) -> float:
+    correct = seen = 0
+    with torch.no_grad():
+        for x, y in dm.val_dataloader():
+            correct += int((model(x).argmax(1) == y).sum())
+            seen += len(y)
+    return correct / seen
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compress")
+    done = run("tnsearch.compress", [f"root={root}", "budget.params=0.3", *BASE], root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root, done.stdout
+
+
+@pytest.mark.slow
+def test_compress_writes_a_package_that_loads_with_the_printed_quality(compressed):
+    root, out = compressed
+    folder = root / "mlp" / "compress" / "params-0.3"
+    model = tnsearch.load(folder)
+    printed = re.search(r"\| accuracy \(validation\) \| ([\d.]+) \| ([\d.]+) \|", out)
+    assert printed, out
+    dm = DigitsDataModule(batch_size=64, seed=0)
+    dm.setup("validate")
+    assert accuracy(model, dm) == pytest.approx(float(printed[2]), abs=1e-4)
+    plan = json.loads((folder / "plan.json").read_text())
+    assert plan["layers"] and plan["params"] <= 0.3 * tn.n_params(build_dense(plan))
+    assert (
+        "| parameters |" in out
+        and "compressed to budget.params=0.3" in (folder / "README.md").read_text()
+    )
+
+
+@pytest.mark.slow
+def test_the_profile_is_reused(compressed):
+    root, _ = compressed
+    cached = list((root / "mlp" / "profile").glob("*.json"))
+    assert len(cached) == 1
+    again = run("tnsearch.profile", [f"root={root}", *BASE], root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "profiling" not in again.stdout  # read back, not measured again
+    assert "| fc1 |" in again.stdout
+    assert list((root / "mlp" / "profile").glob("*.json")) == cached
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["budget.params=1.5"], r"budget\.params: must be a fraction in \(0, 1\], got 1\.5"),
+        pytest.param(["budget.params=0.0001"], r"budget\.params: no plan meets 0\.0001; the smallest reachable is 0\.0\d+", marks=pytest.mark.slow),  # noqa: E501
+        ([], r"budget\.params: give budget\.params=FRACTION and/or budget\.latency=FRACTION"),
+        pytest.param(["budget.params=0.5", "pretrain.epochs=0"], r"model\.checkpoint: needs trained weights", marks=pytest.mark.slow),  # noqa: E501
+        pytest.param(["budget.params=0.5", "decompose.calibration=0"], r"decompose\.calibration: must be a number of examples >= 1", marks=pytest.mark.slow),  # noqa: E501
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, expected):
+    done = run("tnsearch.compress", [f"root={tmp_path}", *BASE, *args], tmp_path)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(expected, lines[0]), done.stderr
+    assert not (tmp_path / "mlp").exists()

@@ -1,0 +1,168 @@
+"""Rank allocation: the plan that loses the least quality within a budget, from a profile.
+
+Each group either stays dense or takes one of its profiled options; the loss of a plan is
+predicted as the sum of its options' losses (each measured alone), its parameters and latency
+as sums too. Choosing one option per group under a budget is a multiple-choice knapsack. We
+solve its Lagrangian relaxation: for a price `lam` each group independently takes the option of
+least `loss + lam * cost`, and a bisection finds the smallest price whose plan fits (this is
+exact on each group's lower convex hull of (cost, loss), and takes O(groups x options) per
+price); then a greedy pass spends what the relaxation left of the budget on the upgrades that
+buy back the most quality per unit of budget. A dynamic program would be exact but needs the
+costs on a grid, and the loss model's additivity is the larger error anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tnsearch.budget.profile import Entry, Profile
+
+__all__ = ["Allocation", "UnreachableBudget", "allocate"]
+
+
+class UnreachableBudget(ValueError):
+    """No plan of the profile meets the budget; `smallest` is the least fraction reachable."""
+
+    def __init__(self, key: str, smallest: float, asked: float) -> None:
+        super().__init__(
+            f"{key}: no plan meets {asked:g}; the smallest reachable is {smallest:.4g} "
+            "(every eligible layer at its smallest option; widen space.ranks, space.orders or "
+            "space.layers to go further)"
+        )
+        self.key, self.smallest, self.asked = key, smallest, asked
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The chosen option per group (None: dense) and what the profile predicts for it."""
+
+    choices: dict[str, Entry | None]
+    params: int  # the whole model's parameters
+    params_fraction: float
+    latency_fraction: float  # predicted whole-model latency / dense
+    loss: float  # predicted quality lost
+
+    @property
+    def layers(self) -> dict[str, dict[str, Any]]:
+        """The plan's layers."""
+        return {n: s for e in self.choices.values() if e is not None for n, s in e.layers.items()}
+
+
+def _costs(profile: Profile, group: str, entry: Entry | None) -> tuple[float, float]:
+    """(params, latency) of a group's choice, as fractions of the whole dense model."""
+    g = profile.groups[group]
+    if entry is None:
+        return g.params / profile.dense_params, g.latency_ms / profile.dense_latency_ms
+    return (
+        entry.params / profile.dense_params,
+        g.latency_ms * entry.latency_ratio / profile.dense_latency_ms,
+    )
+
+
+def _fixed(profile: Profile) -> tuple[float, float]:
+    """(params, latency) fractions of everything outside the groups."""
+    params = 1.0 - sum(g.params for g in profile.groups.values()) / profile.dense_params
+    latency = 1.0 - sum(g.latency_ms for g in profile.groups.values()) / profile.dense_latency_ms
+    return params, max(latency, 0.0)
+
+
+def allocate(
+    profile: Profile,
+    *,
+    params: float | None = None,
+    latency: float | None = None,
+    topologies: Sequence[str] | None = None,
+) -> Allocation:
+    """The least lossy plan with at most `params` of the dense model's parameters and
+    `latency` of its latency (fractions in (0, 1]; None: no limit).
+
+    Args:
+        topologies: only these topologies (default: all the profile holds).
+
+    Raises:
+        UnreachableBudget: no plan fits (naming `budget.params` or `budget.latency`).
+    """
+    for key, value in (("budget.params", params), ("budget.latency", latency)):
+        if value is not None and not 0 < value <= 1:
+            raise ValueError(f"{key}: must be a fraction in (0, 1], got {value}")
+    limits = (params if params is not None else float("inf"),
+              latency if latency is not None else float("inf"))  # fmt: skip
+    weights = (1.0 if params is not None else 0.0, 1.0 if latency is not None else 0.0)
+    base = _fixed(profile)
+    menus: dict[str, list[tuple[Entry | None, float, tuple[float, float]]]] = {}
+    for group in profile.groups:
+        menu = [(None, 0.0, _costs(profile, group, None))]
+        for e in profile.options(group):
+            if topologies is None or e.topology in topologies:
+                loss = e.loss(profile.dense_quality, profile.maximize)
+                menu.append((e, loss, _costs(profile, group, e)))
+        menus[group] = menu
+
+    def totals(pick: Mapping[str, int]) -> tuple[float, float, float]:
+        p, t, loss = base[0], base[1], 0.0
+        for g, k in pick.items():
+            _, lo, (cp, ct) = menus[g][k]
+            p, t, loss = p + cp, t + ct, loss + lo
+        return p, t, loss
+
+    def fits(pick: Mapping[str, int]) -> bool:
+        p, t, _ = totals(pick)
+        return p <= limits[0] + 1e-12 and t <= limits[1] + 1e-12
+
+    def priced(lam: float) -> dict[str, int]:
+        pick = {}
+        for g, menu in menus.items():
+            scores = [lo + lam * (weights[0] * c[0] + weights[1] * c[1]) for _, lo, c in menu]
+            pick[g] = min(range(len(menu)), key=lambda k: (scores[k], k))
+        return pick
+
+    smallest = {  # each group at its cheapest choice for the budgets given
+        g: min(range(len(m)), key=lambda k: weights[0] * m[k][2][0] + weights[1] * m[k][2][1])
+        for g, m in menus.items()
+    }
+    if not fits(smallest):
+        p, t, _ = totals(smallest)
+        if params is not None and p > limits[0]:
+            raise UnreachableBudget("budget.params", p, params)
+        raise UnreachableBudget("budget.latency", t, latency)
+    lo, hi = 0.0, 1.0
+    while not fits(priced(hi)) and hi < 1e12:
+        hi *= 4
+    pick = priced(hi) if fits(priced(hi)) else smallest
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        trial = priced(mid)
+        if fits(trial):
+            hi, pick = mid, trial
+        else:
+            lo = mid
+    pick = _spend(pick, menus, totals, fits, weights)
+    p, t, loss = totals(pick)
+    choices = {g: menus[g][k][0] for g, k in pick.items()}
+    count = round(p * profile.dense_params)
+    return Allocation(choices, count, p, t, loss)
+
+
+def _spend(pick, menus, totals, fits, weights) -> dict[str, int]:
+    """Greedy upgrades within the budget: the largest loss saved per unit of cost added."""
+    pick = dict(pick)
+    while True:
+        _, _, loss = totals(pick)
+        best, best_gain = None, 0.0
+        for g, menu in menus.items():
+            current = menu[pick[g]]
+            for k, (_, lo, c) in enumerate(menu):
+                if lo >= current[1] - 1e-12:
+                    continue
+                trial = {**pick, g: k}
+                if not fits(trial):
+                    continue
+                added = sum(w * (c[i] - current[2][i]) for i, w in enumerate(weights))
+                gain = (current[1] - lo) / max(added, 1e-9)
+                if gain > best_gain:
+                    best, best_gain = trial, gain
+        if best is None:
+            return pick
+        pick = best
