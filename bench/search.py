@@ -1,9 +1,10 @@
 """Hypervolume reached for an equal wall-clock budget: random vs tnsearch's sampler, warm start,
 and Pareto-aware pruning.
 
-Arms, each with the same budget (`timeout`, pretraining included) and seeds:
+Arms, each with the same budget (`timeout`, pretraining and profiling included) and seeds:
   (a) RandomSampler from scratch        (b) the default sampler (TPE) from scratch
   (c) (b) + warm start (pretrain.epochs) (d) (c) + Pareto-aware pruning
+  (e) (d) + the budget ladder (search.budgets: the profile's budget plans first)
 
 For each run: the hypervolume of the front over time (normalized space, see
 tnsearch.results.pareto.REFERENCE), the time (d) needs to reach (a)'s final hypervolume, and the
@@ -33,8 +34,10 @@ from tnsearch.study import record
 ARMS = {
     "a random": ["sampler=random", "pruning.enabled=false"],
     "b tpe": ["pruning.enabled=false"],
-    "c tpe+warm": ["pretrain.epochs={epochs}", "pruning.enabled=false"],
-    "d tpe+warm+prune": ["pretrain.epochs={epochs}", "pruning.enabled=true"],
+    "c tpe+warm": ["pretrain.epochs={epochs}", "pruning.enabled=false", "search.budgets=[]"],
+    "d tpe+warm+prune": ["pretrain.epochs={epochs}", "pruning.enabled=true", "search.budgets=[]"],
+    # (d) + the budget ladder: the profile's plans for 1/2 ... 1/16 of the parameters first
+    "e tpe+warm+prune+ladder": ["pretrain.epochs={epochs}", "pruning.enabled=true"],
 }
 
 
@@ -73,14 +76,14 @@ def run_arm(study: str, arm: str, seed: int, args, root: Path) -> dict:
     ]
     trained = [r for r in record.records(loaded) if r.trained and r.values]
     dense = record.dense(trained)
-    near = [t for t in trained if t.accuracy >= dense.accuracy - 0.01]
+    near = [t for t in trained if t.quality >= dense.quality - 0.01]
     return {
         "curve": curve,
         "final": curve[-1][1] if curve else 0.0,
         "trials": len(loaded.trials),
         "pruned": sum(t.state.name == "PRUNED" for t in loaded.trials),
         "compression": max(t.compression for t in near),
-        "dense_acc": dense.accuracy,
+        "dense_acc": dense.quality,
     }
 
 
@@ -91,6 +94,7 @@ def time_to(curve: list[tuple[float, float]], level: float) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", nargs="+", default=["mlp", "lenet"])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), help="e.g. 'a random'")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget", type=float, default=150.0, help="seconds per run")
     parser.add_argument("--epochs", type=int, default=3)
@@ -102,9 +106,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for study in args.studies:
-            results = {arm: [] for arm in ARMS}
+            arms = [a for a in ARMS if a in args.arms or a.split()[0] in args.arms]
+            results = {arm: [] for arm in arms}
             for seed in args.seeds:
-                for arm in ARMS:
+                for arm in arms:
                     results[arm].append(run_arm(study, arm, seed, args, Path(tmp)))
                     r = results[arm][-1]
                     print(
@@ -113,7 +118,7 @@ def main() -> None:
                         f"within 1 pt {r['compression']:.1f}x",
                         flush=True,
                     )
-            for arm in ARMS:
+            for arm in arms:
                 runs = results[arm]
                 finals = [r["final"] for r in runs]
                 reach = [

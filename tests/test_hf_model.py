@@ -106,7 +106,13 @@ def bert_with_tokenizer(tmp_path_factory):
 def test_distill_needs_trained_weights(tmp_path):
     from tnsearch.__main__ import run as run_search
 
-    overrides = [f"root={tmp_path}/r", "task=distill", "data=digits", "study=mlp"]
+    overrides = [
+        f"root={tmp_path}/r",
+        "task=distill",
+        "data=digits",
+        "study=mlp",
+        "pretrain.epochs=0",
+    ]
     with pytest.raises(ConfigError, match=r"^task: distillation needs a trained dense model"):
         run_search(compose_cfg(overrides))
     assert not (tmp_path / "r").exists()

@@ -193,3 +193,25 @@ def test_static_report_of_a_constructed_study_and_an_added_section():
     layers = text[text.index('id="layers"') :]
     front = [t for t in study.best_trials if t.user_attrs["plan"]["layers"]]
     assert f"{len(front)} of {len(front)}" in layers and "mpo &times;" in layers
+
+
+def test_the_profile_section_draws_the_studys_newest_profile(tmp_path):
+    from tnsearch.budget.profile import Entry, Group, Profile
+    from tnsearch.report import _profile
+
+    study = _grid_study(4)
+    cfg = {**report_options("report.interactive=false"), "root": str(tmp_path)}
+    data = ReportData.collect(study, cfg)
+    assert "No profile yet" in _profile.render(data)
+    groups = {"fc1": Group(("fc1",), 1000, 1.0)}
+    entries = [
+        Entry("fc1", "mpo", 2, r, {}, p, 0.1, 1.0, q)
+        for r, p, q in ((2, 50, 0.5), (4, 100, 0.8), (8, 200, 0.7), (16, 400, 0.9))
+    ]
+    found = Profile("abc", "accuracy", True, 0.9, 2000, 2.0, 8, groups, entries, seconds=3.0)
+    found.save(tmp_path / study.study_name / "profile" / "abc.json")
+    text = _profile.render(data)
+    assert '<img class="static"' in text and "Profile abc" in text
+    # the line joins the options no other beats: rank 8 (more params, more loss) is off it
+    points = [(e.params / 1000, 0.9 - e.quality) for e in entries]
+    assert [p[0] for p in _profile.envelope(points)] == [0.05, 0.1, 0.4]

@@ -53,7 +53,15 @@ class Silent(F1Module):
         return None
 
 
-BASE = ["study=mlp", "data=digits", "epochs=1", "space.orders=[1,2]", "task=lightning", *FAST]
+BASE = [
+    "study=mlp",
+    "pretrain.epochs=0",
+    "data=digits",
+    "epochs=1",
+    "space.orders=[1,2]",
+    "task=lightning",
+    *FAST,
+]
 
 
 def test_a_module_that_never_logs_the_metric_is_one_line(tmp_path):

@@ -88,6 +88,12 @@ def check_heal(heal: Mapping[str, Any] | None) -> None:
     alpha = heal["alpha"]
     if not _number(alpha) or not 0 <= alpha <= 1:
         raise ConfigError("heal.alpha", f"must be a number in [0, 1], got {alpha!r}")
+    scale = heal.get("lr_scale", 1.0)
+    if not _number(scale) or scale <= 0:
+        raise ConfigError("heal.lr_scale", f"must be a number > 0, got {scale!r}")
+    epochs = heal.get("epochs", 0)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ConfigError("heal.epochs", f"must be an int >= 0, got {epochs!r}")
 
 
 def check_name(name: Any) -> None:

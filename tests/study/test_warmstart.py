@@ -13,7 +13,15 @@ from tnsearch.__main__ import run as run_search
 from tnsearch.config import ConfigError
 from tnsearch.study.warmstart import load_checkpoint
 
-MLP = ["study=mlp", "data=mnist5k", "sampler=random", "space.orders=[2]", *FAST]
+#: (cold unless a test says otherwise after it: the mlp preset pretrains by default)
+MLP = [
+    "study=mlp",
+    "pretrain.epochs=0",
+    "data=mnist5k",
+    "sampler=random",
+    "space.orders=[2]",
+    *FAST,
+]
 
 
 def trials_of(root, name):
@@ -35,10 +43,10 @@ def test_pretrained_dense_mlp_then_decomposed_trials(tmp_path):
                 "name=exact",
                 "trials=3",
                 "epochs=1",
+                *MLP,
                 "pretrain.epochs=2",
                 "space.topologies=[tucker]",
                 "space.ranks=[100000]",
-                *MLP,
             ]
         )
     )
@@ -120,7 +128,7 @@ def test_mismatched_checkpoint_is_one_line_and_writes_nothing(tmp_path):
 @pytest.mark.slow
 def test_two_workers_share_one_pretraining(tmp_path):
     done = run_cli(
-        [f"root={tmp_path}", "trials=3", "workers=2", "pretrain.epochs=1", "epochs=1", *MLP],
+        [f"root={tmp_path}", "trials=3", "workers=2", *MLP, "pretrain.epochs=1", "epochs=1"],
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]

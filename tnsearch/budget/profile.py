@@ -237,6 +237,9 @@ def build(
             seen_ranks.add(clipped)
             errors = calibration.tensorize(_Swap(model, originals), layers, stats, steps=steps)
             tensorized = {n: model.get_submodule(n) for n in originals}
+            for m in tensorized.values():
+                if isinstance(m, tn.TNLayer):
+                    m.freeze()  # the path of fewest MACs: no measuring of paths per option
             quality = evaluate(model)
             ratio, base = paired_ratio(dense_mods, list(tensorized.values()), xs)
             dense_ms = base * 1e3 if dense_ms is None else dense_ms

@@ -116,8 +116,19 @@ class Distill(Taught):
         return embedding(self.model, batch, self._output)
 
     def _targets(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        memo = getattr(self, "_memo", None)
+        if memo is not None and id(batch) in memo:
+            return memo[id(batch)][1]
         with torch.no_grad():
-            return embedding(self.teacher, batch, self._output)
+            found = embedding(self.teacher, batch, self._output)
+        if memo is not None:
+            memo[id(batch)] = (batch, found)  # the batch is kept: its id stays its own
+        return found
+
+    def remember_targets(self) -> None:
+        """Keep the teacher's embedding of each batch once computed: for scoring the same
+        held-out batches many times (a profile), not for training on fresh ones."""
+        self._memo = {}
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return (1.0 - (self(batch) * self._targets(batch)).sum(dim=-1)).mean()

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from tnsearch import __version__, tn
-from tnsearch.report import _bonds, _figures, _importance
+from tnsearch.report import _bonds, _figures, _importance, _profile
 from tnsearch.report._data import ReportData
 from tnsearch.report._html import (
     PALETTE,
@@ -269,5 +269,6 @@ SECTIONS: list[Section] = [
     Section("Pareto-optimal trials", front_table),
     Section("Parameter importances", importances),
     Section("Layers", layers),
+    Section("Sensitivity profile", _profile.render),
     Section("Bonds", _bonds.render),
 ]

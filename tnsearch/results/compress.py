@@ -137,7 +137,9 @@ def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
         from hydra.utils import instantiate
 
         console.say(f"healing for {heal} epochs")
-        module = ready.task(model, instantiate(dict(cfg["trainer"]["optimizer"])))
+        from tnsearch.study.trial import healing_optimizer
+
+        module = ready.task(model, instantiate(healing_optimizer(cfg, warm=True)))
         result = training.fit(
             module, ready.datamodule, epochs=heal, trainer_cfg=cfg["trainer"], metric=ready.metric
         )

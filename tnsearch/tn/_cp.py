@@ -33,7 +33,7 @@ def cp_rank(dims: Sequence[int], rank: int) -> int:
 
 
 #: Multiply-adds that CP-ALS may spend (sweeps x tensor size x rank).
-ALS_WORK = 3e9
+ALS_WORK = 3e8
 
 
 def cp_decompose(
