@@ -32,8 +32,8 @@ from tnsearch.results.pareto import hypervolume_history
 from tnsearch.study import record
 
 ARMS = {
-    "a random": ["sampler=random", "pruning.enabled=false"],
-    "b tpe": ["pruning.enabled=false"],
+    "a random": ["sampler=random", "pruning.enabled=false", "pretrain.epochs=0"],
+    "b tpe": ["pruning.enabled=false", "pretrain.epochs=0"],
     "c tpe+warm": ["pretrain.epochs={epochs}", "pruning.enabled=false", "search.budgets=[]"],
     "d tpe+warm+prune": ["pretrain.epochs={epochs}", "pruning.enabled=true", "search.budgets=[]"],
     # (d) + the budget ladder: the profile's plans for 1/2 ... 1/16 of the parameters first

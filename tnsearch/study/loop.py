@@ -105,21 +105,22 @@ def snapshot(study: optuna.Study, target: int, elapsed: float, *, workers: int =
 
 
 class _Stuck:
-    """Gives up when no trial has trained for too long: every recent plan failed, or was
-    infeasible or a repeat. One bad plan fails alone; a broken setup fails them all."""
+    """Gives up when no trial has counted for too long: every recent plan failed, or was
+    infeasible, a repeat or pruned (at zero-shot or later). One bad plan fails alone; a broken
+    setup fails them all."""
 
     def __init__(self, target: int) -> None:
         self.target = target
         self.untrained = self.failed = 0
 
     def check(self, outcome: Outcome) -> None:
-        untrained = outcome in (Outcome.INFEASIBLE, Outcome.DUPLICATE)
+        untrained = outcome in (Outcome.INFEASIBLE, Outcome.DUPLICATE, Outcome.PRUNED)
         self.untrained = self.untrained + 1 if untrained else 0
         self.failed = self.failed + 1 if outcome == Outcome.FAILED else 0
         if self.untrained >= max(100, 10 * self.target):
             raise StudyStopped(
-                f"{self.untrained} infeasible or repeated plans in a row: "
-                "loosen constraints.* or widen the space"
+                f"{self.untrained} infeasible, repeated or pruned plans in a row: "
+                "loosen constraints.* or pruning.margin, or widen the space"
             )
         if self.failed >= max(5, self.target):
             raise StudyStopped(
