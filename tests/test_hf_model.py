@@ -147,6 +147,7 @@ def test_a_pretrained_transformer_is_compressed_by_distillation(
         "latency.repeats=3",
         "latency.batch_size=4",
         "tracking.enabled=false",
+        "search.budgets=[]",
     ]
     assert run_search(compose_cfg(overrides)) == 0
     journal = str(tmp_path / "bert" / "optuna.journal")
@@ -194,6 +195,9 @@ def test_study_minilm_compresses_the_real_pretrained_model(tmp_path):
         "latency.warmup=1",
         "latency.repeats=3",
         "tracking.enabled=false",
+        "search.budgets=[]",  # the ladder's profile of the real model takes minutes
+        "decompose.calibration=32",  # data-aware, but a short fit: tests/tn has the thorough one
+        "decompose.steps=3",
     ]
     assert run_search(compose_cfg(overrides)) == 0
     study = optuna.load_study(

@@ -133,6 +133,7 @@ def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
     dense_quality = full()
     zero_shot = budgets.evaluator(ready, model, examples=None)()
     quality = zero_shot
+    test = budgets.evaluator(ready, dense, examples=None, split="test")
     if heal:
         from hydra.utils import instantiate
 
@@ -145,6 +146,8 @@ def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
         )
         quality = result.val_acc
         model = model.cpu().eval()
+    dense_test = test()
+    test_quality = budgets.evaluator(ready, model, examples=None, split="test")()
     example = latency.example_batch(ready.datamodule, cfg["latency"]["batch_size"])
     ratio, dense_s = paired_ratio([dense], [model], [example])
     params, dense_params = tn.n_params(model), tn.n_params(dense)
@@ -154,6 +157,8 @@ def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
         (f"{metric} (validation)", f"{dense_quality:.4f}", f"{quality:.4f}",
          f"{quality - dense_quality:+.4f}"),
         (f"{metric} zero-shot", "", f"{zero_shot:.4f}", ""),
+        (f"{metric} (test)", f"{dense_test:.4f}", f"{test_quality:.4f}",
+         f"{test_quality - dense_test:+.4f}"),
         ("parameters", f"{dense_params:,}", f"{params:,}", f"{params / dense_params:.3f}x"),
         (f"latency (ms / batch of {latency.batch_size(example)})", f"{dense_s * 1e3:.3f}",
          f"{dense_s * ratio * 1e3:.3f}", f"{ratio:.3f}x"),
@@ -166,6 +171,7 @@ def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
         number=-1,
         plan=plan,
         quality=quality,
+        test_quality=test_quality,
         zero_shot_quality=zero_shot,
         params=params,
         compression=dense_params / params,
@@ -198,6 +204,7 @@ def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
         metrics={
             metric: quality,
             f"zero_shot_{metric}": zero_shot,
+            f"test_{metric}": test_quality,
             f"dense_{metric}": dense_quality,
             "params": params,
             "compression": dense_params / params,

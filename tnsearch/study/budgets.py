@@ -89,11 +89,11 @@ def calibrated(setup: Setup) -> tuple[list[Any], dict]:
 
 
 def evaluator(
-    setup: Setup, model: nn.Module, *, examples: int | None = -1
+    setup: Setup, model: nn.Module, *, examples: int | None = -1, split: str = "validate"
 ) -> Callable[[nn.Module], float]:
     """The quality of `model` (as it is when called, layers swapped in place or not) on the
-    first `examples` validation examples (-1: `profile.examples`; None: all), as the task
-    scores it."""
+    first `examples` examples of the validation split (or `split="test"`; -1:
+    `profile.examples`; None: all), as the task scores it."""
     from hydra.utils import instantiate
 
     from tnsearch.measure.training import Classifier
@@ -106,11 +106,12 @@ def evaluator(
             "which score a batch; a LightningModule of yours is searched, not profiled",
         )
     dm = setup.datamodule
-    dm.setup("validate")
+    dm.setup(split)
     if examples == -1:
         examples = setup.cfg["profile"]["examples"]
+    loader = dm.test_dataloader() if split == "test" else dm.val_dataloader()
     held_out = calibration.batches(
-        dm.val_dataloader(), examples if examples is not None else 2**62, inputs_only=False
+        loader, examples if examples is not None else 2**62, inputs_only=False
     )
 
     if hasattr(module, "remember_targets"):  # the teacher's side of the score never changes
