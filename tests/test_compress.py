@@ -82,10 +82,7 @@ def test_the_profile_is_reused(compressed):
     ("args", "expected"),
     [
         (["budget.params=1.5"], r"budget\.params: must be a fraction in \(0, 1\], got 1\.5"),
-        pytest.param(["budget.params=0.0001"], r"budget\.params: no plan meets 0\.0001; the smallest reachable is 0\.0\d+", marks=pytest.mark.slow),  # noqa: E501
         ([], r"budget\.params: give budget\.params=FRACTION and/or budget\.latency=FRACTION"),
-        pytest.param(["budget.params=0.5", "pretrain.epochs=0"], r"model\.checkpoint: needs trained weights", marks=pytest.mark.slow),  # noqa: E501
-        pytest.param(["budget.params=0.5", "decompose.calibration=0"], r"decompose\.calibration: must be a number of examples >= 1", marks=pytest.mark.slow),  # noqa: E501
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, expected):
@@ -93,4 +90,29 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, expect
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and re.search(expected, lines[0]), done.stderr
+    assert not (tmp_path / "mlp").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "expected"),
+    [
+        (["budget.params=0.0001"], "budget.params", r"no plan meets 0\.0001; the smallest reachable is 0\.0\d+"),  # noqa: E501
+        (["budget.params=0.5", "pretrain.epochs=0"], "model.checkpoint", r"needs trained weights"),
+        (["budget.params=0.5", "decompose.calibration=0"], "decompose.calibration", r"must be a number of examples >= 1"),  # noqa: E501
+    ],
+)  # fmt: skip
+def test_what_only_the_model_and_data_reveal_stops_before_anything_is_written(
+    tmp_path, args, key, expected
+):
+    """The checks that need the model and the data (the same code the command runs; the two
+    cases above show the command's one line and exit code)."""
+    from tests.helpers import compose_cfg
+    from tnsearch.cli import resolve
+    from tnsearch.config import ConfigError
+    from tnsearch.results.compress import compress
+
+    cfg = resolve(compose_cfg([f"root={tmp_path}", *BASE, *args]))
+    with pytest.raises(ConfigError) as found:
+        compress(cfg)
+    assert found.value.key == key and re.search(expected, str(found.value)), str(found.value)
     assert not (tmp_path / "mlp").exists()

@@ -105,6 +105,7 @@ def test_report_of_a_real_study(tiny_study, monkeypatch, capsys):
         "pareto-optimal-trials",
         "parameter-importances",
         "layers",
+        "sensitivity-profile",
         "bonds",
     ]
     assert len(checker.images) >= 1  # the static Pareto front
