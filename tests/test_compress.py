@@ -8,10 +8,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import tnsearch
-from tests.helpers import FAST
+from tests.helpers import FAST, val_accuracy
 from tnsearch import tn
 from tnsearch.data import DigitsDataModule
 from tnsearch.plan import build_dense
@@ -31,15 +30,6 @@ def run(module: str, args: list[str], cwd) -> subprocess.CompletedProcess:
     )
 
 
-def accuracy(model, dm) -> float:
-    correct = seen = 0
-    with torch.no_grad():
-        for x, y in dm.val_dataloader():
-            correct += int((model(x).argmax(1) == y).sum())
-            seen += len(y)
-    return correct / seen
-
-
 @pytest.fixture(scope="module")
 def compressed(tmp_path_factory):
     root = tmp_path_factory.mktemp("compress")
@@ -57,7 +47,7 @@ def test_compress_writes_a_package_that_loads_with_the_printed_quality(compresse
     assert printed, out
     dm = DigitsDataModule(batch_size=64, seed=0)
     dm.setup("validate")
-    assert accuracy(model, dm) == pytest.approx(float(printed[2]), abs=1e-4)
+    assert val_accuracy(model, dm) == pytest.approx(float(printed[2]), abs=1e-4)
     plan = json.loads((folder / "plan.json").read_text())
     assert plan["layers"] and plan["params"] <= 0.3 * tn.n_params(build_dense(plan))
     assert (

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.helpers import val_accuracy
 from tnsearch import tn
 from tnsearch.budget import calibration
 from tnsearch.data import DigitsDataModule
@@ -24,16 +25,6 @@ def trained():
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
     return model.eval(), dm
-
-
-def accuracy(model: nn.Module, dm) -> float:
-    model.eval()
-    correct = seen = 0
-    with torch.no_grad():
-        for x, y in dm.val_dataloader():
-            correct += int((model(x).argmax(1) == y).sum())
-            seen += len(y)
-    return correct / seen
 
 
 def convs(model: nn.Module) -> dict:
@@ -59,13 +50,13 @@ def test_batchnorm_reestimation_restores_what_decomposition_loses(trained):
     import copy
 
     model, dm = trained
-    dense = accuracy(model, dm)
+    dense = val_accuracy(model, dm)
     inputs = calibration.batches(dm.train_dataloader(), 512)
     plain = copy.deepcopy(model)
     calibration.tensorize(plain, convs(model), None)
-    lost = accuracy(plain, dm)
+    lost = val_accuracy(plain, dm)
     assert calibration.reestimate_batchnorm(plain, inputs) > 0
-    restored = accuracy(plain, dm)
+    restored = val_accuracy(plain, dm)
     assert lost < dense - 0.05  # the decomposition did lose accuracy
     assert restored > lost + 0.05
 
@@ -88,4 +79,4 @@ def test_data_aware_plans_keep_more_than_plain_ones(trained):
     assert set(plain_errors) == set(aware_errors) == set(layers)
     for m in (plain, aware):
         calibration.reestimate_batchnorm(m, inputs)
-    assert accuracy(aware, dm) >= accuracy(plain, dm)
+    assert val_accuracy(aware, dm) >= val_accuracy(plain, dm)

@@ -158,3 +158,16 @@ def tiny_bert_config(vocab_size: int, *, layers: int = 1, positions: int = 32, *
         max_position_embeddings=positions,
         **extra,
     )
+
+
+def val_accuracy(model, datamodule) -> float:
+    """`model`'s accuracy (eval mode) on `datamodule`'s validation split of (x, y) batches."""
+    import torch
+
+    model.eval()
+    correct = seen = 0
+    with torch.no_grad():
+        for x, y in datamodule.val_dataloader():
+            correct += int((model(x).argmax(1) == y).sum())
+            seen += len(y)
+    return correct / seen
