@@ -196,6 +196,27 @@ def test_static_report_of_a_constructed_study_and_an_added_section():
     assert f"{len(front)} of {len(front)}" in layers and "mpo &times;" in layers
 
 
+def test_the_front_table_shows_the_latency_ratio_noise_and_each_devices_front():
+    from tnsearch.report import _sections
+
+    cpu, gpu = {"latency_device": "AMD EPYC (1 threads)"}, {"latency_device": "NVIDIA H200"}
+    layers = {"fc1": ("mpo", 2, 4)}
+    study = constructed_study(
+        [
+            constructed_trial(0.9, 50610, 1.0, attrs=cpu),
+            constructed_trial(0.8, 9000, 0.6, layers, attrs={**cpu, "latency_noisy": True}),
+            constructed_trial(0.9, 50610, 1.0, attrs=gpu),
+            constructed_trial(0.7, 8000, 0.9, layers, attrs=gpu),
+        ]
+    )
+    text = _sections.front_table(ReportData.collect(study, report_options()))
+    assert "latency x dense" in text and "0.60x" in text
+    assert "Noisy latency" in text and "trials 1." in text
+    assert "more than one device" in text
+    assert "AMD EPYC (1 threads): trials 0, 1, front 0, 1" in text
+    assert "NVIDIA H200: trials 2, 3, front 2, 3" in text
+
+
 def test_the_profile_section_draws_the_studys_newest_profile(tmp_path):
     from tnsearch.budget.profile import Entry, Group, Profile
     from tnsearch.report import _profile

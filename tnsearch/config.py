@@ -11,6 +11,7 @@ from typing import Any
 
 COMPILE_MODES = ("auto", "none", "default", "reduce-overhead", "max-autotune")
 DTYPES = ("float32", "bfloat16")
+RUNTIMES = ("torch", "onnxruntime")
 
 
 class ConfigError(ValueError):
@@ -62,14 +63,25 @@ def check_basic(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             "latency.dtype", f"must be one of {', '.join(DTYPES)}, got {latency['dtype']!r}"
         )
+    _positive_int(latency, "attempts", prefix="latency.")
+    if latency.get("threads") is not None:
+        _positive_int(latency, "threads", prefix="latency.")
+    noisy = latency.get("noisy")
+    if not isinstance(noisy, int | float) or isinstance(noisy, bool) or noisy <= 1.0:
+        raise ConfigError("latency.noisy", f"must be a number > 1 (p90 / p10), got {noisy!r}")
+    runtime = latency.get("runtime", "torch")
+    if runtime not in RUNTIMES:
+        raise ConfigError(
+            "latency.runtime", f"must be one of {', '.join(RUNTIMES)}, got {runtime!r}"
+        )
     for key, value in (
         ("trainer.compile", cfg["trainer"]["compile"]),
         ("latency.compile", latency["compile"]),
     ):
         if str(value) not in COMPILE_MODES:
             raise ConfigError(key, f"must be one of {', '.join(COMPILE_MODES)}, got {value!r}")
-    for key in ("max_params", "max_latency_ms"):
-        value = cfg["constraints"][key]
+    for key in ("max_params", "max_latency", "max_latency_ms"):
+        value = cfg["constraints"].get(key)
         if value is not None and (not isinstance(value, int | float) or value <= 0):
             raise ConfigError(
                 f"constraints.{key}", f"must be a positive number or null, got {value!r}"

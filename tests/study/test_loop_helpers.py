@@ -160,6 +160,25 @@ def test_trial_line_complete():
     assert line.endswith("12.3 s")
 
 
+def test_trial_line_shows_the_ratio_to_dense_and_says_when_it_was_noisy():
+    rec = Record(
+        number=3, quality=0.9, params=100, compression=2.0, latency_ms=0.431, latency_ratio=0.62
+    )
+    line = trial_line(rec, "fc1: cp r4", Outcome.COMPLETE, 1.0)
+    assert "0.62x dense (0.431 ms)" in line and "noisy" not in line
+    noisy = trial_line(rec.replace(latency_noisy=True), "fc1: cp r4", Outcome.COMPLETE, 1.0)
+    assert "0.62x dense (0.431 ms, noisy)" in noisy
+
+
+def test_the_latency_constraint_is_a_ratio_and_the_ms_one_absolute():
+    rec = Record(params=10, latency_ratio=0.8, latency_ms=4.0)
+    assert _constraints({"max_latency": 0.5}, rec) == {"max_latency": pytest.approx(0.3)}
+    assert _constraints({"max_latency": 1.0, "max_latency_ms": 5.0}, rec) == {
+        "max_latency": pytest.approx(-0.2),
+        "max_latency_ms": -1.0,
+    }
+
+
 def test_trial_line_cuts_a_long_summary_to_48_characters():
     rec = Record(number=1000, quality=0.5, params=1, compression=1.0, latency_ms=1.0)
     line = trial_line(rec, "x" * 100, Outcome.COMPLETE, 1.0)

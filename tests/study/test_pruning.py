@@ -26,7 +26,7 @@ def finished(number, params, latency, curve):
         values=[curve[-1], params, latency],
         user_attrs={
             "params": params,
-            "latency_ms": latency,
+            "latency_ratio": latency,
             "accuracy": curve[-1],
             "trained": True,
             "history": [{"epoch": i, "val_acc": a, "train_loss": 1.0} for i, a in enumerate(curve)],
@@ -39,7 +39,7 @@ def finished(number, params, latency, curve):
 def test_dominated_trial_is_pruned_at_the_first_allowed_epoch():
     best = finished(0, params=1000, latency=1.0, curve=[0.80, 0.90, 0.95])
     pruner = ParetoPruner(OBJECTIVES, margin=0.01, min_epochs=2)
-    worse = Record(params=2000, latency_ms=2.0)
+    worse = Record(params=2000, latency_ratio=2.0)
     done = [Record.from_trial(best)]
     assert pruner.dominator(done, worse, epoch=0, val_acc=0.50) is None  # warm-up
     reason = pruner.dominator(done, worse, epoch=1, val_acc=0.70)
@@ -49,9 +49,9 @@ def test_dominated_trial_is_pruned_at_the_first_allowed_epoch():
 @pytest.mark.parametrize(
     ("attrs", "acc"),
     [
-        (Record(params=999, latency_ms=2.0), 0.1),  # fewer parameters
-        (Record(params=2000, latency_ms=0.5), 0.1),  # faster
-        (Record(params=2000, latency_ms=2.0), None),  # always within the margin
+        (Record(params=999, latency_ratio=2.0), 0.1),  # fewer parameters
+        (Record(params=2000, latency_ratio=0.5), 0.1),  # faster
+        (Record(params=2000, latency_ratio=2.0), None),  # always within the margin
     ],
 )
 def test_a_trial_better_on_any_objective_is_never_pruned(attrs, acc):
@@ -67,7 +67,9 @@ def test_objectives_not_searched_do_not_protect_a_trial():
     best = finished(0, params=1000, latency=1.0, curve=[0.9])
     pruner = ParetoPruner(("accuracy", "params"), margin=0.0, min_epochs=1)
     # Faster, but latency is not an objective of this study.
-    assert pruner.dominator([Record.from_trial(best)], Record(params=2000, latency_ms=0.1), 0, 0.5)
+    assert pruner.dominator(
+        [Record.from_trial(best)], Record(params=2000, latency_ratio=0.1), 0, 0.5
+    )
 
 
 # -- the zero-shot rung ------------------------------------------------------------------------
@@ -78,7 +80,7 @@ def warm_finished(number, params, latency, zero_shot, final=0.95):
         state=TrialState.COMPLETE,
         trained=True,
         params=params,
-        latency_ms=latency,
+        latency_ratio=latency,
         quality=final,
         zero_shot_quality=zero_shot,
         history=({"epoch": 0, "val_acc": final, "train_loss": 1.0},),
@@ -88,7 +90,7 @@ def warm_finished(number, params, latency, zero_shot, final=0.95):
 def test_a_plan_dominated_at_zero_shot_is_pruned_whatever_the_warm_up():
     done = [warm_finished(3, params=1000, latency=1.0, zero_shot=0.80)]
     pruner = ParetoPruner(OBJECTIVES, margin=0.03, min_epochs=5, zero_shot=True)
-    mine = Record(params=2000, latency_ms=2.0)
+    mine = Record(params=2000, latency_ratio=2.0)
     reason = pruner.dominator(done, mine, ZERO_SHOT, 0.70)
     assert reason is not None
     assert reason.startswith("dominated at zero-shot by trial 3: quality 0.7000 < 0.8000")
@@ -97,7 +99,7 @@ def test_a_plan_dominated_at_zero_shot_is_pruned_whatever_the_warm_up():
 
 
 @pytest.mark.parametrize(
-    "mine", [Record(params=999, latency_ms=2.0), Record(params=2000, latency_ms=0.5)]
+    "mine", [Record(params=999, latency_ratio=2.0), Record(params=2000, latency_ratio=0.5)]
 )
 def test_a_plan_smaller_or_faster_is_never_pruned_at_zero_shot(mine):
     done = [warm_finished(0, params=1000, latency=1.0, zero_shot=0.99)]
@@ -107,8 +109,8 @@ def test_a_plan_smaller_or_faster_is_never_pruned_at_zero_shot(mine):
 
 def test_only_finished_trained_trials_with_a_zero_shot_quality_dominate_at_zero_shot():
     pruner = ParetoPruner(OBJECTIVES, margin=0.0, zero_shot=True)
-    mine = Record(params=2000, latency_ms=2.0)
-    dense = Record(number=0, state=TrialState.COMPLETE, params=1, latency_ms=0.1, quality=1.0)
+    mine = Record(params=2000, latency_ratio=2.0)
+    dense = Record(number=0, state=TrialState.COMPLETE, params=1, latency_ratio=0.1, quality=1.0)
     repeat = warm_finished(1, 1, 0.1, zero_shot=1.0).replace(trained=False, duplicate_of=2)
     pruned = warm_finished(2, 1, 0.1, zero_shot=1.0).replace(state=TrialState.PRUNED)
     assert pruner.dominator([dense, repeat, pruned], mine, ZERO_SHOT, 0.1) is None
@@ -118,7 +120,7 @@ def test_only_finished_trained_trials_with_a_zero_shot_quality_dominate_at_zero_
 
 def test_a_pruner_judges_only_its_rungs():
     done = [warm_finished(0, params=1000, latency=1.0, zero_shot=0.9)]
-    mine = Record(params=2000, latency_ms=2.0)
+    mine = Record(params=2000, latency_ratio=2.0)
     epochs_only = ParetoPruner(OBJECTIVES, margin=0.0)
     assert epochs_only.dominator(done, mine, ZERO_SHOT, 0.1) is None
     assert epochs_only.dominator(done, mine, 0, 0.1) is not None
@@ -184,3 +186,18 @@ def test_pruned_trials_show_in_optuna_and_mlflow(tmp_path):
         run = client.get_run(t.user_attrs["mlflow_run_id"])
         assert run.data.tags["state"] == "PRUNED"
         assert "dominated" in run.data.tags["prune_reason"]
+
+
+@pytest.mark.parametrize("noisy", ["mine", "theirs"])
+def test_a_noisy_latency_proves_no_dominance(noisy):
+    """A latency measured as noisy may be wrong either way: the pruner does not prune on it."""
+    best = finished(0, params=1000, latency=1.0, curve=[0.80, 0.90, 0.95])
+    pruner = ParetoPruner(OBJECTIVES, margin=0.01, min_epochs=1)
+    done = [Record.from_trial(best)]
+    mine = Record(params=2000, latency_ratio=2.0)
+    assert pruner.dominator(done, mine, epoch=0, val_acc=0.5)  # quiet: dominated
+    if noisy == "mine":
+        mine = mine.replace(latency_noisy=True)
+    else:
+        done = [done[0].replace(latency_noisy=True)]
+    assert pruner.dominator(done, mine, epoch=0, val_acc=0.5) is None

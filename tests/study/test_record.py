@@ -203,7 +203,7 @@ def test_objectives_directions():
 
 
 def test_values_for_keeps_the_study_order():
-    rec = Record(quality=0.8, params=500, latency_ms=1.5)
+    rec = Record(quality=0.8, params=500, latency_ratio=1.5)
     assert rec.values_for(["latency", "accuracy", "params"]) == [1.5, 0.8, 500.0]
     assert rec.values_for(["accuracy"]) == [0.8]
     assert rec.values_for([]) == []

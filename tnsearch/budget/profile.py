@@ -144,11 +144,9 @@ def _dense_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _timed(layers: Sequence[nn.Module], inputs: Sequence[torch.Tensor]) -> float:
-    start = time.perf_counter()
+def _run(layers: Sequence[nn.Module], inputs: Sequence[torch.Tensor]) -> None:
     for layer, x in zip(layers, inputs, strict=True):
         calibration.call(layer, x)
-    return time.perf_counter() - start
 
 
 @torch.inference_mode()
@@ -156,19 +154,15 @@ def paired_ratio(
     dense: Sequence[nn.Module], other: Sequence[nn.Module], inputs: Sequence[torch.Tensor]
 ) -> tuple[float, float]:
     """(median of the paired time ratios other / dense, dense seconds): the two are timed in
-    turn on the same inputs, the order alternating, so that a busy moment hits both."""
-    for _ in range(2):  # warm up (and let path="auto" choose)
-        _timed(dense, inputs), _timed(other, inputs)
-    ratios, base = [], []
-    for k in range(PAIRS):
-        if k % 2:
-            b, t = _timed(other, inputs), _timed(dense, inputs)
-            t, b = b, t
-        else:
-            t, b = _timed(dense, inputs), _timed(other, inputs)
-        ratios.append(b / max(t, 1e-9))
-        base.append(t)
-    return statistics.median(ratios), statistics.median(base)
+    turn on the same inputs, the order alternating, so that a busy moment hits both
+    (`latency.paired_calls`, measured once: the profile times many options)."""
+    from tnsearch.measure import latency
+
+    ratios, _, base, _, _ = latency.paired_calls(
+        lambda: _run(other, inputs), lambda: _run(dense, inputs), pairs=PAIRS, warmup=2,
+        attempts=1,
+    )  # fmt: skip
+    return statistics.median(ratios), statistics.median(base) / 1e3
 
 
 def layer_inputs(model: nn.Module, example: Any, names: Sequence[str]) -> dict[str, torch.Tensor]:

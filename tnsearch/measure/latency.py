@@ -1,15 +1,21 @@
 """Latency of a whole model as it would be deployed: eval mode, no autograd, fixed batch.
 
-Warm up first (this is also when tensorized layers pick their fastest path), then time each run
-alone, synchronized on CUDA, and report the spread as well as the median.
+Warm up first (this is also when tensorized layers pick their fastest path), then time, synchronized
+on CUDA, and report the spread as well as the median.
+
+A search compares latencies measured minutes and machines apart, so its objective is `paired`: a
+ratio to a reference model (the dense one) timed side by side on the same inputs, A B B A A B ...,
+so that drift, a busy moment or another process hits both alike and cancels out of the ratio.
+Absolute milliseconds (`measure`) are kept beside it for people, never compared across runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -149,3 +155,202 @@ def measure(
         device=str(device),
         dtype=dtype,
     )
+
+
+#: Paired ratios that spread wider than this (p90 / p10) are measured again, then called noisy.
+NOISY_SPREAD = 1.3
+#: Measurements of one pair at most (the first and two more) before its ratio is called noisy.
+ATTEMPTS = 3
+#: Each timed sample repeats the call until it lasts about this long (ms): one call of a small
+#: model (LeNet-300-100: 0.6 ms per batch) is at the mercy of the scheduler's time slices.
+SAMPLE_MS = 2.0
+
+
+@dataclass(frozen=True)
+class PairedStats:
+    """A model's latency as a ratio to a reference timed beside it (median of the pairs)."""
+
+    ratio: float  # model time / reference time, median of the pairs
+    ratio_p10: float
+    ratio_p90: float
+    latency_ms: float  # the model, median ms per batch
+    latency_p10_ms: float
+    latency_p90_ms: float
+    reference_ms: float  # the reference, median ms per batch
+    pairs: int
+    attempts: int  # measurements made (more than one: the first ones spread too widely)
+    noisy: bool  # the ratios still spread wider than NOISY_SPREAD after `attempts`
+    device: str  # the device's name, e.g. "NVIDIA H200" or the CPU model
+
+    @property
+    def spread(self) -> float:
+        """p90 / p10 of the paired ratios (1.0: every pair agreed)."""
+        return self.ratio_p90 / max(self.ratio_p10, 1e-12)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def paired_calls(
+    call: Callable[[], object],
+    reference: Callable[[], object],
+    *,
+    pairs: int = 50,
+    warmup: int = 10,
+    sync: Callable[[], None] = lambda: None,
+    spread: float = NOISY_SPREAD,
+    attempts: int = ATTEMPTS,
+    sample_ms: float = SAMPLE_MS,
+) -> tuple[list[float], list[float], list[float], int, bool]:
+    """Time `call` and `reference` in turn (the order alternating), `pairs` times.
+
+    A measurement whose ratios spread wider than `spread` (p90 / p10) is repeated, up to
+    `attempts` in all; the one that spread least is kept.
+
+    Returns:
+        (ratios call / reference, call ms, reference ms: one per pair, sorted; the attempts
+        made; whether the kept one still spread wider than `spread`).
+    """
+    if pairs < 1:
+        raise ValueError(f"latency.repeats: must be >= 1, got {pairs}")
+
+    def timed(fn: Callable[[], object], n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        sync()
+        return (time.perf_counter() - start) * 1e3 / n
+
+    for _ in range(warmup):
+        call(), reference()
+    sync()
+    once = min(timed(call, 1), timed(reference, 1))
+    n = max(1, min(1000, math.ceil(sample_ms / max(once, 1e-6))))
+    best: tuple[list[float], list[float], list[float]] | None = None
+    made = 0
+    while made < attempts:
+        made += 1
+        ratios, mine, theirs = [], [], []
+        for k in range(pairs):
+            if k % 2:
+                b = timed(reference, n)
+                a = timed(call, n)
+            else:
+                a = timed(call, n)
+                b = timed(reference, n)
+            ratios.append(a / max(b, 1e-12))
+            mine.append(a)
+            theirs.append(b)
+        ratios.sort(), mine.sort(), theirs.sort()
+        if best is None or _spread(ratios) < _spread(best[0]):
+            best = (ratios, mine, theirs)
+        if _spread(best[0]) <= spread:
+            break
+    return (*best, made, _spread(best[0]) > spread)
+
+
+def _spread(sorted_ratios: list[float]) -> float:
+    return _quantile(sorted_ratios, 0.9) / max(_quantile(sorted_ratios, 0.1), 1e-12)
+
+
+def paired(
+    model: nn.Module,
+    reference: nn.Module,
+    example,
+    *,
+    warmup: int = 10,
+    repeats: int = 50,
+    device: str | torch.device | None = None,
+    dtype: str = "float32",
+    spread: float = NOISY_SPREAD,
+    attempts: int = ATTEMPTS,
+    threads: int | None = None,
+) -> PairedStats:
+    """`model`'s latency as a ratio to `reference`'s, both timed in turn on `example`.
+
+    Args:
+        model, reference: moved to `device` and put in eval mode, then restored.
+        example: one input batch (a tensor, or a dict of tensors passed as keyword arguments).
+        warmup: untimed runs of each first (tensorized layers choose their paths then).
+        repeats: timed pairs.
+        device: where to measure (default: where the model's parameters are).
+        dtype: "float32", or "bfloat16" for autocast in bfloat16.
+        spread, attempts: see `paired_calls`.
+        threads: torch's CPU threads while measuring (None: as they are). On a shared CPU, one
+            thread is what makes ratios repeatable: with more, every operator waits for its
+            slowest thread at the end of its parallel region, so a busy neighbour slows a model
+            of many small operators (a tensor network) more than one of a few large ones (its
+            dense reference). Measured on 2 cores beside two busy processes, LeNet-300-100 with
+            MPO layers against dense: 2.3x when quiet, 2.8-5.6x when busy with two threads;
+            1.72x and 1.74-1.77x with one (bench/RESULTS.md, issue 15).
+    """
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    device = torch.device(device)
+    example = to_device(example, device)
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if dtype == "bfloat16"
+        else contextlib.nullcontext()
+    )
+    modes = [(m, m.training) for m in (model, reference)]
+    for m in (model, reference):
+        m.to(device).eval()
+    had = torch.get_num_threads()
+    if threads is not None and device.type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode(), autocast:
+            ratios, mine, theirs, made, noisy = paired_calls(
+                _caller(model, example),
+                _caller(reference, example),
+                pairs=repeats,
+                warmup=warmup,
+                sync=lambda: _sync(device),
+                spread=spread,
+                attempts=attempts,
+            )
+        name = device_name(device)
+    finally:
+        torch.set_num_threads(had)
+        for m, training in modes:
+            m.train(training)
+    return PairedStats(
+        ratio=_quantile(ratios, 0.5),
+        ratio_p10=_quantile(ratios, 0.1),
+        ratio_p90=_quantile(ratios, 0.9),
+        latency_ms=_quantile(mine, 0.5),
+        latency_p10_ms=_quantile(mine, 0.1),
+        latency_p90_ms=_quantile(mine, 0.9),
+        reference_ms=_quantile(theirs, 0.5),
+        pairs=repeats,
+        attempts=made,
+        noisy=noisy,
+        device=name,
+    )
+
+
+def _caller(model: nn.Module, example) -> Callable[[], object]:
+    if isinstance(example, Mapping):
+        return lambda: model(**example)
+    return lambda: model(example)
+
+
+def device_name(device: str | torch.device) -> str:
+    """What a latency was measured on, by name: the GPU's, or the CPU's model and the threads
+    torch uses (latencies of different names are not compared with each other)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    if not model:
+        import platform
+
+        model = platform.processor() or platform.machine() or "cpu"
+    return f"{' '.join(model.split())} ({torch.get_num_threads()} threads)"

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 AXES = {
     "quality": ("validation {metric}", False),
     "params": ("parameters", True),
-    "latency": ("latency (ms / batch)", True),
+    "latency": ("latency (x dense, timed side by side)", True),
 }
 #: The 2-D projections of the three objectives: (x, y).
 PROJECTIONS = (("params", "quality"), ("latency", "quality"), ("params", "latency"))
@@ -134,7 +134,8 @@ def _hover(t: Record) -> str:
     return (
         f"trial {t.number}<br>{plans.summary(t.plan)}<br>quality {t.quality:.4f}"
         f"<br>params {t.params:,} ({t.compression or 1.0:.1f}x)"
-        f"<br>latency {t.latency_ms:.3f} ms"
+        f"<br>latency {t.latency_text()}"
+        + (f"<br>on {t.latency_device}" if t.latency_device else "")
     )
 
 

@@ -67,6 +67,7 @@ def overview(data: ReportData) -> str:
                 esc(
                     f"trial {d.number}: {data.metric} {d.quality:.4f}, "
                     f"{d.params:,} parameters, {d.latency_ms:.3f} ms / batch"
+                    + (f" on {d.latency_device}" if d.latency_device else "")
                 ),
             )
         )
@@ -115,22 +116,20 @@ def hypervolume(data: ReportData) -> str:
     )
     return figure + note(
         f"Hypervolume {history[-1][1]:.4f} after trial {history[-1][0]}, in normalized "
-        f"objective space: 1 - {esc(data.metric)}, parameters and latency divided by the dense "
-        "model's; "
+        f"objective space: 1 - {esc(data.metric)}, parameters divided by the dense model's, and "
+        "latency as its ratio to the dense model timed beside each trial; "
         f"reference point ({esc(reference)})."
     )
 
 
 def front_table(data: ReportData) -> str:
-    """One row per Pareto-optimal trial."""
+    """One row per Pareto-optimal trial; where workers measured latency on different devices,
+    each device's own front too (ratios of different devices are not comparable)."""
     if not data.front:
         return note("No Pareto-optimal trial yet.")
     rows = []
     for t in data.front:
         r = pareto.row(t, data.metric)
-        spread = ""
-        if t.latency_p10_ms is not None and t.latency_p90_ms is not None:
-            spread = f" ({t.latency_p10_ms:.3f}-{t.latency_p90_ms:.3f})"
         rows.append(
             [
                 esc(r["number"]),
@@ -138,13 +137,77 @@ def front_table(data: ReportData) -> str:
                 _num(r[test_name(data.metric)], ".4f"),
                 _num(r["params"], ",d"),
                 _num(r["compression"], ".1f") + "x",
-                _num(r["latency_ms"], ".3f") + spread,
+                esc(_latency_cell(t)),
+                _num(r["latency_ms"], ".3f"),
                 esc(r["plan"]),
             ]
         )
     header = ["trial", *headers(data.metric), "params", "compression"]
-    header.append("latency ms (p10-p90)")
-    return table([*header, "plan"], rows, numeric=range(1, 6))
+    header += ["latency x dense (p10-p90)", "ms / batch"]
+    parts = [table([*header, "plan"], rows, numeric=range(1, 7))]
+    noisy = [t.number for t in data.done if t.latency_noisy]
+    if noisy:
+        parts.append(
+            note(
+                f"Noisy latency (paired ratios spread wider than p90/p10 "
+                f"{latency_spread()} after re-measuring): trials {esc(_numbers(noisy))}. "
+                "Their latency is kept but the pruner does not prune on it."
+            )
+        )
+    devices = by_device(data.done)
+    if len(devices) > 1:
+        lines = [
+            f"{esc(name)}: trials {esc(_numbers([t.number for t in trials]))}, front "
+            f"{esc(_numbers([t.number for t in device_front(trials)]))}"
+            for name, trials in devices.items()
+        ]
+        parts.append(
+            note(
+                "Latency was measured on more than one device; each device's own front "
+                "(its trials only):<br>" + "<br>".join(lines)
+            )
+        )
+    return "\n".join(parts)
+
+
+def _latency_cell(t: Record) -> str:
+    if t.latency_ratio is None:
+        return "-"
+    cell = f"{t.latency_ratio:.2f}x"
+    if t.latency_ratio_p10 is not None and t.latency_ratio_p90 is not None:
+        cell += f" ({t.latency_ratio_p10:.2f}-{t.latency_ratio_p90:.2f})"
+    return cell + (" noisy" if t.latency_noisy else "")
+
+
+def _numbers(numbers: list[int]) -> str:
+    return ", ".join(map(str, sorted(numbers)))
+
+
+def latency_spread() -> float:
+    from tnsearch.measure.latency import NOISY_SPREAD
+
+    return NOISY_SPREAD
+
+
+def by_device(trials: list[Record]) -> dict[str, list[Record]]:
+    """Trials by the device their latency was measured on (unknown: older records)."""
+    out: dict[str, list[Record]] = {}
+    for t in trials:
+        out.setdefault(t.latency_device or "unknown device", []).append(t)
+    return out
+
+
+def device_front(trials: list[Record]) -> list[Record]:
+    """The trials no other of `trials` dominates on (quality, params, latency ratio)."""
+
+    def key(t: Record) -> tuple[float, float, float]:
+        return (-(t.quality or 0.0), float(t.params or 0), float(t.latency_ratio or 0.0))
+
+    def dominates(a: Record, b: Record) -> bool:
+        ka, kb = key(a), key(b)
+        return all(x <= y for x, y in zip(ka, kb, strict=True)) and ka != kb
+
+    return [t for t in trials if not any(dominates(o, t) for o in trials if o is not t)]
 
 
 def importances(data: ReportData) -> str:

@@ -35,7 +35,28 @@ __all__ = [
 
 def columns(metric: str = "accuracy") -> tuple[str, ...]:
     """The columns of pareto.csv; the quality under the task's name (accuracy, fidelity...)."""
-    return ("number", metric, test_name(metric), "params", "compression", "latency_ms", "plan")
+    return (
+        "number",
+        metric,
+        test_name(metric),
+        "params",
+        "compression",
+        *LATENCY_COLUMNS,
+        "plan",
+    )
+
+
+#: The latency columns of pareto.csv: the objective (a ratio to the dense model timed beside the
+#: trial) and its spread, the milliseconds of both, the device and whether it was noisy.
+LATENCY_COLUMNS = (
+    "latency_ratio",
+    "latency_ratio_p10",
+    "latency_ratio_p90",
+    "latency_ms",
+    "dense_latency_ms",
+    "latency_noisy",
+    "latency_device",
+)
 
 
 #: The columns of a classification study.
@@ -50,7 +71,7 @@ def row(trial: Record, metric: str = "accuracy") -> dict[str, Any]:
         test_name(metric): trial.test_quality,
         "params": trial.params,
         "compression": trial.compression,
-        "latency_ms": trial.latency_ms,
+        **{name: getattr(trial, name) for name in LATENCY_COLUMNS},
         "plan": plans.summary(trial.plan) if trial.plan else "",
     }
 
@@ -94,7 +115,7 @@ def table(rows: Sequence[dict[str, Any]], metric: str = "accuracy") -> str:
     width = max(7, len(val)), max(8, len(test))
     header = (
         f"{'trial':>5}  {val:>{width[0]}}  {test:>{width[1]}}  {'params':>10}  {'x':>6}  "
-        f"{'ms':>8}  plan"
+        f"{'latency':>12}  {'ms':>8}  plan"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -102,9 +123,16 @@ def table(rows: Sequence[dict[str, Any]], metric: str = "accuracy") -> str:
             f"{r['number']:>5}  {_num(r[metric], '.4f'):>{width[0]}}"
             f"  {_num(r[test_name(metric)], '.4f'):>{width[1]}}"
             f"  {_num(r['params'], ',d'):>10}  {_num(r['compression'], '.1f'):>6}"
-            f"  {_num(r['latency_ms'], '.3f'):>8}  {r['plan']}"
+            f"  {_ratio(r):>12}  {_num(r['latency_ms'], '.3f'):>8}  {r['plan']}"
         )
     return "\n".join(lines)
+
+
+def _ratio(r: dict[str, Any]) -> str:
+    """The latency objective as the console shows it: `0.62x dense`, `*` when noisy."""
+    if r.get("latency_ratio") is None:
+        return "-"
+    return f"{r['latency_ratio']:.2f}x dense" + ("*" if r.get("latency_noisy") else " ")
 
 
 def _num(value: Any, spec: str) -> str:
@@ -124,7 +152,7 @@ def plot(study: optuna.Study, path: str | Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for ax, key, label in (
         (axes[0], "params", "parameters"),
-        (axes[1], "latency", "latency (ms / batch)"),
+        (axes[1], "latency", "latency (x the dense model, timed beside each trial)"),
     ):
         for group, style in (
             ([t for t in done if t.number not in best], {"c": "0.7", "label": "trial"}),
@@ -199,8 +227,8 @@ def _running_max(values: Sequence[float]) -> list[float]:
 
 #: Reference point of the hypervolume, per objective, in normalized space: quality 0, and 10%
 #: more parameters / latency than the dense model. Normalized space: 1 - quality (a quality such
-#: as accuracy or fidelity, in [0, 1]), params / dense params, latency / dense latency, so fronts
-#: of different runs and machines compare.
+#: as accuracy or fidelity, in [0, 1]), params / dense params, and the latency ratio to the dense
+#: model timed beside each trial, so fronts of different runs and machines compare.
 REFERENCE = {"quality": 1.0, "params": 1.1, "latency": 1.1}
 
 
@@ -214,6 +242,8 @@ def normalized(trial: Record, dense: Record, objectives: Sequence[str]) -> list[
     for name in objectives:
         if name not in record.OBJECTIVES:  # the quality
             out.append(1.0 - trial.value(name))
+        elif name == "latency":  # already a ratio to the dense model, measured beside it
+            out.append(trial.value(name))
         else:
             out.append(trial.value(name) / dense.value(name))
     return out

@@ -67,7 +67,12 @@ class ParetoPruner:
                 continue
             if "params" in self.objectives and other.params > mine.params:
                 continue
-            if "latency" in self.objectives and other.latency_ms > mine.latency_ms:
+            if "latency" in self.objectives and (
+                # A noisy latency may be wrong either way: it proves no dominance.
+                mine.latency_noisy
+                or other.latency_noisy
+                or other.latency_ratio > mine.latency_ratio
+            ):
                 continue
             theirs = accuracy_at(other, epoch)
             if theirs is not None and theirs > val_acc + self.margin:
@@ -80,7 +85,7 @@ class ParetoPruner:
                     f"dominated {where} "
                     f"quality {val_acc:.4f} < {theirs:.4f} - {self.margin} with no fewer params "
                     f"({mine.params:,} >= {other.params:,}) and no lower latency "
-                    f"({mine.latency_ms:.3f} >= {other.latency_ms:.3f} ms)"
+                    f"({mine.latency_ratio:.2f}x >= {other.latency_ratio:.2f}x dense)"
                 )
         return None
 

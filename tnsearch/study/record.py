@@ -65,7 +65,7 @@ class Objective(NamedTuple):
 #: map of name -> objective. Any other name is the quality, under the task's own name.
 OBJECTIVES: dict[str, Objective] = {
     "params": Objective("minimize", "params"),
-    "latency": Objective("minimize", "latency_ms"),
+    "latency": Objective("minimize", "latency_ratio"),  # a ratio to dense: see measure.latency
 }
 QUALITY = "quality"  # how a config names the task's quality among the objectives
 
@@ -117,9 +117,15 @@ class Record:
     zero_shot_quality: float | None = None  # warm start: right after the decomposition
     params: int | None = None
     compression: float | None = None
-    latency_ms: float | None = None
+    latency_ratio: float | None = None  # the latency objective: time / the dense model's, paired
+    latency_ratio_p10: float | None = None
+    latency_ratio_p90: float | None = None
+    latency_ms: float | None = None  # ms per batch (`latency.batch_size`) on `latency_device`
     latency_p10_ms: float | None = None
     latency_p90_ms: float | None = None
+    dense_latency_ms: float | None = None  # the dense reference, timed beside it
+    latency_device: str | None = None  # e.g. "NVIDIA H200", or the CPU model and threads
+    latency_noisy: bool | None = None  # the paired ratios spread wider than NOISY_SPREAD
     history: Sequence[Mapping[str, float]] | None = None  # {"epoch", "train_loss", "val_acc"}
     seconds: float | None = None
     fail_reason: str | None = None
@@ -215,6 +221,14 @@ class Record:
         if self.infeasible is not None:
             return Outcome.INFEASIBLE
         return Outcome.COMPLETE
+
+    def latency_text(self) -> str:
+        """The latency for people: the ratio to dense first (the objective), then the
+        milliseconds, and a warning when the measurement was noisy: `0.62x dense (0.431 ms)`."""
+        if self.latency_ratio is None:
+            return f"{self.latency_ms:.3f} ms" if self.latency_ms is not None else "latency -"
+        noisy = ", noisy" if self.latency_noisy else ""
+        return f"{self.latency_ratio:.2f}x dense ({self.latency_ms:.3f} ms{noisy})"
 
     def value(self, name: str) -> float:
         """The value of objective `name` (params, latency, or any other name: the quality)."""

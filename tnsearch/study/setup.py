@@ -65,6 +65,17 @@ class Setup:
             self._teacher = dense.eval()
         return self._teacher
 
+    def latency_reference(self) -> torch.nn.Module:
+        """The dense model every trial's latency is timed beside (built once per worker, with
+        the trained weights when there are some), in eval mode."""
+        if getattr(self, "_latency_reference", None) is None:
+            plan = plans.make(self.cfg["model"], self.inputs, {})
+            dense = plans.build_dense(plan, trusted=plans.trusted_models(self.cfg))
+            if self.pretrained is not None:
+                dense.load_state_dict(self.pretrained)
+            self._latency_reference = dense.eval()
+        return self._latency_reference
+
     def task(self, model: torch.nn.Module, optimizer) -> Any:
         """The LightningModule of the configured task (`task=classify`, `task=distill`, ...)
         that trains `model` with `optimizer` (a partial: called with the parameters)."""

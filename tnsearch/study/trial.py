@@ -27,6 +27,19 @@ from tnsearch.study.record import Outcome, Record
 from tnsearch.study.setup import Setup, trial_device
 from tnsearch.ui.console import short_name, test_name, val_name
 
+#: What a trial's latency measurement records (a repeat of a plan takes them from the first).
+LATENCY_FIELDS = (
+    "latency_ratio",
+    "latency_ratio_p10",
+    "latency_ratio_p90",
+    "latency_ms",
+    "latency_p10_ms",
+    "latency_p90_ms",
+    "dense_latency_ms",
+    "latency_device",
+    "latency_noisy",
+)
+
 
 def run_trial(setup: Setup, study: optuna.Study, trial: optuna.Trial, tracker) -> Outcome:
     """Run one trial to its end; return how it ended.
@@ -136,7 +149,7 @@ class _Trial:
             plan=earlier.plan,
             params=earlier.params,
             compression=earlier.compression,
-            latency_ms=earlier.latency_ms,
+            **{name: getattr(earlier, name) for name in LATENCY_FIELDS},
             trained=False,
             duplicate_of=earlier.number,
             quality=earlier.quality,
@@ -172,27 +185,34 @@ class _Trial:
         record.write_fields(trial, plan=self.plan)
         self.folder = setup.study_dir / "trials" / str(trial.number)
         plans.save(self.plan, self.folder / "plan.json")
+        # The run may be made later, on the tracker's thread: its id goes to the trial from there
+        # (liveness closes a dead worker's run by it); self.rec never holds it, so writing the
+        # record at the end leaves it be.
         self.run_id = self.tracker.start_trial(
-            trial.number, self.plan, _run_params(self.cfg, self.plan, self.seed, self.optimizer)
+            trial.number,
+            self.plan,
+            _run_params(self.cfg, self.plan, self.seed, self.optimizer),
+            on_run_id=lambda run_id: record.write_fields(trial, mlflow_run_id=run_id),
         )
-        if self.run_id is not None:
-            self.update(mlflow_run_id=self.run_id)
-            record.write_fields(trial, mlflow_run_id=self.run_id)
         return model
 
     def measure(self, model: torch.nn.Module) -> None:
-        """Latency of the whole model in eval mode, compiled as `latency.compile` says."""
+        """Latency of the whole model in eval mode, compiled as `latency.compile` says, as a
+        ratio to the dense model timed beside it on the same inputs (`latency.paired`)."""
         cfg = self.cfg["latency"]
         example = latency.example_batch(self.setup.datamodule, cfg["batch_size"])
         device = torch.device(cfg["device"] or trial_device(self.cfg))
+        reference = self.setup.latency_reference()
         if cfg["compile"] != "none" or self.cfg["trainer"]["compile"] != "none":
             # Every trial is a new model behind the same forward functions: start Dynamo
             # afresh, or its per-function recompile limit turns compilation off after 8 trials.
             torch._dynamo.reset()
             self.freeze_paths(model, device)
-        measured = model if cfg["compile"] == "none" else _compile(model, cfg["compile"])
-        stats = latency.measure(
-            measured,
+        if cfg["compile"] != "none":
+            model, reference = _compile(model, cfg["compile"]), _compile(reference, cfg["compile"])
+        stats = latency.paired(
+            model,
+            reference,
             example,
             # A compiled model runs slowly for its first few calls after compiling (measured:
             # 3-4 calls on CPU), whatever latency.warmup says.
@@ -200,8 +220,21 @@ class _Trial:
             repeats=cfg["repeats"],
             device=device,
             dtype=cfg["dtype"],
+            spread=cfg["noisy"],
+            attempts=cfg["attempts"],
+            threads=cfg["threads"],
         )
-        self.update(latency_ms=stats.p50, latency_p10_ms=stats.p10, latency_p90_ms=stats.p90)
+        self.update(
+            latency_ratio=stats.ratio,
+            latency_ratio_p10=stats.ratio_p10,
+            latency_ratio_p90=stats.ratio_p90,
+            latency_ms=stats.latency_ms,
+            latency_p10_ms=stats.latency_p10_ms,
+            latency_p90_ms=stats.latency_p90_ms,
+            dense_latency_ms=stats.reference_ms,
+            latency_device=stats.device,
+            latency_noisy=stats.noisy,
+        )
 
     def freeze_paths(self, model: torch.nn.Module, device: torch.device) -> None:
         """Choose every tensorized layer's path for the shapes it will see, then fix them, so
@@ -319,7 +352,8 @@ class _Trial:
         metrics = {} if outcome == Outcome.FAILED else _final_metrics(self.rec, self.setup.metric)
         state_name = mlflow_state or ("PRUNED" if state == TrialState.PRUNED else state.name)
         if self.run_id is not None:
-            self.tracker.end_trial(self.run_id, state=state_name, metrics=metrics, tags=tags or {})
+            tags = {**_latency_tags(self.rec), **(tags or {})}
+            self.tracker.end_trial(self.run_id, state=state_name, metrics=metrics, tags=tags)
         self.say(outcome)
 
     def fail(self, reason: str, *, killed: bool = False, trace: str | None = None) -> None:
@@ -357,7 +391,7 @@ def trial_line(
     if outcome == Outcome.COMPLETE:
         return (
             f"{head}  {short_name(metric)} {rec.quality:.4f}  params {rec.params:>10,} "
-            f"({rec.compression:.1f}x)  {rec.latency_ms:.3f} ms  {seconds:.1f} s"
+            f"({rec.compression:.1f}x)  {rec.latency_text()}  {seconds:.1f} s"
         )
     if outcome == Outcome.INFEASIBLE:
         return f"{head}  infeasible: {rec.infeasible or ''}"
@@ -390,6 +424,8 @@ def _constraints(constraints: Mapping[str, Any], rec: Record) -> dict[str, float
     out = {}
     if constraints.get("max_params") is not None:
         out["max_params"] = float(rec.params - constraints["max_params"])
+    if constraints.get("max_latency") is not None:  # a ratio to the dense model's latency
+        out["max_latency"] = float(rec.latency_ratio - constraints["max_latency"])
     if constraints.get("max_latency_ms") is not None:
         out["max_latency_ms"] = float(rec.latency_ms - constraints["max_latency_ms"])
     return out
@@ -404,13 +440,28 @@ def _final_metrics(rec: Record, metric: str) -> dict[str, float]:
         "zero_shot_quality": f"zero_shot_{metric}",
         "params": "params",
         "compression": "compression",
+        "latency_ratio": "latency_ratio",
+        "latency_ratio_p10": "latency_ratio_p10",
+        "latency_ratio_p90": "latency_ratio_p90",
         "latency_ms": "latency_ms",
         "latency_p10_ms": "latency_p10_ms",
         "latency_p90_ms": "latency_p90_ms",
+        "dense_latency_ms": "dense_latency_ms",
     }
     return {
         name: float(getattr(rec, k)) for k, name in names.items() if getattr(rec, k) is not None
     }
+
+
+def _latency_tags(rec: Record) -> dict[str, str]:
+    """MLflow tags of a trial's latency measurement: the device's name, and whether it was
+    noisy (ratios are compared within one device only)."""
+    tags = {}
+    if rec.latency_device is not None:
+        tags["latency_device"] = rec.latency_device
+    if rec.latency_noisy is not None:
+        tags["latency_noisy"] = str(bool(rec.latency_noisy)).lower()
+    return tags
 
 
 def _instantiate(node: Mapping[str, Any]):
