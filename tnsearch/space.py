@@ -79,7 +79,9 @@ def _orders_for(layer: Layer, orders: Sequence[int]) -> tuple[int, ...]:
 
 #: What a trial chooses per group, besides the modes: the Optuna parameter `<group>.<choice>`.
 CHOICES = ("tensorize", "topology", "order", "rank")
-_PARAM = re.compile(r"^(?P<group>.+)\.(?P<choice>tensorize|topology|order|rank|modes\d+\.\d+)$")
+_PARAM = re.compile(
+    r"^(?P<group>.+)\.(?P<choice>tensorize|topology|order|rank|(?:in|out)_modes\.order\d+)$"
+)
 
 
 def param_name(group: str, choice: str) -> str:
@@ -87,9 +89,11 @@ def param_name(group: str, choice: str) -> str:
     return f"{group}.{choice}"
 
 
-def modes_param(group: str, order: int, dim: int) -> str:
-    """The Optuna parameter of how `group` splits its dimension `dim` into `order` modes."""
-    return param_name(group, f"modes{order}.{dim}")
+def modes_param(layer: str, side: str, order: int) -> str:
+    """The Optuna parameter of how `layer` splits its input (`side="in"`) or output dimension
+    into `order` modes, e.g. `fc1.in_modes.order3`: one per order, because a sampler needs one
+    set of choices per parameter name (the splits into 2 modes are not those into 3)."""
+    return param_name(layer, f"{side}_modes.order{order}")
 
 
 def parse_param(name: str) -> tuple[str | None, str]:
@@ -252,8 +256,8 @@ class Space:
                 chosen[layer.name] = {
                     "topology": topology,
                     "order": order,
-                    "in_modes": self._modes(trial, group, layer.in_dim, order),
-                    "out_modes": self._modes(trial, group, layer.out_dim, order),
+                    "in_modes": self._modes(trial, layer.name, "in", layer.in_dim, order),
+                    "out_modes": self._modes(trial, layer.name, "out", layer.out_dim, order),
                     "rank": rank,
                 }
         return chosen
@@ -300,12 +304,12 @@ class Space:
             if self.factorizations == "balanced" or order == 1:
                 continue
             for layer, spec in zip(members, specs, strict=True):
-                for dim, modes in (
-                    (layer.in_dim, spec["in_modes"]),
-                    (layer.out_dim, spec["out_modes"]),
+                for side, dim, modes in (
+                    ("in", layer.in_dim, spec["in_modes"]),
+                    ("out", layer.out_dim, spec["out_modes"]),
                 ):
                     if len(mode_choices(dim, order)) > 1:
-                        params[modes_param(group, order, dim)] = _modes_label(modes)
+                        params[modes_param(layer.name, side, order)] = _modes_label(modes)
         return params
 
     def suggest_training(self, trial) -> dict[str, float]:
@@ -314,10 +318,10 @@ class Space:
             return {}
         return {"lr": trial.suggest_categorical("lr", list(self.lr))}
 
-    def _modes(self, trial, group: str, dim: int, order: int) -> list[int]:
+    def _modes(self, trial, layer: str, side: str, dim: int, order: int) -> list[int]:
         if self.factorizations == "balanced" or order == 1:
             return list(shapes.near_even(dim, order))
         choices = mode_choices(dim, order)
         if len(choices) == 1:
             return _parse_modes(choices[0])
-        return _parse_modes(trial.suggest_categorical(modes_param(group, order, dim), choices))
+        return _parse_modes(trial.suggest_categorical(modes_param(layer, side, order), choices))

@@ -293,18 +293,20 @@ def test_param_name_round_trips(group, choice):
     assert space.parse_param(name) == (group, choice)
 
 
-@pytest.mark.parametrize("group", ["fc1", "layer1.0.conv1", "layer2.1.downsample.0"])
-@pytest.mark.parametrize(("order", "dim"), [(2, 64), (3, 512), (10, 7)])
-def test_modes_param_round_trips(group, order, dim):
-    name = space.modes_param(group, order, dim)
-    assert name == f"{group}.modes{order}.{dim}"
-    assert space.parse_param(name) == (group, f"modes{order}.{dim}")
+@pytest.mark.parametrize("layer", ["fc1", "layer1.0.conv1", "layer2.1.downsample.0"])
+@pytest.mark.parametrize("side", ["in", "out"])
+@pytest.mark.parametrize("order", [2, 3, 10])
+def test_modes_param_round_trips(layer, side, order):
+    name = space.modes_param(layer, side, order)
+    assert name == f"{layer}.{side}_modes.order{order}"  # says what it is: fc1.in_modes.order3
+    assert space.parse_param(name) == (layer, f"{side}_modes.order{order}")
 
 
 def test_group_names_that_look_like_choices():
     # A group whose last part is itself a choice name still splits at the last choice.
     assert space.parse_param("net.rank.order") == ("net.rank", "order")
-    assert space.parse_param(space.modes_param("x.modes2", 2, 8)) == ("x.modes2", "modes2.8")
+    name = space.modes_param("x.in_modes", "out", 2)
+    assert space.parse_param(name) == ("x.in_modes", "out_modes.order2")
 
 
 @pytest.mark.parametrize(
