@@ -237,3 +237,23 @@ def test_the_profile_section_draws_the_studys_newest_profile(tmp_path):
     # the line joins the options no other beats: rank 8 (more params, more loss) is off it
     points = [(e.params / 1000, 0.9 - e.quality) for e in entries]
     assert [p[0] for p in _profile.envelope(points)] == [0.05, 0.1, 0.4]
+
+
+def test_log_axes_label_their_major_ticks_only():
+    from tnsearch.report import _figures
+
+    assert _figures.log_ticks([2000, 50610]) == [2000, 5000, 10000, 20000, 50000]
+    assert _figures.log_ticks([10, 1e7]) == [10**k for k in range(1, 8)]  # decades only
+    assert len(_figures.log_ticks([0.9, 0.95])) == 2  # within one step: its two ends
+    data = ReportData.collect(_grid_study(12), report_options())
+    fig = _figures.front_plotly(data)
+    log_axes = [a for a in (fig.layout[k] for k in fig.layout) if getattr(a, "type", None) == "log"]
+    assert log_axes and all(a.tickvals and len(a.tickvals) <= 8 for a in log_axes)
+    assert all(len(a.ticktext) == len(a.tickvals) for a in log_axes)
+
+
+def test_a_long_title_is_wrapped_to_the_figure():
+    from tnsearch.report import _figures
+
+    title = "trial 3: normalized singular values per bond (dot: effective rank at 99% energy)"
+    assert "\n" in _figures.fit_title(title, 3.6) and "\n" not in _figures.fit_title(title, 14)

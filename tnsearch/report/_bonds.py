@@ -125,7 +125,7 @@ def spectra_png(result: TrialBonds, energy: float) -> bytes:
     for ax in axes.flat[len(layers) :]:
         ax.axis("off")
     for ax, layer in zip(axes.flat, layers, strict=False):
-        ax.set_title(f"{layer.name} ({layer.topology})", fontsize=9)
+        ax.set_title(_figures.fit_title(f"{layer.name} ({layer.topology})", 3.6, 9), fontsize=9)
         if not layer.bonds:
             ax.axis("off")
             ax.text(0.5, 0.5, "no bonds", ha="center", va="center", transform=ax.transAxes)
@@ -142,14 +142,16 @@ def spectra_png(result: TrialBonds, energy: float) -> bytes:
         ax.set_ylim(max(low / 2, 1e-12), 1.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(which="both", labelsize=7)
+        ax.set_xlabel("index (1: largest)", fontsize=7)
+        ax.set_ylabel("singular value / largest", fontsize=7)
         ax.grid(alpha=0.3)
         if len(layer.bonds) <= 8:
             ax.legend(fontsize=6, loc="lower left")
-    fig.suptitle(
+    title = (
         f"trial {result.trial.number}: normalized singular values per bond "
-        f"(dot: effective rank at {energy:.0%} energy)",
-        fontsize=10,
+        f"(dot: effective rank at {energy:.0%} energy)"
     )
+    fig.suptitle(_figures.fit_title(title, 3.6 * cols), fontsize=10)
     return _figures._png(fig)
 
 

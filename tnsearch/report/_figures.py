@@ -48,6 +48,43 @@ def _groups(data: ReportData) -> list[tuple[str, list[Record], dict]]:
     ]
 
 
+def log_ticks(values: Sequence[float]) -> list[float]:
+    """Tick positions for a log axis over `values`: 1, 2 and 5 times the powers of ten inside
+    their range, or only the powers of ten when those would be more than eight; never a tick
+    label on every minor tick (plotly labels them all by default on a short log range)."""
+    positive = [v for v in values if v > 0]
+    if not positive:
+        return []
+    import math
+
+    low, high = min(positive) / 1.15, max(positive) * 1.15
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    for multiples in ((1, 2, 5), (1,)):
+        ticks = [m * 10.0**k for k in decades for m in multiples if low <= m * 10.0**k <= high]
+        if len(ticks) <= 8:
+            break
+    if len(ticks) < 2:  # a range inside one step: its ends, rounded
+        ticks = sorted({float(f"{min(positive):.2g}"), float(f"{max(positive):.2g}")})
+    return ticks
+
+
+def tick_text(value: float) -> str:
+    """A short tick label: 20k, 1.5M, 0.5."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:g}{suffix}"
+    return f"{value:g}"
+
+
+def fit_title(text: str, width_in: float, fontsize: float = 10) -> str:
+    """`text` wrapped to fit a figure `width_in` inches wide at `fontsize` points (a narrow
+    one-panel figure clipped its one-line title)."""
+    import textwrap
+
+    chars = max(20, int(width_in * 72 / (0.55 * fontsize)))
+    return textwrap.fill(text, width=chars)
+
+
 def _value(trial: Record, axis: str) -> float:
     return trial.value(axis)
 
@@ -84,8 +121,10 @@ def front_png(data: ReportData) -> bytes:
             )
         ax.set_xlabel(_label(x, data))
         ax.set_ylabel(_label(y, data))
-        ax.set_xscale("log" if AXES[x][1] else "linear")
-        ax.set_yscale("log" if AXES[y][1] else "linear")
+        for name, axis, set_scale in ((x, ax.xaxis, ax.set_xscale), (y, ax.yaxis, ax.set_yscale)):
+            if AXES[name][1]:
+                set_scale("log")
+                _major_only(axis, [_value(t, name) for t in data.done])
         ax.grid(alpha=0.3)
     axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle(f"{data.name}: {len(data.done)} trials, {len(data.front)} Pareto-optimal")
@@ -115,12 +154,8 @@ def front_plotly(data: ReportData) -> go.Figure:
                 row=1,
                 col=col,
             )
-        fig.update_xaxes(
-            title_text=_label(x, data), type="log" if AXES[x][1] else None, row=1, col=col
-        )
-        fig.update_yaxes(
-            title_text=_label(y, data), type="log" if AXES[y][1] else None, row=1, col=col
-        )
+        fig.update_xaxes(title_text=_label(x, data), **_plotly_axis(data, x), row=1, col=col)
+        fig.update_yaxes(title_text=_label(y, data), **_plotly_axis(data, y), row=1, col=col)
     fig.update_layout(
         height=430,
         margin={"l": 50, "r": 20, "t": 30, "b": 50},
@@ -128,6 +163,25 @@ def front_plotly(data: ReportData) -> go.Figure:
         template="plotly_white",
     )
     return fig
+
+
+def _plotly_axis(data: ReportData, axis: str) -> dict:
+    """A plotly axis of objective `axis`: log with labels on its major ticks only."""
+    if not AXES[axis][1]:
+        return {}
+    ticks = log_ticks([_value(t, axis) for t in data.done])
+    return {"type": "log", "tickvals": ticks, "ticktext": [tick_text(v) for v in ticks]}
+
+
+def _major_only(axis, values: Sequence[float]) -> None:
+    """A matplotlib log axis with labels on `log_ticks` only, none on the minor ticks."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    ticks = log_ticks(values)
+    if ticks:
+        axis.set_major_locator(FixedLocator(ticks))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: tick_text(v)))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _hover(t: Record) -> str:
