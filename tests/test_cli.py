@@ -59,11 +59,16 @@ def test_quick_study_then_continue(tmp_path):
         "number",
         "accuracy",
         "test_accuracy",
-        "params",
+        "param_count",
         "compression",
+        "latency_ratio",
         "latency_ms",
+        "dense_latency_ms",
+        "latency_device",
         "plan",
     }
+    assert "params" not in rows[0]  # one name per figure, the same as Optuna's and MLflow's
+    assert list(study.metric_names) == ["accuracy", "param_count", "latency_ratio"]
     for t in complete:
         folder = study_dir / "trials" / str(t.number)
         assert json.loads((folder / "plan.json").read_text()) == t.user_attrs["plan"]
@@ -85,16 +90,19 @@ def test_quick_study_then_continue(tmp_path):
             "latency_p10_ms",
             "latency_p90_ms",
             "accuracy",
-            "params",
+            "param_count",
             "compression",
+            "latency_ratio",
             "latency_ms",
+            "dense_latency_ms",
             "train_loss",
-            "val_accuracy",
         }
+        assert not {"params", "val_accuracy"} & set(run.data.metrics)
+        assert run.data.tags["latency_device"]
         assert run.data.tags["state"] == "COMPLETE"
         assert "tensorized_layers" in run.data.params
-        history = client.get_metric_history(run.info.run_id, "val_accuracy")
-        assert len(history) == 1
+        history = client.get_metric_history(run.info.run_id, "accuracy")  # by epoch, then final
+        assert history[-1].value == pytest.approx(run.data.metrics["accuracy"])
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
         assert "plan.json" in artifacts
     parent_files = [a.path for a in client.list_artifacts(parent.info.run_id)]

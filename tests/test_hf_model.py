@@ -203,7 +203,7 @@ def test_study_minilm_compresses_the_real_pretrained_model(tmp_path):
     study = optuna.load_study(
         study_name="minilm", storage=storage.journal(str(tmp_path / "minilm" / "optuna.journal"))
     )
-    assert study.metric_names == ["fidelity", "params", "latency"]
+    assert study.metric_names == ["fidelity", "param_count", "latency_ratio"]
     assert record.quality_metric(study) == "fidelity"
     done = record.trained(study)
     dense = record.dense(done)

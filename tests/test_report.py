@@ -168,10 +168,10 @@ def test_importances_use_features_that_every_trial_has():
     for name, evaluator in evaluators(data.options["importance"]).items():
         found = evaluate(data, evaluator, min_trials=8)
         assert isinstance(found, dict), (name, found)
-        assert list(found) == ["accuracy", "params", "latency"]
+        assert list(found) == ["accuracy", "param_count", "latency_ratio"]
         assert max(found["accuracy"], key=found["accuracy"].get) == "fc1.rank", (name, found)
         if name == "fanova":  # PED-ANOVA looks at the best 10% only: too few here for params
-            assert max(found["params"], key=found["params"].get) == "fc2.topology", found
+            assert max(found["param_count"], key=found["param_count"].get) == "fc2.topology", found
         assert sum(found["accuracy"].values()) == pytest.approx(1.0)
     assert evaluate(data, next(iter(evaluators(data.options["importance"]).values())), 99) == (
         "not enough trials: 24 finished, 99 needed"

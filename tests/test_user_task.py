@@ -93,7 +93,7 @@ def test_a_user_module_s_metric_is_the_study_s_quality(tmp_path):
     assert run_search(compose_cfg(overrides)) == 0
     journal = str(tmp_path / "mlp" / "optuna.journal")
     study = optuna.load_study(study_name="mlp", storage=storage.journal(journal))
-    assert study.metric_names == ["val_f1", "params", "latency"]
+    assert study.metric_names == ["val_f1", "param_count", "latency_ratio"]
     done = record.trained(study)
     assert len(done) == 3
     for r in done:

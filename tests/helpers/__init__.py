@@ -132,7 +132,7 @@ def constructed_study(trials, name="constructed"):
     study = optuna.create_study(study_name=name, directions=["maximize", "minimize", "minimize"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(["accuracy", "params", "latency"])
+        study.set_metric_names(["accuracy", "param_count", "latency_ratio"])
     study.set_user_attr("dense_params", 50610)
     study.add_trials(trials)
     return study

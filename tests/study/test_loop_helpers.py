@@ -314,3 +314,26 @@ def test_group_names_that_look_like_choices():
 )
 def test_parse_param_of_other_parameters(name):
     assert space.parse_param(name) == (None, name)
+
+
+def test_a_repeated_plan_is_never_offered_as_a_best_trial():
+    """Optuna (and optuna-dashboard, which asks it) leaves the untrained repeat off the front."""
+    import time as _time
+    from types import SimpleNamespace
+
+    from tests.helpers import constructed_study, constructed_trial
+    from tnsearch.study.trial import UNTRAINED, _Trial
+    from tnsearch.ui import Console
+
+    study = constructed_study([constructed_trial(0.9, 50610, 1.0)])
+    earlier = Record.from_trial(study.trials[0])
+    runner = _Trial.__new__(_Trial)
+    runner.setup = SimpleNamespace(console=Console(), metric="accuracy")
+    runner.study, runner.trial, runner.tracker = study, study.ask(), None
+    runner.run_id, runner.told, runner.start = None, False, _time.perf_counter()
+    runner.rec, runner.plan = Record(number=runner.trial.number), dict(earlier.plan)
+    assert runner.duplicate(earlier) == Outcome.DUPLICATE
+    repeat = study.trials[1]
+    assert repeat.values == study.trials[0].values and repeat.user_attrs["trained"] is False
+    assert [t.number for t in study.best_trials] == [0]
+    assert repeat.constraints == {UNTRAINED: 1.0}

@@ -107,7 +107,10 @@ def hypervolume(data: ReportData) -> str:
     history = pareto.hypervolume_history(data.study)
     if not history:
         return note("No hypervolume yet: it needs the dense reference trial to have finished.")
-    named = {data.metric if k == "quality" else k: v for k, v in pareto.REFERENCE.items()}
+    named = {
+        data.metric if k == "quality" else record.OBJECTIVES[k].metric: v
+        for k, v in pareto.REFERENCE.items()
+    }
     reference = ", ".join(f"{k} {v}" for k, v in named.items() if k in data.objectives)
     figure = (
         plotly_figure(_figures.hypervolume_plotly(history))
@@ -135,14 +138,14 @@ def front_table(data: ReportData) -> str:
                 esc(r["number"]),
                 _num(r[data.metric], ".4f"),
                 _num(r[test_name(data.metric)], ".4f"),
-                _num(r["params"], ",d"),
+                _num(r["param_count"], ",d"),
                 _num(r["compression"], ".1f") + "x",
                 esc(_latency_cell(t)),
                 _num(r["latency_ms"], ".3f"),
                 esc(r["plan"]),
             ]
         )
-    header = ["trial", *headers(data.metric), "params", "compression"]
+    header = ["trial", *headers(data.metric), "param_count", "compression"]
     header += ["latency x dense (p10-p90)", "ms / batch"]
     parts = [table([*header, "plan"], rows, numeric=range(1, 7))]
     noisy = [t.number for t in data.done if t.latency_noisy]

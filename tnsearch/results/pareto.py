@@ -39,7 +39,7 @@ def columns(metric: str = "accuracy") -> tuple[str, ...]:
         "number",
         metric,
         test_name(metric),
-        "params",
+        "param_count",
         "compression",
         *LATENCY_COLUMNS,
         "plan",
@@ -69,7 +69,7 @@ def row(trial: Record, metric: str = "accuracy") -> dict[str, Any]:
         "number": trial.number,
         metric: trial.quality,
         test_name(metric): trial.test_quality,
-        "params": trial.params,
+        "param_count": trial.params,
         "compression": trial.compression,
         **{name: getattr(trial, name) for name in LATENCY_COLUMNS},
         "plan": plans.summary(trial.plan) if trial.plan else "",
@@ -114,7 +114,7 @@ def table(rows: Sequence[dict[str, Any]], metric: str = "accuracy") -> str:
     val, test = headers(metric)
     width = max(7, len(val)), max(8, len(test))
     header = (
-        f"{'trial':>5}  {val:>{width[0]}}  {test:>{width[1]}}  {'params':>10}  {'x':>6}  "
+        f"{'trial':>5}  {val:>{width[0]}}  {test:>{width[1]}}  {'param_count':>11}  {'x':>6}  "
         f"{'latency':>12}  {'ms':>8}  plan"
     )
     lines = [header, "-" * len(header)]
@@ -122,7 +122,7 @@ def table(rows: Sequence[dict[str, Any]], metric: str = "accuracy") -> str:
         lines.append(
             f"{r['number']:>5}  {_num(r[metric], '.4f'):>{width[0]}}"
             f"  {_num(r[test_name(metric)], '.4f'):>{width[1]}}"
-            f"  {_num(r['params'], ',d'):>10}  {_num(r['compression'], '.1f'):>6}"
+            f"  {_num(r['param_count'], ',d'):>11}  {_num(r['compression'], '.1f'):>6}"
             f"  {_ratio(r):>12}  {_num(r['latency_ms'], '.3f'):>8}  {r['plan']}"
         )
     return "\n".join(lines)
@@ -233,16 +233,17 @@ REFERENCE = {"quality": 1.0, "params": 1.1, "latency": 1.1}
 
 
 def _reference(name: str) -> float:
-    return REFERENCE.get(name, REFERENCE["quality"])
+    return REFERENCE.get(record.objective_key(name) or "quality")
 
 
 def normalized(trial: Record, dense: Record, objectives: Sequence[str]) -> list[float]:
     """A trial's objectives as losses in normalized space (see REFERENCE)."""
     out = []
     for name in objectives:
-        if name not in record.OBJECTIVES:  # the quality
+        key = record.objective_key(name)
+        if key is None:  # the quality
             out.append(1.0 - trial.value(name))
-        elif name == "latency":  # already a ratio to the dense model, measured beside it
+        elif key == "latency":  # already a ratio to the dense model, measured beside it
             out.append(trial.value(name))
         else:
             out.append(trial.value(name) / dense.value(name))

@@ -21,6 +21,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from tnsearch.config import ConfigError
+from tnsearch.study import record
 from tnsearch.study.record import Record
 
 #: The rung before the first epoch (epochs count from 0): the zero-shot quality of a warm trial.
@@ -45,6 +46,11 @@ class ParetoPruner:
     each_epoch: bool = True
     zero_shot: bool = False
 
+    @property
+    def keys(self) -> set[str]:
+        """The objectives as "params" / "latency" (by config key or metric name)."""
+        return {record.objective_key(name) or name for name in self.objectives}
+
     def judges(self, epoch: int) -> bool:
         """Whether this pruner judges a trial at rung `epoch` (`ZERO_SHOT`, or from 0)."""
         if epoch == ZERO_SHOT:
@@ -65,9 +71,9 @@ class ParetoPruner:
         for other in finished:
             if other.state != TrialState.COMPLETE or not other.is_trained:
                 continue
-            if "params" in self.objectives and other.params > mine.params:
+            if "params" in self.keys and other.params > mine.params:
                 continue
-            if "latency" in self.objectives and (
+            if "latency" in self.keys and (
                 # A noisy latency may be wrong either way: it proves no dominance.
                 mine.latency_noisy
                 or other.latency_noisy

@@ -55,24 +55,38 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 class Objective(NamedTuple):
-    """One objective: how Optuna optimizes it and which record field holds its value."""
+    """One objective: how Optuna optimizes it, which record field holds its value, and its
+    name in Optuna, MLflow, pareto.csv, the report and the console (one name everywhere)."""
 
     direction: str  # "maximize" or "minimize"
     field: str  # the Record attribute
+    metric: str = ""  # "" for the quality: it goes by the task's name (accuracy, fidelity...)
 
 
 #: The objectives besides the task's quality (`objectives: [quality, params, latency]`), the one
 #: map of name -> objective. Any other name is the quality, under the task's own name.
 OBJECTIVES: dict[str, Objective] = {
-    "params": Objective("minimize", "params"),
-    "latency": Objective("minimize", "latency_ratio"),  # a ratio to dense: see measure.latency
+    # not "params": MLflow's runs table already has "Parameters", the run's settings
+    "params": Objective("minimize", "params", "param_count"),
+    "latency": Objective("minimize", "latency_ratio", "latency_ratio"),  # see measure.latency
 }
 QUALITY = "quality"  # how a config names the task's quality among the objectives
 
 
+def objective_key(name: str) -> str | None:
+    """ "params" or "latency" for an objective named by its config key or its metric name (or
+    as studies made before the names were one named it); None for the quality."""
+    for key, found in OBJECTIVES.items():
+        if name in (key, found.metric):
+            return key
+    return None
+
+
 def objective(name: str, quality_direction: str = "maximize") -> Objective:
-    """The objective `name` names: params, latency, or (any other name) the quality."""
-    return OBJECTIVES.get(name) or Objective(quality_direction, "quality")
+    """The objective `name` names: params, latency (by key or metric name), or (any other
+    name) the quality."""
+    key = objective_key(name)
+    return OBJECTIVES[key] if key else Objective(quality_direction, "quality")
 
 
 class Outcome(enum.Enum):

@@ -128,9 +128,17 @@ def task_metric(cfg: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def metric_names(cfg: Mapping[str, Any]) -> list[str]:
-    """The objectives with `quality` named as the task names it."""
+    """The objectives by their metric names (Optuna's, MLflow's): `quality` as the task names
+    it, `params` as param_count, `latency` as latency_ratio."""
     name = task_metric(cfg)[0]
-    return [name if o == record.QUALITY else o for o in cfg["objectives"]]
+    return [
+        name
+        if o == record.QUALITY
+        else record.OBJECTIVES[o].metric
+        if o in record.OBJECTIVES
+        else o
+        for o in cfg["objectives"]
+    ]
 
 
 def check_objectives(cfg: Mapping[str, Any]) -> None:
@@ -402,7 +410,7 @@ def open_study(setup: Setup) -> optuna.Study:
     if study.metric_names is None:
         study.set_metric_names(setup.metric_names)
         record.set_quality_metric(study, setup.metric)
-    elif list(study.metric_names) != setup.metric_names:
+    elif _keys(study.metric_names) != _keys(setup.metric_names):  # older names are the same
         raise ConfigError(
             "objectives",
             f"study {cfg['name']!r} was created with {study.metric_names}; "
@@ -429,6 +437,10 @@ def create_study_with_retry(**kwargs) -> optuna.Study:
                 raise
             time.sleep(0.5 + attempt)
     raise AssertionError("unreachable")
+
+
+def _keys(names) -> list[str]:
+    return [record.objective_key(n) or n for n in names]
 
 
 def make_sampler(cfg: Mapping[str, Any]) -> optuna.samplers.BaseSampler:

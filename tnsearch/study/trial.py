@@ -25,7 +25,7 @@ from tnsearch.study import budgets, interrupts, liveness, pruning, record
 from tnsearch.study.interrupts import Interrupted
 from tnsearch.study.record import Outcome, Record
 from tnsearch.study.setup import Setup, trial_device
-from tnsearch.ui.console import short_name, test_name, val_name
+from tnsearch.ui.console import short_name, test_name
 
 #: What a trial's latency measurement records (a repeat of a plan takes them from the first).
 LATENCY_FIELDS = (
@@ -39,6 +39,10 @@ LATENCY_FIELDS = (
     "latency_device",
     "latency_noisy",
 )
+
+
+#: The constraint a repeated plan's trial violates: it holds no trained model of its own.
+UNTRAINED = "untrained"
 
 
 def run_trial(setup: Setup, study: optuna.Study, trial: optuna.Trial, tracker) -> Outcome:
@@ -144,7 +148,11 @@ class _Trial:
                 liveness.reap(self.study, self.tracker)
 
     def duplicate(self, earlier: Record) -> Outcome:
-        """Tell the earlier trial's values again instead of training the same plan twice."""
+        """Tell the earlier trial's values again instead of training the same plan twice.
+
+        Its one constraint, `untrained`, is violated, so that Optuna and optuna-dashboard never
+        offer this copy as a best trial (its model was not trained: the earlier one's was)."""
+        self.trial.set_constraint(UNTRAINED, 1.0)
         self.update(
             plan=earlier.plan,
             params=earlier.params,
@@ -299,7 +307,8 @@ class _Trial:
             self.update(history=(*(self.rec.history or ()), metrics))
             self.tracker.log_metrics(
                 self.run_id,
-                {"train_loss": metrics["train_loss"], val_name(setup.metric): metrics["val_acc"]},
+                # the validation quality by epoch, under the name of the final one: one figure
+                {"train_loss": metrics["train_loss"], setup.metric: metrics["val_acc"]},
                 step=int(metrics["epoch"]),
             )
             judge(int(metrics["epoch"]), metrics["val_acc"])
@@ -438,7 +447,7 @@ def _final_metrics(rec: Record, metric: str) -> dict[str, float]:
         "quality": metric,
         "test_quality": test_name(metric),
         "zero_shot_quality": f"zero_shot_{metric}",
-        "params": "params",
+        "params": "param_count",
         "compression": "compression",
         "latency_ratio": "latency_ratio",
         "latency_ratio_p10": "latency_ratio_p10",
