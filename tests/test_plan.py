@@ -93,3 +93,13 @@ def test_unsupported_plan_version_is_refused(tmp_path):
     (tmp_path / "p.json").write_text('{"version": 99}')
     with pytest.raises(ValueError, match=r"^plan: unsupported version"):
         plans.load(tmp_path / "p.json")
+
+
+def test_flatten_names_the_searched_layers_a_plan_keeps_dense():
+    from tnsearch import plan as plans
+
+    plan = {"model": {"_target_": "m"}, "layers": {"fc1": {"topology": "mpo", "rank": 4}}}
+    flat = plans.flatten(plan, dense=["fc1", "fc2"])
+    assert flat["fc1.topology"] == "mpo" and flat["fc1.rank"] == "4"
+    assert flat["fc2.topology"] == "dense" and flat["fc2.rank"] == "0"
+    assert "fc2.topology" not in plans.flatten(plan)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import json
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -230,9 +230,15 @@ def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def flatten(plan: Mapping[str, Any]) -> dict[str, str]:
-    """The plan as flat `layer.key -> value` strings (MLflow params)."""
+def flatten(plan: Mapping[str, Any], dense: Sequence[str] = ()) -> dict[str, str]:
+    """The plan as flat `layer.key -> value` strings (MLflow params); each layer of `dense`
+    (searchable but kept dense) as `layer.topology = dense`, `layer.rank = 0`, so that MLflow's
+    parallel coordinates show "dense" rather than nothing."""
     flat = {f"model.{k}": str(v) for k, v in plan["model"].items()}
+    for name in dense:
+        if name not in plan["layers"]:
+            flat[f"{name}.topology"] = "dense"
+            flat[f"{name}.rank"] = "0"
     for name, spec in plan["layers"].items():
         for key, value in spec.items():
             if isinstance(value, list | tuple):
