@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import tnsearch
+from tests.helpers import compose_cfg
 from tnsearch import export as export_cli
 from tnsearch import plan as plans
 from tnsearch import tn
@@ -50,12 +51,15 @@ def package(tiny_study, tmp_path_factory):
     return trial, out
 
 
-def test_package_files(package):
+def test_package_files(tiny_study, package):
     trial, out = package
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
     assert plans.load(out / "plan.json") == trial.plan
     readme = (out / "README.md").read_text()
     assert f"trial {trial.number}" in readme and "onnxruntime matches PyTorch" in readme
+    # onnxruntime's latency of model.onnx beside the dense model's ONNX, on the latency batch
+    batch = compose_cfg(tiny_study.overrides).latency.batch_size
+    assert "x the dense model's ONNX (" in readme and f" ms per batch of {batch}, " in readme
     from safetensors import safe_open
 
     with safe_open(out / "model.safetensors", "pt") as f:
@@ -107,9 +111,17 @@ def test_selection_on_the_command_line(tiny_study, tmp_path, monkeypatch, capsys
         [*tiny_study.overrides, "trial=smallest-within=0.01", f"out={tmp_path}/pkg"], monkeypatch
     )
     out = capsys.readouterr().out
-    assert out.startswith(f"trial {expected} (smallest-within=0.01): ")
+    assert f"\ntrial {expected} (smallest-within=0.01): " in "\n" + out
     assert f"exported to {tmp_path}/pkg" in out
     assert (tmp_path / "pkg" / "model.onnx").is_file()
+    # ... and logged to the trial's MLflow run
+    from mlflow import MlflowClient
+
+    run_id = study.trials[expected].user_attrs["mlflow_run_id"]
+    client = MlflowClient(f"sqlite:///{tiny_study.root}/mlflow.db")
+    logged = {a.path for a in client.list_artifacts(run_id, "export")}
+    assert {"export/model.onnx", "export/plan.json", "export/model.safetensors"} <= logged
+    assert f"logged to MLflow run {run_id}" in out
 
 
 @pytest.mark.parametrize(

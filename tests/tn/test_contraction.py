@@ -51,3 +51,32 @@ def test_given_input_shape_is_reshaped():
     )
     x, a, c = torch.randn(3, 20), torch.randn(4, 5, 2), torch.randn(2, 6)
     assert torch.allclose(run_plan(plan, (x, a, c)), x @ a.reshape(20, 2) @ c, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_plan_runs_on_any_size_of_its_dynamic_index(seed):
+    """Planned for a batch of 5, the plan runs on batches of 1, 2 and 9 (torch.export's case)."""
+    rng = random.Random(seed)
+    ops, sizes, out = _random_network(rng)
+    for n in {0, rng.randrange(len(ops))}:  # the input, and maybe a factor (a batched matmul)
+        k = rng.randint(0, len(ops[n]))
+        ops[n] = (*ops[n][:k], "b", *ops[n][k:])
+    k = rng.randint(0, len(out))
+    out = (*out[:k], "b", *out[k:])
+    split = rng.randint(0, len(out))
+    groups = tuple(grp for grp in (out[:split], out[split:]) if grp)
+    planned = tuple(sorted({**sizes, "b": 5}.items()))
+    plan = plan_contraction(tuple(ops), planned, out, groups, (), ("b",))
+    sym = {n: opt_einsum.get_symbol(k) for k, n in enumerate(sorted({*sizes, "b"}))}
+    eq = ",".join("".join(sym[i] for i in op) for op in ops) + "->" + "".join(sym[i] for i in out)
+    g = torch.Generator().manual_seed(seed)
+    for batch in (1, 2, 9):
+        size = {**sizes, "b": batch}
+        shapes = [[size[i] for i in op] for op in ops]
+        tensors = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+        ref = opt_einsum.contract(eq, *tensors).reshape(
+            [math.prod(size[i] for i in grp) for grp in groups]
+        )
+        got = run_plan(plan, tensors)
+        assert got.shape == ref.shape
+        assert torch.allclose(got, ref, rtol=1e-10, atol=1e-10)

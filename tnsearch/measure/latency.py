@@ -39,7 +39,7 @@ class LatencyStats:
         return asdict(self)
 
 
-def _quantile(sorted_values: list[float], q: float) -> float:
+def quantile(sorted_values: list[float], q: float) -> float:
     """Linear-interpolated quantile of already sorted values."""
     if len(sorted_values) == 1:
         return sorted_values[0]
@@ -146,9 +146,9 @@ def measure(
         model.train(was_training)
     times.sort()
     return LatencyStats(
-        p10=_quantile(times, 0.1),
-        p50=_quantile(times, 0.5),
-        p90=_quantile(times, 0.9),
+        p10=quantile(times, 0.1),
+        p50=quantile(times, 0.5),
+        p90=quantile(times, 0.9),
         mean=statistics.fmean(times),
         batch_size=batch_size(example),
         repeats=repeats,
@@ -250,7 +250,7 @@ def paired_calls(
 
 
 def _spread(sorted_ratios: list[float]) -> float:
-    return _quantile(sorted_ratios, 0.9) / max(_quantile(sorted_ratios, 0.1), 1e-12)
+    return quantile(sorted_ratios, 0.9) / max(quantile(sorted_ratios, 0.1), 1e-12)
 
 
 def paired(
@@ -317,13 +317,13 @@ def paired(
         for m, training in modes:
             m.train(training)
     return PairedStats(
-        ratio=_quantile(ratios, 0.5),
-        ratio_p10=_quantile(ratios, 0.1),
-        ratio_p90=_quantile(ratios, 0.9),
-        latency_ms=_quantile(mine, 0.5),
-        latency_p10_ms=_quantile(mine, 0.1),
-        latency_p90_ms=_quantile(mine, 0.9),
-        reference_ms=_quantile(theirs, 0.5),
+        ratio=quantile(ratios, 0.5),
+        ratio_p10=quantile(ratios, 0.1),
+        ratio_p90=quantile(ratios, 0.9),
+        latency_ms=quantile(mine, 0.5),
+        latency_p10_ms=quantile(mine, 0.1),
+        latency_p90_ms=quantile(mine, 0.9),
+        reference_ms=quantile(theirs, 0.5),
         pairs=repeats,
         attempts=made,
         noisy=noisy,
@@ -343,6 +343,11 @@ def device_name(device: str | torch.device) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo; else what `platform` knows)."""
     model = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as handle:
         for line in handle:
@@ -353,4 +358,4 @@ def device_name(device: str | torch.device) -> str:
         import platform
 
         model = platform.processor() or platform.machine() or "cpu"
-    return f"{' '.join(model.split())} ({torch.get_num_threads()} threads)"
+    return " ".join(model.split())

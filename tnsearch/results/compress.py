@@ -190,6 +190,7 @@ def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
             metric=metric,
             readme=readme,
             source=source,
+            batch_size=int((cfg.get("latency") or {}).get("batch_size") or 64),
         )
     console.say(f"written {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     tracker = tracking.from_config(cfg["tracking"], cfg["name"])
@@ -206,7 +207,7 @@ def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
             f"zero_shot_{metric}": zero_shot,
             f"test_{metric}": test_quality,
             f"dense_{metric}": dense_quality,
-            "params": params,
+            "param_count": params,
             "compression": dense_params / params,
             "latency_ratio": ratio,
         },

@@ -5,36 +5,39 @@ The package is a folder that needs neither the study nor its storage:
 - ``model.safetensors``: the trained weights (the state_dict of ``tnsearch.plan.build(plan)``);
 - ``plan.json``: the plan the model is rebuilt from;
 - ``model.onnx``: the tensorized model for ONNX runtimes, input ``(batch, C, H, W)`` float32,
-  output ``(batch, classes)`` logits, with a dynamic batch axis;
-- ``README.md``: what the trial is and how to use it.
+  output ``(batch, classes)`` logits, with a dynamic batch axis; each tensorized layer's graph is
+  the path it runs in PyTorch (`tnsearch.measure.onnx`), not a rebuilt dense weight;
+- ``README.md``: what the trial is and how to use it, and the onnxruntime latency of
+  ``model.onnx`` against the dense model's ONNX export, timed side by side.
 
 ``load(path)`` (also ``tnsearch.load``) rebuilds the ``nn.Module`` from the folder.
 """
 
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from tnsearch.config import ConfigError
+from tnsearch.measure import onnx as onnx_export
+from tnsearch.measure.latency import PairedStats
+from tnsearch.measure.onnx import ONNX_TOLERANCE
 from tnsearch.study import record
 from tnsearch.study.record import Record
-from tnsearch.ui import Console
+from tnsearch.ui import Console, warn
 from tnsearch.ui.console import short_name
 
-__all__ = ["FILES", "export", "load", "to_onnx", "write_package"]
+__all__ = ["FILES", "ONNX_TOLERANCE", "export", "load", "to_onnx", "write_package"]
 
 FILES = ("model.safetensors", "plan.json", "model.onnx", "README.md")
-#: The largest relative difference between the ONNX model and PyTorch that export accepts.
-ONNX_TOLERANCE = 1e-4
-#: Loggers that report each step of an ONNX export at INFO level (shown under Hydra's logging).
-_CHATTY = ("torch.onnx", "torch.export", "torch._dynamo", "onnx_ir", "onnxscript")
+#: Timed pairs of the README's onnxruntime latency (model.onnx beside the dense model's ONNX).
+ONNX_PAIRS = 30
 
 
 def load(
@@ -76,84 +79,78 @@ def _model(
     return model.eval()
 
 
-def to_onnx(model: nn.Module, plan: Mapping[str, Any], path: str | Path) -> float | None:
+def to_onnx(
+    model: nn.Module, plan: Mapping[str, Any], path: str | Path, *, batch_size: int = 64
+) -> float | None:
     """Write `model` as ONNX with a dynamic batch axis; return its error against PyTorch.
 
-    Every tensorized layer is exported on its "reconstruct" path: the graph holds the factors
-    (the file is as small as the model) and rebuilds each dense weight from them. The other paths
-    contract the input with the factors in a plan made for one batch size, which would fix the
-    batch axis. Uses the torch.export-based exporter (needs onnxscript), without its optimizer,
-    which would fold the factors back into dense weights.
+    Each tensorized layer's graph follows the path it takes on a batch of `batch_size` (the
+    latency batch): see `tnsearch.measure.onnx.export`.
 
     Returns:
-        The largest relative difference of the logits of onnxruntime and PyTorch on a random batch
-        of 3, or None when onnxruntime is not installed.
+        The largest relative difference of the logits of onnxruntime and PyTorch on a random
+        batch of another size, or None when onnxruntime is not installed.
 
     Raises:
         RuntimeError: when that difference exceeds ONNX_TOLERANCE.
     """
-    import copy
-    import warnings
+    return onnx_export.export(model, _example(plan, batch_size), path).error
 
-    import torch
 
-    from tnsearch import tn
-
-    model = copy.deepcopy(model).eval()
-    for layer in model.modules():
-        if isinstance(layer, tn.TNLayer):
-            layer.path = "reconstruct"
+def _example(plan: Mapping[str, Any], batch_size: int) -> torch.Tensor:
+    """A random input batch of the plan's image shape (the global RNG is left alone)."""
     inputs = plan["inputs"]
     shape = (inputs["in_channels"], inputs["image_size"], inputs["image_size"])
-    seeded = torch.Generator().manual_seed(0)  # leaves the global RNG alone
-    example = torch.randn(2, *shape, generator=seeded)
-    chatty = [logging.getLogger(name) for name in _CHATTY]
-    levels = [logger.level for logger in chatty]
-    for logger in chatty:
-        logger.setLevel(logging.ERROR)
+    return torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(0))
+
+
+def _onnx_speed(
+    plan: Mapping[str, Any], model_onnx: Path, example: torch.Tensor, trusted: Collection[str]
+) -> PairedStats | None:
+    """onnxruntime's latency of `model_onnx` against the plan's dense model exported alike (its
+    default weights: timing does not depend on them); None without onnxruntime."""
+    from tnsearch import plan as plans
+
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                dynamo=True,
-                input_names=["input"],
-                output_names=["logits"],
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-                optimize=False,
-                external_data=False,
-                verbose=False,
-            )
-    finally:
-        for logger, level in zip(chatty, levels, strict=True):
-            logger.setLevel(level)
-    _strip_metadata(path)
-    try:
-        import onnxruntime
+        import onnxruntime  # noqa: F401
     except ImportError:
         return None
-    x = torch.randn(3, *shape, generator=seeded)
-    with torch.no_grad():
-        expected = model(x).numpy()
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input": x.numpy()})[0]
-    error = float(abs(got - expected).max() / max(abs(expected).max(), 1e-12))
-    if error > ONNX_TOLERANCE:
-        raise RuntimeError(f"ONNX model differs from PyTorch: relative error {error:.2e}")
-    return error
+    dense = model_onnx.with_name("dense.onnx")
+    try:
+        onnx_export.export(plans.build_dense(plan, trusted=trusted), example, dense, check=False)
+        return onnx_export.paired(model_onnx, dense, example, pairs=ONNX_PAIRS, warmup=5)
+    finally:
+        dense.unlink(missing_ok=True)
 
 
-def _strip_metadata(path: str | Path) -> None:
-    """Drop the exporter's per-node debugging metadata (the stack trace and FX node of every op:
-    half the file, with this machine's paths in it)."""
-    import onnx
+def _speed_text(speed: PairedStats | None, batch_size: int) -> str:
+    """E.g. "onnxruntime: 0.71x the dense model's ONNX (1.234 ms vs 1.738 ms per batch of 64,
+    AMD EPYC (2 threads))"."""
+    if speed is None:
+        return "onnxruntime was not installed: the ONNX latency was not measured."
+    noisy = "; noisy: the paired ratios spread widely" if speed.noisy else ""
+    return (
+        f"onnxruntime: {speed.ratio:.2f}x the dense model's ONNX ({speed.latency_ms:.3f} ms vs "
+        f"{speed.reference_ms:.3f} ms per batch of {batch_size}, {speed.device}{noisy}), "
+        f"timed side by side ({speed.pairs} pairs, the order alternating)."
+    )
 
-    model = onnx.load(str(path))
-    for node in model.graph.node:
-        del node.metadata_props[:]
-    onnx.save(model, str(path))
+
+def _checked_text(onnx_error: float | None) -> str:
+    if onnx_error is None:
+        return "onnxruntime was not installed: the ONNX file was not checked."
+    return f"onnxruntime matches PyTorch to a relative error of {onnx_error:.1e}."
+
+
+def _onnx_section(onnx_error: float | None, speed: PairedStats | None, batch_size: int) -> str:
+    """What a README given to `write_package` gets appended about `model.onnx`."""
+    return f"""
+## ONNX
+`model.onnx`: input `input` (batch, C, H, W) float32, output `logits`; each tensorized layer's
+graph is the path it runs in PyTorch on a batch of {batch_size}, its factors and their sequence of
+small contractions. {_checked_text(onnx_error)}
+{_speed_text(speed, batch_size)}
+"""
 
 
 def write_package(
@@ -167,16 +164,18 @@ def write_package(
     metric: str = "accuracy",
     readme: str | None = None,
     source: str | None = None,
+    batch_size: int = 64,
 ) -> Path:
     """Write the package of `trial` (trained `weights`) to the folder `out`; return it.
 
-    `readme` replaces the README a trial gets; `source` the weights' metadata "trial" entry
-    (e.g. "compress params-0.5" for a package that is no trial).
+    `readme` replaces the README a trial gets (the ONNX file's check and latency are appended to
+    it); `source` the weights' metadata "trial" entry (e.g. "compress params-0.5" for a package
+    that is no trial); `batch_size` is the latency batch (`latency.batch_size`): the ONNX graph's
+    paths and the README's onnxruntime latency are for it.
 
     Files are written to a temporary folder next to `out` first, so a failure leaves `out` as it
     was; existing package files in `out` are replaced.
     """
-    import torch
     from safetensors.torch import save_file
 
     from tnsearch import plan as plans
@@ -192,10 +191,16 @@ def write_package(
         meta = {"format": "pt", "study": study_name, "trial": source or str(trial.number)}
         save_file(tensors, work / "model.safetensors", metadata=meta)
         plans.save(plan, work / "plan.json")
-        onnx = _is_image(plan)  # ONNX export of token models: not yet
-        error = to_onnx(model, plan, work / "model.onnx") if onnx else None
-        if readme is None and onnx:
-            readme = _readme(trial, plan, study_name, selection, error, metric)
+        if _is_image(plan):  # ONNX export of token models: not yet
+            example = _example(plan, batch_size)
+            exported = onnx_export.export(model, example, work / "model.onnx")
+            speed = _onnx_speed(plan, work / "model.onnx", example, trusted)
+            if readme is None:
+                readme = _readme(
+                    trial, plan, study_name, selection, exported, speed, batch_size, metric
+                )
+            else:
+                readme += _onnx_section(exported.error, speed, batch_size)
         (work / "README.md").write_text(readme or _plain_readme(trial, plan, study_name, metric))
         mode = (work / "README.md").stat().st_mode & 0o777  # as the umask says
         out.mkdir(exist_ok=True)
@@ -240,7 +245,9 @@ def _readme(
     plan: Mapping[str, Any],
     study_name: str,
     selection: str,
-    onnx_error: float | None,
+    exported: onnx_export.Exported,
+    speed: PairedStats | None,
+    batch_size: int,
     metric: str = "accuracy",
 ) -> str:
     from tnsearch import plan as plans
@@ -258,12 +265,8 @@ def _readme(
     layers = "\n".join(
         f"- `{name}`: {spec['topology']}, order {spec['order']}, in modes {spec['in_modes']}, "
         f"out modes {spec['out_modes']}, rank {spec['rank']}"
+        + (f", ONNX path {exported.paths[name]}" if name in exported.paths else "")
         for name, spec in plan["layers"].items()
-    )
-    checked = (
-        f"onnxruntime matches PyTorch to a relative error of {onnx_error:.1e}."
-        if onnx_error is not None
-        else "onnxruntime was not installed: the ONNX file was not checked."
     )
     return f"""# {study_name}, trial {trial.number}
 
@@ -276,12 +279,15 @@ Trial {trial.number} of the tnsearch study `{study_name}`{how}: `{plans.summary(
 Tensorized layers (the others are dense):
 {layers or "- none: this is the dense reference"}
 
+{_speed_text(speed, batch_size)}
+
 ## Files
 - `model.safetensors`: the trained weights, the state_dict of `tnsearch.plan.build(plan)`.
 - `plan.json`: the plan (model constructor, input shape, one entry per tensorized layer).
 - `model.onnx`: input `input` {shape} float32, preprocessed as in training; output `logits`
-  (batch, {inputs["num_classes"]}). Tensorized layers hold their factors and rebuild their dense
-  weight in the graph. {checked}
+  (batch, {inputs["num_classes"]}). Each tensorized layer's graph is the path it runs in PyTorch
+  on a batch of {batch_size} (listed above): the factors and their sequence of small contractions
+  (a `reconstruct` layer rebuilds its dense weight from them). {_checked_text(exported.error)}
 
 ## Use
 ```python
@@ -333,8 +339,28 @@ def export(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
             selection=spec,
             trusted=plans.trusted_models(cfg),
             metric=metric,
+            batch_size=int((cfg.get("latency") or {}).get("batch_size") or 64),
         )
     except plans.UntrustedModelError as exc:
         raise ConfigError("trial", f"trial {trial.number}'s plan: {exc}") from None
     console.say(f"exported to {out}: {', '.join(FILES)}")
+    _log_to_run(cfg, trial, out, console)
     return out
+
+
+def _log_to_run(cfg: Mapping[str, Any], trial: Record, out: Path, console: Console) -> None:
+    """Attach the package to the trial's MLflow run (under `export/`), when it has one."""
+    tracking = cfg.get("tracking") or {}
+    if not tracking.get("enabled") or trial.mlflow_run_id is None:
+        return
+    try:
+        from mlflow import MlflowClient
+
+        MlflowClient(tracking["uri"]).log_artifacts(trial.mlflow_run_id, str(out), "export")
+    except Exception as exc:  # noqa: BLE001 - tracking is never the reason a command fails
+        warn(
+            f"MLflow ({tracking['uri']}): the package was not logged to trial {trial.number}'s "
+            f"run: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        )
+        return
+    console.say(f"logged to MLflow run {trial.mlflow_run_id} (artifacts: export/)")

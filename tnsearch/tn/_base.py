@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tnsearch.tn._autopath import PathKey, measure_paths, path_key
-from tnsearch.tn._contract import Plan, run_plan
+from tnsearch.tn._contract import Plan, planned_size, run_plan
 from tnsearch.tn._geometry import Geometry
 from tnsearch.tn._network import BondLayout, Network, network_plan, stage_plan
 
@@ -189,6 +189,15 @@ class TNLayer(nn.Module, abc.ABC):
         """What ``path="auto"`` picked: (shape, device, dtype, training) -> path name."""
         return dict(self._chosen)
 
+    def path_for(self, x: torch.Tensor) -> str:
+        """The path a forward pass on ``x`` takes, found without measuring: the forced one, else
+        what ``auto`` chose for ``x``'s key, else the one with the fewest MACs (as when frozen)."""
+        if self._path != "auto":
+            return self._path
+        if self.geometry.conv and x.dim() == 3:
+            x = x.unsqueeze(0)
+        return self._chosen.get(path_key(x)) or self._fewest(tuple(x.shape))
+
     def freeze(self, frozen: bool = True) -> None:
         """Stop (or resume) measuring: unseen keys then take the path with the fewest MACs."""
         self._frozen = frozen
@@ -227,7 +236,8 @@ class TNLayer(nn.Module, abc.ABC):
         self._chosen[key] = name
         return name
 
-    def _plan(self, kind: str, batch: int, spatial: int = 1) -> Plan:
+    def _plan(self, kind: str, batch: int | torch.SymInt, spatial: int = 1) -> Plan:
+        batch = planned_size(batch)  # a plan runs on any batch; its order is chosen for this one
         key = (kind, batch, spatial)
         plan = self._plans.get(key)
         if plan is None:

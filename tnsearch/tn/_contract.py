@@ -12,6 +12,12 @@ smaller one (a factor) is permuted to match, and the result's index order is cho
 A :class:`Plan` is nested named tuples (:class:`Step`, :class:`Prep`): hashable, and a constant
 under ``torch.compile`` (the planner runs eagerly at trace time). :func:`plan_contraction` builds
 it (memoized), :func:`run_plan` runs it.
+
+The order is chosen for the sizes given, but a plan need not be tied to them: indices declared
+``dynamic`` (a layer's batch) are never written into it. Every reshape infers the dimension that
+holds them (``-1``) and a broadcast takes that size from its partner, so the plan made for a batch
+of 64 runs on any batch, and ``torch.export`` traces it with a symbolic batch axis (an ONNX graph
+whose batch stays dynamic). In eager mode ``-1`` costs nothing measurable.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import NamedTuple
 import opt_einsum
 import torch
 
-__all__ = ["Plan", "Prep", "Step", "plan_contraction", "run_plan"]
+__all__ = ["Plan", "Prep", "Step", "plan_contraction", "planned_size", "run_plan"]
 
 Order = tuple[str, ...]
 
@@ -34,7 +40,9 @@ class Prep(NamedTuple):
 
     A field that is ``None`` / ``False`` is an op left out. E.g. an input ``(B, M)`` with indices
     ``(b, m1, m2)`` that is contracted over ``m2`` needs ``Prep(None, None, (B*m1, m2), False,
-    None)``: one reshape, no copy.
+    None)``: one reshape, no copy; ``(-1, m2)`` if ``b`` is dynamic. A dimension holding a
+    dynamic index is ``-1`` in ``shape``, ``view`` and ``expand``; :func:`run_plan` broadcasts
+    over the matmul partner's leading dimension, whatever ``expand`` says.
     """
 
     shape: tuple[int, ...] | None  # with perm: one dim per index (i_1, .., i_k) to permute
@@ -94,6 +102,12 @@ def _numel(order, size) -> int:
     return math.prod(size[i] for i in order)
 
 
+def _dims(groups, size, dynamic: frozenset[str] = frozenset()) -> tuple[int, ...]:
+    """One dimension per group of indices: the product of their sizes, or -1 (inferred by the
+    reshape) for the group that holds a dynamic index."""
+    return tuple(-1 if dynamic.intersection(g) else _numel(g, size) for g in groups)
+
+
 def _options(group: Order, nxt: set[str], out: Order) -> list[Order]:
     """Orders worth trying for a group we may reorder: as is, next-contracted last or first, and
     sorted as in the output (so the final permutation moves whole rows)."""
@@ -115,29 +129,32 @@ def _run(order: Order, subset: set[str]) -> str:
     return "edge" if pos[0] == 0 or pos[-1] == len(order) - 1 else "middle"
 
 
-def _present(src, shape, batch, rows, cols, size, bcast=None) -> _Presented:
+def _present(src, shape, batch, rows, cols, size, bcast=None, dynamic=frozenset()) -> _Presented:
     """Prep showing a contiguous tensor (index order ``src``) as (batch, rows, cols).
 
-    ``bcast`` is a batch group the tensor lacks: it is expanded over it (stride 0).
+    ``bcast`` is a batch group the tensor lacks: it is expanded over it (stride 0). ``dynamic``
+    indices are left open in the prep (see :class:`Prep`).
     """
-    r, c = _numel(rows, size), _numel(cols, size)
-    lead = (_numel(batch, size),) if batch else ()
+    lead = (batch,) if batch else ()
     if src == batch + rows + cols:
-        perm, view, tr = None, lead + (r, c), False
+        perm, groups, tr = None, (*lead, rows, cols), False
     elif src == batch + cols + rows:
-        perm, view, tr = None, lead + (c, r), True
+        perm, groups, tr = None, (*lead, cols, rows), True
     elif rows and src[-1] == rows[-1]:  # copy to (cols, rows): keeps the stride-1 index inside
         perm = tuple(src.index(i) for i in batch + cols + rows)
-        view, tr = lead + (c, r), True
+        groups, tr = (*lead, cols, rows), True
     else:
         perm = tuple(src.index(i) for i in batch + rows + cols)
-        view, tr = lead + (r, c), False
-    expand = (_numel(bcast, size), r, c) if bcast else None
-    full = tuple(size[i] for i in src)
-    if perm is None and tuple(shape) == view:
-        view = None
-    prep = Prep(full if perm else None, perm, view, tr, expand)
-    mat = expand or (lead + (r, c))
+        groups, tr = (*lead, rows, cols), False
+    reshaped = perm is not None or tuple(shape) != _dims(groups, size)
+    prep = Prep(
+        _dims([(i,) for i in src], size, dynamic) if perm else None,
+        perm,
+        _dims(groups, size, dynamic) if reshaped else None,
+        tr,
+        _dims((bcast, rows, cols), size, dynamic) if bcast else None,
+    )
+    mat = _dims((bcast, rows, cols) if bcast else (*lead, rows, cols), size)
     copied = 0
     if perm:  # moving whole rows is cheap; gathering strided elements is ~3x slower
         inner = (batch + cols + rows)[-1] if tr else (batch + rows + cols)[-1]
@@ -201,7 +218,7 @@ def _result_cost(res, nxt, out, out_groups, size) -> int:
     return {"edge": 0, "middle": n // 2, "none": n}[_run(res, contracted)]
 
 
-def _step(xo, xs, yo, ys, c_set, s_set, nxt, out, out_groups, size) -> _Choice:
+def _step(xo, xs, yo, ys, c_set, s_set, nxt, out, out_groups, size, dynamic) -> _Choice:
     """The cheapest layout for one step (X: the larger operand, Y: the other one)."""
     s = tuple(i for i in xo if i in s_set)
     fx = tuple(i for i in xo if i not in c_set and i not in s_set)
@@ -228,12 +245,12 @@ def _step(xo, xs, yo, ys, c_set, s_set, nxt, out, out_groups, size) -> _Choice:
             for fyo in _options(fy, nxt_set, out):
                 for x_left in (True, False):
                     if x_left:
-                        xp = _present(xo, xs, s, fxo, c, size)
-                        yp = _present(yo, ys, s, c, fyo, size)
+                        xp = _present(xo, xs, s, fxo, c, size, dynamic=dynamic)
+                        yp = _present(yo, ys, s, c, fyo, size, dynamic=dynamic)
                         res = s + fxo + fyo
                     else:
-                        xp = _present(xo, xs, s, c, fxo, size)
-                        yp = _present(yo, ys, s, fyo, c, size)
+                        xp = _present(xo, xs, s, c, fxo, size, dynamic=dynamic)
+                        yp = _present(yo, ys, s, fyo, c, size, dynamic=dynamic)
                         res = s + fyo + fxo
                     consider(xp.copied + yp.copied, x_left, xp, yp, res, bool(s))
     # X batched over its leading free indices, the factor broadcast over them (no copy of X)
@@ -245,12 +262,12 @@ def _step(xo, xs, yo, ys, c_set, s_set, nxt, out, out_groups, size) -> _Choice:
             for fyo in _options(fy, nxt_set, out):
                 for x_left in (True, False):
                     if x_left:
-                        xp = _present(xo, xs, g, p, c, size)
-                        yp = _present(yo, ys, (), c, fyo, size, bcast=g)
+                        xp = _present(xo, xs, g, p, c, size, dynamic=dynamic)
+                        yp = _present(yo, ys, (), c, fyo, size, bcast=g, dynamic=dynamic)
                         res = g + p + fyo
                     else:
-                        xp = _present(xo, xs, g, c, p, size)
-                        yp = _present(yo, ys, (), fyo, c, size, bcast=g)
+                        xp = _present(xo, xs, g, c, p, size, dynamic=dynamic)
+                        yp = _present(yo, ys, (), fyo, c, size, bcast=g, dynamic=dynamic)
                         res = g + fyo + p
                     consider(xp.copied + yp.copied, x_left, xp, yp, res, True)
     return best
@@ -287,7 +304,7 @@ def _orders(operands, output, size) -> list[list[tuple[int, ...]]]:
     return list(dict.fromkeys(map(tuple, found)))
 
 
-def _compile(ops, size, out, groups, out_groups, cur, path) -> tuple[Plan, float]:
+def _compile(ops, size, out, groups, out_groups, cur, path, dynamic) -> tuple[Plan, float]:
     """Compile one pairwise order into a plan and its estimated cost."""
     sim = _Sim(ops, size, out, path)
     orders, cur = list(ops), list(cur)
@@ -305,7 +322,8 @@ def _compile(ops, size, out, groups, out_groups, cur, path) -> tuple[Plan, float
         a_is_x = _numel(a, size) >= _numel(b, size)
         xo, xs, yo, ys = (a, cur[i], b, cur[j]) if a_is_x else (b, cur[j], a, cur[i])
         c_set, s_set = shared - keep, shared & keep
-        best = _step(xo, xs, yo, ys, c_set, s_set, sim.next_use(k), out, groups, size)
+        nxt = sim.next_use(k)
+        best = _step(xo, xs, yo, ys, c_set, s_set, nxt, out, groups, size, dynamic)
         cost += best.cost
         x_left = best.x_left
         left, right = (best.x_prep, best.y_prep) if x_left else (best.y_prep, best.x_prep)
@@ -315,13 +333,14 @@ def _compile(ops, size, out, groups, out_groups, cur, path) -> tuple[Plan, float
             cur.pop(p)
         orders.append(best.order)
         cur.append(best.shape)
-    view = tuple(math.prod(size[i] for i in g) for g in out_groups)
+    view = _dims(out_groups, size, dynamic)
     final, shape = orders[0], cur[0]
     perm = tuple(final.index(i) for i in out)
     if perm == tuple(range(len(perm))):
-        out_prep = Prep(None, None, None if tuple(shape) == view else view, False, None)
+        same = tuple(shape) == _dims(out_groups, size)
+        out_prep = Prep(None, None, None if same else view, False, None)
     else:
-        out_prep = Prep(tuple(size[i] for i in final), perm, view, False, None)
+        out_prep = Prep(_dims([(i,) for i in final], size, dynamic), perm, view, False, None)
     # the last step can add a bias over the result's last dimension (addmm) if it is an mm
     # whose result already is the output
     fusable = bool(steps) and not steps[-1].bmm and out_prep.perm is None and out_prep.view is None
@@ -329,9 +348,10 @@ def _compile(ops, size, out, groups, out_groups, cur, path) -> tuple[Plan, float
 
 
 @functools.lru_cache(maxsize=1024)
-def _plan(operands, sizes, output, out_groups, given) -> Plan:
+def _plan(operands, sizes, output, out_groups, given, dynamic) -> Plan:
     size = dict(sizes)
     ones = {i for i, n in size.items() if n == 1}  # size-1 indices vanish in any reshape
+    dynamic = frozenset(dynamic) - ones  # (a plan for a batch of 1 holds no batch index at all)
     ops = [tuple(i for i in op if i not in ones) for op in operands]
     out = tuple(i for i in output if i not in ones)
     groups = tuple(tuple(i for i in g if i not in ones) for g in out_groups)
@@ -342,7 +362,7 @@ def _plan(operands, sizes, output, out_groups, given) -> Plan:
     for path in paths:
         if any(len(p) != 2 for p in path):
             continue
-        plan, cost = _compile(ops, size, out, groups, out_groups, cur, list(path))
+        plan, cost = _compile(ops, size, out, groups, out_groups, cur, list(path), dynamic)
         if best is None or cost < best_cost:
             best, best_cost = plan, cost
     return best
@@ -355,6 +375,7 @@ def plan_contraction(
     output: Order,
     out_groups: tuple[Order, ...],
     given: tuple[tuple[int, ...], ...] = (),
+    dynamic: Order = (),
 ) -> Plan:
     """Compile a contraction network into a plan for :func:`run_plan`.
 
@@ -365,11 +386,26 @@ def plan_contraction(
         out_groups: consecutive groups of ``output``; the result has one dimension per group.
         given: the shapes the first operands will actually have (any reshape of the full
             index shape, e.g. ``(B, M)`` for an input with modes ``(b, m1, m2)``).
+        dynamic: indices whose size may differ at run time (the batch ``b``): the order is the
+            best for the size in ``sizes``, but the plan runs on any size of them.
 
     Returns:
         The :class:`Plan` (memoized).
     """
-    return _plan(operands, sizes, output, out_groups, given)
+    return _plan(operands, sizes, output, out_groups, given, dynamic)
+
+
+def planned_size(n: int | torch.SymInt) -> int:
+    """The size to choose a contraction order for: ``n``, or for a symbolic size (``torch.export``
+    with a dynamic batch axis) the size of the example being traced, read without the guard that
+    ``int(n)`` would add (it would fix the axis). Plans run on any size of a dynamic index."""
+    if isinstance(n, int):
+        return n
+    from torch.fx.experimental import symbolic_shapes
+
+    # optimization_hint (torch >= 2.10) was hint_int before
+    hint = getattr(symbolic_shapes, "optimization_hint", None) or symbolic_shapes.hint_int
+    return max(2, int(hint(n, fallback=64)))  # (a plan for a batch of 1 has no batch index)
 
 
 def _apply(t: torch.Tensor, prep: Prep) -> torch.Tensor:
@@ -379,8 +415,6 @@ def _apply(t: torch.Tensor, prep: Prep) -> torch.Tensor:
         t = t.reshape(prep.view)
     if prep.transpose:
         t = t.transpose(-2, -1)
-    if prep.expand is not None:
-        t = t.expand(prep.expand)
     return t
 
 
@@ -398,6 +432,10 @@ def run_plan(
         a = ops.pop(step.i)
         left, right = (a, b) if step.i_left else (b, a)
         left, right = _apply(left, step.left), _apply(right, step.right)
+        if step.left.expand is not None:  # over the partner's batch group, whatever its size
+            left = left.expand(right.shape[0], -1, -1)
+        elif step.right.expand is not None:
+            right = right.expand(left.shape[0], -1, -1)
         if step.bmm:
             ops.append(torch.bmm(left, right))
         elif bias is not None and k == last:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tnsearch.tn._base import TNLayer
-from tnsearch.tn._contract import Plan, run_plan
+from tnsearch.tn._contract import Plan, planned_size, run_plan
 
 __all__ = ["ConvSequence", "run_sequence", "sequence_macs"]
 
@@ -40,9 +40,10 @@ class ConvSequence(NamedTuple):
 
 
 def _plans(
-    layer: TNLayer, seq: ConvSequence, b: int, hw: int, howo: int
+    layer: TNLayer, seq: ConvSequence, b: int | torch.SymInt, hw: int, howo: int
 ) -> tuple[Plan | None, Plan | None]:
     net = layer.network
+    b = planned_size(b)  # the stage plans run on any batch (see network_plan)
     m, r_out = layer.in_features_padded, seq.r_out
     p_in = p_out = None
     if seq.in_names:

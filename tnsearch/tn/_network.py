@@ -107,7 +107,8 @@ def network_plan(net: Network, kind: str, batch: int = 1, spatial: int = 1) -> P
         kind: ``"weight"``: factors -> ``(N, M[, K])``; ``"linear"``: input ``(B, M)`` and
             factors -> ``(B, N)``; ``"conv"``: unfolded input ``(B, M*K, L)`` and factors ->
             ``(B, N, L)``.
-        batch: B.
+        batch: B, the batch the contraction order is chosen for; the plan runs on any batch
+            (its batch index ``b`` is dynamic: see :func:`~tnsearch.tn._contract.plan_contraction`).
         spatial: L, the number of output pixels (``"conv"`` only).
     """
     size = dict(net.sizes)
@@ -127,7 +128,7 @@ def network_plan(net: Network, kind: str, batch: int = 1, spatial: int = 1) -> P
     else:
         raise ValueError(f"kind: unknown {kind!r}")
     sizes = tuple(sorted(size.items()))
-    return plan_contraction((x, *net.factors), sizes, out, groups, (x_shape,))
+    return plan_contraction((x, *net.factors), sizes, out, groups, (x_shape,), ("b",))
 
 
 @torch.compiler.assume_constant_result
@@ -141,9 +142,10 @@ def stage_plan(
 ) -> Plan:
     """Plan contracting a tensor (indices ``t_idx``, shape ``t_shape``) with some of the factors.
 
-    ``dims`` sizes the indices that are not in the network (batch ``b``, pixels ``l``). The result
-    has one dimension per outer index and one per run of consecutive network indices of
-    ``out_idx``, e.g. ``(b, a0, a1, l)`` -> ``(B, A0*A1, L)``.
+    ``dims`` sizes the indices that are not in the network (batch ``b``, pixels ``l``); the batch
+    is dynamic, as in :func:`network_plan`. The result has one dimension per outer index and one
+    per run of consecutive network indices of ``out_idx``, e.g. ``(b, a0, a1, l)`` ->
+    ``(B, A0*A1, L)``.
     """
     sizes = tuple(sorted({**dict(net.sizes), **dict(dims)}.items()))
     ops = (t_idx, *(net.factors[net.names.index(n)] for n in factor_names))
@@ -157,4 +159,4 @@ def stage_plan(
         else:
             run.append(i)
     groups += [tuple(run)] if run else []
-    return plan_contraction(ops, sizes, out_idx, tuple(groups), (tuple(t_shape),))
+    return plan_contraction(ops, sizes, out_idx, tuple(groups), (tuple(t_shape),), ("b",))
