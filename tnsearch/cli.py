@@ -6,6 +6,9 @@ top-level conf/ folder, installed with the package), silences library chatter, a
 `ConfigError` into one line on stderr and exit status 2. Hydra's own options work as usual:
 `--help`, `--cfg job`, `-cd DIR` for a folder of your own presets; a `conf/` folder in the
 working directory is on the search path too (a preset `conf/study/mine.yaml` is `study=mine`).
+
+A command's first line comes before its heavy imports (`loading`): PyTorch, Lightning and MLflow
+take several seconds to import, and a command that says nothing for that long looks hung.
 """
 
 from __future__ import annotations
@@ -54,13 +57,18 @@ def resolve(cfg) -> dict[str, Any]:
 
 
 def command(
-    config_name: str, *, argv: Callable[[list[str]], list[str]] | None = None
+    config_name: str,
+    *,
+    argv: Callable[[list[str]], list[str]] | None = None,
+    loading: str = "PyTorch and Optuna",
 ) -> Callable[[Callable[[Any], int | None]], Callable[[], None]]:
     """Decorate `fn(cfg) -> exit code (None: 0)` into a console entry point.
 
     Args:
         config_name: the primary config in conf/ (e.g. "config", "report", "export").
         argv: rewrites the command line's arguments before Hydra parses them.
+        loading: what the command imports before it can say more, named in its first line
+            (`tnsearch.export: study 'quick': loading PyTorch and Optuna ...`).
     """
 
     def decorate(fn: Callable[[Any], int | None]) -> Callable[[], None]:
@@ -68,6 +76,7 @@ def command(
 
         @hydra.main(config_path=CONFIG_PATH, config_name=config_name, version_base=None)
         def hydra_main(cfg) -> None:
+            _announce(_program(fn), cfg, loading)
             quiet()
             try:
                 code = fn(cfg)
@@ -89,6 +98,32 @@ def command(
         return main
 
     return decorate
+
+
+def _announce(program: str, cfg, loading: str) -> None:
+    """The command's first line: which study, and what is being loaded (before it is).
+
+    Local workers (`workers=N`) are copies of the command: only the command itself says it.
+    """
+    import os
+
+    if os.environ.get(ENV_SPAWNED) == "1":
+        return
+    try:
+        study = f" study {cfg.name!r}:"
+    except Exception:  # noqa: BLE001 - a bad `name` is the command's own error to report
+        study = ""
+    console.Console().say(f"{program}:{study} loading {loading} ...")
+
+
+def _program(fn: Callable) -> str:
+    """The command's name as typed: `tnsearch`, `tnsearch.report` (`python -m` runs the module
+    as `__main__`; its spec keeps the name)."""
+    module = fn.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else "tnsearch"
+    return module.removesuffix(".__main__")
 
 
 def _inherited_overrides() -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from tnsearch.cli import command, resolve
 
 
-@command("config")
+@command("config", loading="PyTorch, Lightning, Optuna and MLflow")
 def main(cfg) -> None:
     """Entry point of `python -m tnsearch.profile`."""
     from tnsearch.results.compress import profile_command

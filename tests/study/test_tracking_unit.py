@@ -1,4 +1,5 @@
-"""`tnsearch.study.tracking`: the parent run and nested trial runs, on a real MLflow store.
+"""`tnsearch.study.tracking`: the parent run and nested trial runs, on a real MLflow store; and
+`BackgroundTracker`, which makes the same calls on a thread of its own.
 
 MLflow's first SQLite store takes seconds to create (its migrations): the module shares one
 store, and each test uses its own experiment in it.
@@ -19,6 +20,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tnsearch.study import liveness, record
+from tnsearch.study.background_tracking import BackgroundTracker
 from tnsearch.study.tracking import ROLE_TAG, NullTracker, Tracker, from_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -224,3 +226,126 @@ def test_artifacts_land_in_the_folder_named_after_the_study(store, suffix):
     tracker.start_trial(0, {"layers": {}}, {})
     folders = [p.parent.parent.parent.name for p in Path(artifacts).glob("*/*/artifacts/plan.json")]
     assert [f for f in folders if f.startswith(stem)] == [name]
+
+
+# -- BackgroundTracker: the same calls, made in order on its thread ----------------------------
+def test_background_calls_land_in_order_by_close(store, experiment, tmp_path, monkeypatch):
+    import threading
+
+    from mlflow import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    from tnsearch.study import background_tracking
+
+    monkeypatch.setattr(background_tracking, "RUN_WAIT_S", 0.2)
+    uri, artifacts = store
+    gate = threading.Event()  # a store that takes its time to open: nothing is made meanwhile
+
+    def slow_open() -> Tracker:
+        gate.wait(30)
+        return Tracker(uri, artifacts, experiment)
+
+    tracker = BackgroundTracker(slow_open, uri=uri)
+    study = _study(experiment)
+    trials = [study.ask(), study.ask()]
+    tracker.attach(study)
+    runs = [
+        tracker.start_trial(
+            t.number,
+            {"layers": {"fc1": {"rank": 2}}},
+            {"epochs": 3},
+            on_run_id=lambda run_id, t=t: record.write_fields(t, mlflow_run_id=run_id),
+        )
+        for t in trials
+    ]  # the first one waited RUN_WAIT_S in vain, the second did not wait
+    run = runs[0]
+    for step, acc in enumerate([0.5, 0.6, 0.7]):
+        tracker.log_metrics(run, {"val_acc": acc}, step=step)
+    tracker.end_trial(run, state="PRUNED", metrics={"accuracy": 0.7}, tags={"prune_reason": "x"})
+    table = tmp_path / "pareto.csv"
+    table.write_text("a,b\n1,2\n")
+    tracker.log_parent(files=[table], params={"trials": 1})
+    tracker.finish_parent("FAILED")
+    assert [r.id for r in runs] == [None, None]  # made later, and nobody waited for that
+    assert all("mlflow_run_id" not in t.user_attrs for t in study.trials)
+
+    gate.set()
+    tracker.close()
+    client = MlflowClient(uri)
+    parent = client.get_run(record.parent_run(study))
+    assert parent.info.status == "FAILED"  # finish_parent came after attach
+    assert parent.data.params == {"trials": "1"}
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["pareto.csv"]
+    made = client.get_run(run.id)
+    assert made.data.tags[MLFLOW_PARENT_RUN_ID] == parent.info.run_id
+    assert made.info.status == "FINISHED"  # end_trial came after start_trial
+    assert made.data.tags["state"] == "PRUNED" and made.data.tags["prune_reason"] == "x"
+    assert made.data.params == {"epochs": "3"}
+    history = client.get_metric_history(run.id, "val_acc")
+    assert [(m.step, m.value) for m in history] == [(0, 0.5), (1, 0.6), (2, 0.7)]
+    assert made.data.metrics["accuracy"] == 0.7
+    assert client.get_run(runs[1].id).info.status == "RUNNING"
+    # The run ids reached the (running) trials from the tracker's thread.
+    assert [t.user_attrs["mlflow_run_id"] for t in study.trials] == [r.id for r in runs]
+    assert tracker.experiment_id == client.get_experiment_by_name(experiment).experiment_id
+    assert tracker.parent_id == parent.info.run_id
+
+
+def test_background_start_trial_returns_with_the_run_stored_on_the_trial(store, experiment):
+    # A trial may fail right after it starts, and Optuna keeps no attribute set after the tell.
+    uri, artifacts = store
+    tracker = from_config(
+        {"enabled": True, "uri": uri, "artifacts": artifacts}, experiment, background=True
+    )
+    study = _study(experiment)
+    trial = study.ask()
+    tracker.attach(study)
+    run = tracker.start_trial(
+        trial.number,
+        {"layers": {}},
+        {},
+        on_run_id=lambda run_id: record.write_fields(trial, mlflow_run_id=run_id),
+    )
+    # Writing the trial's record (which never held the id) at its end leaves it be.
+    record.write(trial, record.Record(number=trial.number, quality=0.5))
+    study.tell(trial, state=TrialState.FAIL)
+    tracker.end_trial(run, state="FAIL")
+    tracker.close()
+    assert run.id is not None and study.trials[0].user_attrs["mlflow_run_id"] == run.id
+    assert tracker._tracker.client.get_run(run.id).info.status == "FAILED"
+
+
+def test_background_failures_are_said_once_and_stop_nothing(store, experiment, capsys):
+    uri, artifacts = store
+    tracker = from_config(
+        {"enabled": True, "uri": uri, "artifacts": artifacts}, experiment, background=True
+    )
+    assert isinstance(tracker, BackgroundTracker)
+    tracker.attach(_study(experiment))
+    tracker.log_metrics("no-such-run", {"a": 1.0})
+    tracker.log_metrics("no-such-run", {"a": 2.0})
+    run = tracker.start_trial(0, {"layers": {}}, {})
+    tracker.end_trial(run, state="COMPLETE", metrics={"accuracy": 0.5})
+    tracker.close()
+    assert capsys.readouterr().err.count("log_metrics failed") == 1
+    assert tracker._tracker.client.get_run(run.id).data.metrics == {"accuracy": 0.5}
+    # After close, a call is made at once.
+    tracker.log_metrics(run, {"late": 1.0})
+    assert tracker._tracker.client.get_run(run.id).data.metrics == {"accuracy": 0.5, "late": 1.0}
+
+
+def test_background_tracker_of_an_unreachable_store(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    cfg = {"enabled": True, "uri": "http://127.0.0.1:9", "artifacts": str(tmp_path)}
+    tracker = from_config(cfg, "lost", background=True)
+    study = _study("lost")
+    tracker.attach(study)
+    run = tracker.start_trial(0, {"layers": {}}, {})
+    tracker.log_metrics(run, {"a": 1.0})
+    tracker.end_trial(run, state="COMPLETE")
+    tracker.finish_parent()
+    tracker.close()
+    assert tracker.experiment_id is None and tracker.parent_id is None and run.id is None
+    assert capsys.readouterr().err.count("cannot open the store") == 1
+    assert record.parent_run(study) is None
