@@ -38,7 +38,8 @@ def _run(resolved: dict, overrides: Sequence[str], show_status: bool | None) -> 
     console = Console(workers.tag(resolved["worker"], local))
     ready = setup.prepare(resolved, console)  # raises ConfigError: nothing written yet
     study = setup.open_study(ready)
-    tracker = tracking.from_config(resolved["tracking"], resolved["name"])
+    # mlflow is imported and the store opened on the tracker's thread; trials wait for their runs.
+    tracker = tracking.from_config(resolved["tracking"], resolved["name"], background=True)
     tracker.attach(study)
     status, code = "KILLED", 1
     try:
@@ -67,10 +68,37 @@ def _run(resolved: dict, overrides: Sequence[str], show_status: bool | None) -> 
             liveness.reap(study, tracker, retries=resolved["retries"])
             names = list(study.metric_names or resolved["objectives"])
             pareto.finish(study, ready.study_dir, names, tracker, console)
+            tell_parent(study, resolved, names, tracker)
             if loop.running(study) == 0:  # other jobs of an array may still be at work
                 tracker.finish_parent(status)
+        tracker.close()  # every queued MLflow call is made before the command ends
+        if not workers.is_spawned():
+            log_models(study, resolved, ready, console)
             console.say(next_steps(resolved, overrides, tracker.experiment_id))
     return code
+
+
+def tell_parent(study, cfg: dict, names: Sequence[str], tracker) -> None:
+    """The study's figures, search space and front on its MLflow parent run."""
+    from tnsearch.results import summary
+
+    tracker.log_parent(
+        params=summary.params(cfg),
+        metrics=summary.metrics(study),
+        description=summary.description(study, names),
+    )
+
+
+def log_models(study, cfg: dict, ready, console) -> None:
+    """The chosen trials' models to their MLflow runs (`tracking.log_models`), registered when
+    `tracking.register` says (tnsearch.results.mlflow_models)."""
+    if not cfg["tracking"]["enabled"]:
+        return
+    from tnsearch.measure import latency
+    from tnsearch.results import mlflow_models
+
+    example = latency.example_batch(ready.datamodule, cfg["latency"]["batch_size"])
+    mlflow_models.log_models(study, cfg, ready.study_dir, example, console)
 
 
 #: Overrides that concern only the search, not which study it is (left out of the next commands).
@@ -101,7 +129,7 @@ def next_steps(cfg: dict, overrides: Sequence[str], experiment_id: str | None) -
     return "\n".join(lines)
 
 
-@command("config")
+@command("config", loading="PyTorch, Lightning, Optuna and MLflow")
 def main(cfg: DictConfig) -> int:
     """Console-script entry point (`tnsearch ...`, `python -m tnsearch ...`)."""
     from hydra.core.hydra_config import HydraConfig

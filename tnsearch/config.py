@@ -12,6 +12,7 @@ from typing import Any
 COMPILE_MODES = ("auto", "none", "default", "reduce-overhead", "max-autotune")
 DTYPES = ("float32", "bfloat16")
 RUNTIMES = ("torch", "onnxruntime")
+LOG_MODELS = ("pareto", "all", "none")  # tnsearch.results.mlflow_models.CHOICES
 
 
 class ConfigError(ValueError):
@@ -69,6 +70,13 @@ def check_basic(cfg: Mapping[str, Any]) -> None:
     noisy = latency.get("noisy")
     if not isinstance(noisy, int | float) or isinstance(noisy, bool) or noisy <= 1.0:
         raise ConfigError("latency.noisy", f"must be a number > 1 (p90 / p10), got {noisy!r}")
+    tracking = cfg.get("tracking") or {}
+    if tracking.get("log_models", "pareto") not in LOG_MODELS:
+        raise ConfigError(
+            "tracking.log_models",
+            f"must be one of {', '.join(LOG_MODELS)}, got {tracking.get('log_models')!r}",
+        )
+    _flag(tracking, "register", prefix="tracking.", null=True)
     runtime = latency.get("runtime", "torch")
     if runtime not in RUNTIMES:
         raise ConfigError(

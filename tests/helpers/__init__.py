@@ -22,6 +22,7 @@ FAST = [
     "latency.batch_size=8",
     "latency.noisy=1000",
     "search.budgets=[]",
+    "tracking.log_models=none",  # logging models is tested on its own (tests/results)
 ]
 #: The quick study, shrunk: a ResNet-8 of width 8.
 QUICK = ["model.depth=8", "model.width=8", *FAST]

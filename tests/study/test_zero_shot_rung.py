@@ -46,6 +46,7 @@ def test_a_plan_dominated_at_zero_shot_is_pruned_untrained_and_a_smaller_one_tra
         user_attrs={
             "params": 10_000,
             "latency_ms": 1e-6,
+            "latency_ratio": 1e-6,
             "quality": 1.0,
             "zero_shot_quality": 1.0,
             "trained": True,

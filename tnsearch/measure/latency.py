@@ -100,6 +100,7 @@ def measure(
     repeats: int = 50,
     device: str | torch.device | None = None,
     dtype: str = "float32",
+    threads: int | None = None,
 ) -> LatencyStats:
     """Time `model` on `example` (one batch) in eval mode.
 
@@ -112,6 +113,7 @@ def measure(
         repeats: timed runs; the statistics are over these.
         device: where to measure (default: where the model's parameters are).
         dtype: "float32", or "bfloat16" for autocast in bfloat16.
+        threads: torch's CPU threads while measuring (None: as they are).
 
     Returns:
         LatencyStats in milliseconds per batch.
@@ -132,6 +134,9 @@ def measure(
         else contextlib.nullcontext()
     )
     times: list[float] = []
+    had = torch.get_num_threads()
+    if threads is not None and device.type == "cpu":
+        torch.set_num_threads(threads)
     try:
         with torch.inference_mode(), autocast:
             for _ in range(warmup):
@@ -142,7 +147,9 @@ def measure(
                 call()
                 _sync(device)
                 times.append((time.perf_counter() - start) * 1e3)
+        name = device_name(device)
     finally:
+        torch.set_num_threads(had)
         model.train(was_training)
     times.sort()
     return LatencyStats(
@@ -152,7 +159,7 @@ def measure(
         mean=statistics.fmean(times),
         batch_size=batch_size(example),
         repeats=repeats,
-        device=str(device),
+        device=name,
         dtype=dtype,
     )
 

@@ -76,6 +76,23 @@ class Setup:
             self._latency_reference = dense.eval()
         return self._latency_reference
 
+    def latency_reference_onnx(self, example: torch.Tensor) -> Path:
+        """`latency_reference` exported to ONNX once per worker (`latency.runtime=onnxruntime`),
+        in a folder of this process that goes with it."""
+        if getattr(self, "_latency_reference_onnx", None) is None:
+            import atexit
+            import shutil
+            import tempfile
+
+            from tnsearch.measure import onnx
+
+            folder = Path(tempfile.mkdtemp(prefix="tnsearch-dense-onnx-"))
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            path = folder / "dense.onnx"
+            onnx.export(self.latency_reference(), example, path, check=False)
+            self._latency_reference_onnx = path
+        return self._latency_reference_onnx
+
     def task(self, model: torch.nn.Module, optimizer) -> Any:
         """The LightningModule of the configured task (`task=classify`, `task=distill`, ...)
         that trains `model` with `optimizer` (a partial: called with the parameters)."""
@@ -225,7 +242,29 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
         console=console or Console(),
     )
     check_user_task(setup, dense)
+    check_runtime(setup)
     return setup
+
+
+def check_runtime(setup: Setup) -> None:
+    """`latency.runtime=onnxruntime` needs onnxruntime and a model of one tensor input (the
+    exported ONNX of a token model is not made yet)."""
+    if setup.cfg["latency"].get("runtime", "torch") != "onnxruntime":
+        return
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "latency.runtime", "onnxruntime is not installed (pip install onnxruntime)"
+        ) from None
+    from tnsearch.measure import latency
+
+    if not isinstance(latency.example_batch(setup.datamodule, 2), torch.Tensor):
+        raise ConfigError(
+            "latency.runtime",
+            "onnxruntime times models of one tensor input (e.g. images); this data gives a "
+            "dict of tensors (a token model): use latency.runtime=torch",
+        )
 
 
 def check_user_task(setup: Setup, dense: torch.nn.Module) -> None:

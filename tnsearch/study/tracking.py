@@ -2,20 +2,27 @@
 
 Every worker process and every machine finds the same parent run: its id is kept in the Optuna
 study's user attributes, the one place all workers already share.
+
+MLflow is kept out of a worker's way: a new SQLite store is a copy of an empty one
+(`mlflow_store`), not MLflow's seconds of schema migrations; and the study command's tracker is a
+`BackgroundTracker`, which makes a `Tracker`'s calls on a thread of its own, in order, so that a
+trial waits for its run to be made and for nothing else (params, artifacts, metrics, a slow
+store). A plain `Tracker` makes its calls at once: for commands that log one run at their end,
+and for tests.
 """
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import logging
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tnsearch.study import record
+from tnsearch.study import mlflow_store, record
+from tnsearch.study.background_tracking import BackgroundTracker
 from tnsearch.ui import console
 
 ROLE_TAG = "tnsearch_role"
@@ -27,22 +34,6 @@ def _quiet() -> None:
     # The store logs its database errors with tracebacks; the tracker reports them itself.
     logging.getLogger("mlflow.store").setLevel(logging.CRITICAL)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-@contextmanager
-def _sqlite_lock(uri: str) -> Iterator[None]:
-    """Hold an exclusive file lock next to a SQLite store (no-op for other stores)."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    db = Path(uri.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _safe(method):
@@ -82,8 +73,8 @@ class Tracker:
 
         _quiet()  # after the import: importing mlflow sets its own log levels
         self.uri = uri
-        with _sqlite_lock(uri):
-            # Creating a fresh SQLite store runs its migrations: one process at a time.
+        with mlflow_store.lock(uri):  # one process at a time makes (or copies) a new store
+            mlflow_store.seed(uri)
             self.client = MlflowClient(uri)
             self.experiment_id = self._experiment(experiment, artifacts)
         self.parent_id: str | None = None
@@ -155,11 +146,22 @@ class Tracker:
 
     @_safe
     def log_parent(
-        self, *, files: Iterable[str | Path] = (), params: Mapping[str, Any] = ()
+        self,
+        *,
+        files: Iterable[str | Path] = (),
+        params: Mapping[str, Any] = (),
+        metrics: Mapping[str, float] = (),
+        description: str | None = None,
     ) -> None:
-        """Attach files (Pareto table, plot, config) and params to the parent run."""
+        """Attach files (Pareto table, plot, report), params (those it has not yet: MLflow
+        keeps a param's first value), metrics and a markdown description to the parent run."""
         if params:
-            self._log_params(self.parent_id, params)
+            have = self.client.get_run(self.parent_id).data.params
+            self._log_params(self.parent_id, {k: v for k, v in params.items() if k not in have})
+        if metrics:
+            self.log_metrics(self.parent_id, metrics)
+        if description is not None:
+            self.client.set_tag(self.parent_id, "mlflow.note.content", description)
         for file in files:
             self.client.log_artifact(self.parent_id, str(file))
 
@@ -170,8 +172,21 @@ class Tracker:
 
     # -- one run per trial ------------------------------------------------------------------
     @_safe
-    def start_trial(self, number: int, plan: Mapping[str, Any], params: Mapping[str, Any]) -> str:
-        """Open the nested run of trial `number`; log its params and plan.json."""
+    def start_trial(
+        self,
+        number: int,
+        plan: Mapping[str, Any],
+        params: Mapping[str, Any],
+        *,
+        on_run_id: Callable[[str], object] | None = None,
+    ) -> str:
+        """Open the nested run of trial `number`; log its params and plan.json.
+
+        Args:
+            on_run_id: called with the new run's id as soon as it exists (before the params are
+                logged), e.g. to store it with the trial; what it raises is ignored (the trial
+                may have ended meanwhile, see `BackgroundTracker`).
+        """
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         run = self.client.create_run(
@@ -180,6 +195,9 @@ class Tracker:
             tags={MLFLOW_PARENT_RUN_ID: self.parent_id, "trial": str(number), "state": "RUNNING"},
         )
         run_id = run.info.run_id
+        if on_run_id is not None:
+            with contextlib.suppress(Exception):  # see the docstring
+                on_run_id(run_id)
         self._log_params(run_id, params)
         self.client.log_dict(run_id, dict(plan), "plan.json")
         return run_id
@@ -240,6 +258,10 @@ class Tracker:
         self.client.set_terminated(run_id, status="FINISHED")
         return run_id
 
+    def close(self, timeout: float | None = None) -> None:
+        """Nothing to wait for: every call was made when it returned."""
+        return None
+
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -264,7 +286,9 @@ class NullTracker:
     def finish_parent(self, status: str = "FINISHED") -> None:
         return None
 
-    def start_trial(self, number: int, plan: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+    def start_trial(
+        self, number: int, plan: Mapping[str, Any], params: Mapping[str, Any], **kwargs: Any
+    ) -> None:
         return None
 
     def log_metrics(self, run_id: Any, metrics: Mapping[str, float], step: int = 0) -> None:
@@ -276,16 +300,30 @@ class NullTracker:
     def end_trial(self, run_id: Any, **kwargs: Any) -> None:
         return None
 
+    def close(self, timeout: float | None = None) -> None:
+        return None
 
-def from_config(tracking_cfg: Mapping[str, Any], experiment: str) -> Tracker | NullTracker:
-    """The tracker the `tracking.*` config asks for."""
-    if not tracking_cfg["enabled"]:
-        return NullTracker()
+
+def _open(uri: str, artifacts: str, experiment: str) -> Tracker | NullTracker:
+    """A Tracker on the store, or (said once) a NullTracker when the store cannot be opened."""
     try:
-        return Tracker(tracking_cfg["uri"], tracking_cfg["artifacts"], experiment)
+        return Tracker(uri, artifacts, experiment)
     except Exception as exc:  # noqa: BLE001 - tracking is never the reason a study stops
         console.warn(
-            f"MLflow ({tracking_cfg['uri']}): cannot open the store: {type(exc).__name__}: "
+            f"MLflow ({uri}): cannot open the store: {type(exc).__name__}: "
             f"{' '.join(str(exc).split())[:200]}; the study goes on without tracking"
         )
         return NullTracker()
+
+
+def from_config(
+    tracking_cfg: Mapping[str, Any], experiment: str, *, background: bool = False
+) -> Tracker | BackgroundTracker | NullTracker:
+    """The tracker the `tracking.*` config asks for (`background`: a BackgroundTracker, which
+    opens the store on its thread)."""
+    if not tracking_cfg["enabled"]:
+        return NullTracker()
+    uri, artifacts = tracking_cfg["uri"], tracking_cfg["artifacts"]
+    if background:
+        return BackgroundTracker(lambda: _open(uri, artifacts, experiment), uri=uri)
+    return _open(uri, artifacts, experiment)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -193,22 +193,80 @@ class _Trial:
         record.write_fields(trial, plan=self.plan)
         self.folder = setup.study_dir / "trials" / str(trial.number)
         plans.save(self.plan, self.folder / "plan.json")
-        # The run may be made later, on the tracker's thread: its id goes to the trial from there
-        # (liveness closes a dead worker's run by it); self.rec never holds it, so writing the
-        # record at the end leaves it be.
+        # The run is made on the tracker's thread, which stores its id with the trial (liveness
+        # closes a dead worker's run by it); self.rec never holds it, so the record written at
+        # the end leaves it be.
         self.run_id = self.tracker.start_trial(
             trial.number,
             self.plan,
-            _run_params(self.cfg, self.plan, self.seed, self.optimizer),
+            _run_params(
+                self.cfg,
+                self.plan,
+                self.seed,
+                self.optimizer,
+                [layer.name for layer in setup.space.layers],
+            ),
             on_run_id=lambda run_id: record.write_fields(trial, mlflow_run_id=run_id),
         )
         return model
 
     def measure(self, model: torch.nn.Module) -> None:
-        """Latency of the whole model in eval mode, compiled as `latency.compile` says, as a
-        ratio to the dense model timed beside it on the same inputs (`latency.paired`)."""
+        """Latency of the whole model in eval mode, as a ratio to the dense model timed beside
+        it on the same inputs: in torch, compiled as `latency.compile` says
+        (`latency.paired`), or as exported ONNX in onnxruntime (`latency.runtime`)."""
         cfg = self.cfg["latency"]
         example = latency.example_batch(self.setup.datamodule, cfg["batch_size"])
+        if not self.plan["layers"] and cfg["runtime"] == "torch":
+            stats = self.measure_dense(model, example)
+        elif cfg["runtime"] == "onnxruntime":
+            stats = self.measure_onnx(model, example)
+        else:
+            stats = self.measure_torch(model, example)
+        self.update(
+            latency_ratio=stats.ratio,
+            latency_ratio_p10=stats.ratio_p10,
+            latency_ratio_p90=stats.ratio_p90,
+            latency_ms=stats.latency_ms,
+            latency_p10_ms=stats.latency_p10_ms,
+            latency_p90_ms=stats.latency_p90_ms,
+            dense_latency_ms=stats.reference_ms,
+            latency_device=stats.device,
+            latency_noisy=stats.noisy,
+        )
+
+    def measure_dense(self, model: torch.nn.Module, example) -> latency.PairedStats:
+        """The dense plan is the reference itself: its ratio is 1 by definition, and timing it
+        alone gives its milliseconds in half the time of the pairs (a worker's first trial)."""
+        cfg = self.cfg["latency"]
+        device = torch.device(cfg["device"] or trial_device(self.cfg))
+        if cfg["compile"] != "none":
+            torch._dynamo.reset()
+            model = _compile(model, cfg["compile"])
+        alone = latency.measure(
+            model,
+            example,
+            warmup=max(cfg["warmup"], 10 if cfg["compile"] != "none" else 0),
+            repeats=cfg["repeats"],
+            device=device,
+            dtype=cfg["dtype"],
+            threads=cfg["threads"],
+        )
+        return latency.PairedStats(
+            ratio=1.0,
+            ratio_p10=1.0,
+            ratio_p90=1.0,
+            latency_ms=alone.p50,
+            latency_p10_ms=alone.p10,
+            latency_p90_ms=alone.p90,
+            reference_ms=alone.p50,
+            pairs=0,
+            attempts=1,
+            noisy=False,
+            device=alone.device,
+        )
+
+    def measure_torch(self, model: torch.nn.Module, example) -> latency.PairedStats:
+        cfg = self.cfg["latency"]
         device = torch.device(cfg["device"] or trial_device(self.cfg))
         reference = self.setup.latency_reference()
         if cfg["compile"] != "none" or self.cfg["trainer"]["compile"] != "none":
@@ -218,7 +276,7 @@ class _Trial:
             self.freeze_paths(model, device)
         if cfg["compile"] != "none":
             model, reference = _compile(model, cfg["compile"]), _compile(reference, cfg["compile"])
-        stats = latency.paired(
+        return latency.paired(
             model,
             reference,
             example,
@@ -232,17 +290,30 @@ class _Trial:
             attempts=cfg["attempts"],
             threads=cfg["threads"],
         )
-        self.update(
-            latency_ratio=stats.ratio,
-            latency_ratio_p10=stats.ratio_p10,
-            latency_ratio_p90=stats.ratio_p90,
-            latency_ms=stats.latency_ms,
-            latency_p10_ms=stats.latency_p10_ms,
-            latency_p90_ms=stats.latency_p90_ms,
-            dense_latency_ms=stats.reference_ms,
-            latency_device=stats.device,
-            latency_noisy=stats.noisy,
-        )
+
+    def measure_onnx(self, model: torch.nn.Module, example) -> latency.PairedStats:
+        """The trial's exported ONNX (each layer on the path it takes for `example`) timed in
+        onnxruntime beside the dense model's, on the CPU: what a deployment runs."""
+        import tempfile
+        from pathlib import Path
+
+        from tnsearch.measure import onnx
+
+        cfg = self.cfg["latency"]
+        reference = self.setup.latency_reference_onnx(example)
+        with tempfile.TemporaryDirectory(prefix="tnsearch-latency-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            onnx.export(model.cpu(), example, path, check=False)
+            return onnx.paired(
+                path,
+                reference,
+                example,
+                pairs=cfg["repeats"],
+                warmup=cfg["warmup"],
+                spread=cfg["noisy"],
+                attempts=cfg["attempts"],
+                threads=cfg["threads"],
+            )
 
     def freeze_paths(self, model: torch.nn.Module, device: torch.device) -> None:
         """Choose every tensorized layer's path for the shapes it will see, then fix them, so
@@ -480,10 +551,15 @@ def _instantiate(node: Mapping[str, Any]):
 
 
 def _run_params(
-    cfg: Mapping[str, Any], plan: Mapping[str, Any], seed: int, optimizer: Mapping[str, Any]
+    cfg: Mapping[str, Any],
+    plan: Mapping[str, Any],
+    seed: int,
+    optimizer: Mapping[str, Any],
+    searched: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """MLflow params of a trial: the flattened plan and the training hyperparameters."""
-    params = plans.flatten(plan)
+    """MLflow params of a trial: the flattened plan (the `searched` layers it keeps dense as
+    `topology=dense`) and the training hyperparameters."""
+    params = plans.flatten(plan, dense=searched)
     params.update(
         epochs=cfg["epochs"],
         seed=seed,

@@ -1,0 +1,114 @@
+"""What the study's MLflow parent run says of it: its figures, its search space, its front.
+
+MLflow's runs table shows a run's metrics and params, and its page the run's description
+(the `mlflow.note.content` tag, markdown); the parent run of a study holds the study's own
+figures there, so that the study reads in MLflow without opening its trials one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from tnsearch import plan as plans
+from tnsearch.results import pareto
+from tnsearch.study import record
+from tnsearch.study.record import Record
+
+__all__ = ["description", "metrics", "params", "rounded"]
+
+#: How many decimals each figure is shown (and logged) with; others: 4 significant digits.
+DECIMALS = {"compression": 2, "latency_ratio": 3, "hypervolume": 4}
+
+
+def rounded(name: str, value: float) -> float:
+    """`value` rounded as people read figure `name` (MLflow shows what it is given)."""
+    if name in DECIMALS:
+        return round(float(value), DECIMALS[name])
+    if isinstance(value, int) or float(value).is_integer():
+        return float(value)
+    return float(f"{float(value):.4g}") if abs(value) >= 1 else round(float(value), 4)
+
+
+def metrics(study: optuna.Study) -> dict[str, float]:
+    """The study's figures: its best quality, hypervolume, trials by how they ended, the front's
+    size, and the dense reference's quality, parameters and milliseconds."""
+    metric = record.quality_metric(study)
+    trials = record.records(study)
+    done = [t for t in trials if t.candidate]
+    out: dict[str, float] = {
+        "trials_trained": sum(t.counts for t in trials),
+        "trials_pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "trials_failed": sum(t.state == TrialState.FAIL for t in trials),
+        "pareto_trials": len(record.front(study)),
+        "hypervolume": pareto.hypervolume(study),
+    }
+    if done:
+        out[f"best_{metric}"] = max(t.quality for t in done)
+    dense = record.dense(done)
+    if dense is not None:
+        out[f"dense_{metric}"] = dense.quality
+        out["dense_param_count"] = dense.params
+        if dense.latency_ms is not None:
+            out["dense_latency_ms"] = dense.latency_ms
+    return {k: rounded(k, v) for k, v in out.items() if v is not None}
+
+
+def params(cfg: Mapping[str, Any]) -> dict[str, str]:
+    """The resolved search space and budget, as MLflow params."""
+    space, budget = cfg["space"], cfg.get("budget") or {}
+    out = {
+        "objectives": cfg["objectives"],
+        "trials": cfg["trials"],
+        "epochs": cfg["epochs"],
+        "sampler": cfg["sampler"]["_target_"].rsplit(".", 1)[-1],
+        "model": cfg["model"].get("_target_", ""),
+        "data": cfg["data"]["_target_"].rsplit(".", 1)[-1],
+        "search.budgets": (cfg.get("search") or {}).get("budgets"),
+        "latency.batch_size": cfg["latency"]["batch_size"],
+        "latency.threads": cfg["latency"].get("threads"),
+        "pretrain.epochs": cfg["pretrain"]["epochs"],
+    }
+    for key in ("layers", "exclude", "topologies", "orders", "ranks", "granularity"):
+        out[f"space.{key}"] = space.get(key)
+    for key, value in budget.items():
+        out[f"budget.{key}"] = value
+    for key, value in (cfg.get("constraints") or {}).items():
+        out[f"constraints.{key}"] = value
+    return {k: str(v) for k, v in out.items()}
+
+
+def description(study: optuna.Study, names: Sequence[str]) -> str:
+    """The parent run's description: the study in a sentence and its front as a markdown
+    table (MLflow renders it on the run's page)."""
+    metric = record.quality_metric(study)
+    front = record.front(study)
+    found = metrics(study)
+    lines = [
+        f"**tnsearch study `{study.study_name}`**: objectives {', '.join(names)}; "
+        f"{int(found['trials_trained'])} trials trained, {int(found['trials_pruned'])} pruned, "
+        f"{int(found['trials_failed'])} failed; hypervolume {found['hypervolume']:.4f}.",
+        "",
+        f"Pareto front ({len(front)} trials; latency as a ratio to the dense model timed beside "
+        "each trial):",
+        "",
+        f"| trial | {metric} | param_count | compression | latency_ratio | ms | plan |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    lines += [_row(t) for t in front]
+    return "\n".join(lines) + "\n"
+
+
+def _row(t: Record) -> str:
+    def num(value: Any, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    noisy = " (noisy)" if t.latency_noisy else ""
+    return (
+        f"| {t.number} | {num(t.quality, '.4f')} | {num(t.params, ',d')} | "
+        f"{num(t.compression, '.2f')}x | {num(t.latency_ratio, '.3f')}x{noisy} | "
+        f"{num(t.latency_ms, '.3f')} | {plans.summary(t.plan) if t.plan else ''} |"
+    )
