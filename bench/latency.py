@@ -150,9 +150,7 @@ def study(trials: int, busy_s: float) -> None:
         start = time.perf_counter()
         quiet = _study(Path(tmp) / "quiet", trials)
         quiet_s = time.perf_counter() - start
-        busy = [
-            subprocess.Popen([sys.executable, "-c", BUSY, str(busy_s)]) for _ in range(2)
-        ]
+        busy = [subprocess.Popen([sys.executable, "-c", BUSY, str(busy_s)]) for _ in range(2)]
         try:
             start = time.perf_counter()
             loaded = _study(Path(tmp) / "busy", trials)

@@ -168,9 +168,11 @@ def measure(
 NOISY_SPREAD = 1.3
 #: Measurements of one pair at most (the first and two more) before its ratio is called noisy.
 ATTEMPTS = 3
-#: Each timed sample repeats the call until it lasts about this long (ms): one call of a small
-#: model (LeNet-300-100: 0.6 ms per batch) is at the mercy of the scheduler's time slices.
-SAMPLE_MS = 2.0
+#: Each timed sample repeats the call until it lasts about this long (ms): long enough for the
+#: clock, short enough that most samples fall between a busy neighbour's time slices (the same
+#: study beside two busy processes: each plan's objective within 0.1-5.6% of a quiet run at 0.5
+#: ms, 0-19% at 2 ms; bench/RESULTS.md).
+SAMPLE_MS = 0.5
 
 
 @dataclass(frozen=True)
