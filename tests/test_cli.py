@@ -164,7 +164,7 @@ def test_the_next_commands_name_the_study_as_the_command_line_did():
         "storage": {"path": "studies/mine/optuna.journal"},
     }
     text = next_steps(cfg, ["model=custom", "space.orders=[1,2]", "trials=9", "workers=2"], "7")
-    assert "#/experiments/7/runs?workflowType=machine_learning" in text
+    assert "#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=tnsearch" in text
     assert "python -m tnsearch.report model=custom 'space.orders=[1,2]'\n" in text
     assert "trials=9" not in text and "workers=2" not in text
     assert "optuna-dashboard studies/mine/optuna.journal" in text

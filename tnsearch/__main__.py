@@ -119,7 +119,7 @@ def next_steps(cfg: dict, overrides: Sequence[str], experiment_id: str | None) -
         lines.append(f"  mlflow ui --backend-store-uri {uri}")
         lines.append(
             f"    then http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
-            "?workflowType=machine_learning"
+            "?workflowType=machine_learning&viewStateShareKey=tnsearch"
         )
     lines.append(f"  python -m tnsearch.report {keys}")
     lines.append(f"  python -m tnsearch.export {keys} trial=best-accuracy")

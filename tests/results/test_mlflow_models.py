@@ -108,3 +108,12 @@ def test_a_study_ends_with_its_front_in_mlflow(tmp_path):
     assert front and all(mlflow_models.MODEL_TAG in r.data.tags for r in front)
     versions = client.search_model_versions("name='mlp'")
     assert sorted(v.tags["trial"] for v in versions) == sorted(r.data.tags["trial"] for r in front)
+    # the runs view the printed URL opens: trial runs flat, the objectives as columns
+    view = json.loads(
+        client.get_experiment(experiment).tags[f"mlflow.sharedViewState.{mlflow_models.VIEW}"]
+    )
+    assert "metrics.`latency_ratio`" in view["selectedColumns"]
+    assert view["orderByKey"] == "metrics.`accuracy`"
+    assert all(
+        r.data.metrics["compression"] == round(r.data.metrics["compression"], 2) for r in trained
+    )

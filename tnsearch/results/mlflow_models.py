@@ -31,12 +31,23 @@ from tnsearch.study import record
 from tnsearch.study.record import Record
 from tnsearch.ui import Console, warn
 
-__all__ = ["CHOICES", "MODEL_TAG", "chosen", "log_models", "log_trial_model"]
+__all__ = ["CHOICES", "MODEL_TAG", "VIEW", "chosen", "log_models", "log_trial_model", "share_view"]
 
 #: The values of `tracking.log_models`.
 CHOICES = ("pareto", "all", "none")
 #: The run tag that holds the URI of the trial's logged model.
 MODEL_TAG = "tnsearch.model_uri"
+#: The name of the runs view a study's experiment shares (MLflow's `viewStateShareKey`).
+VIEW = "tnsearch"
+#: The columns that view shows, after the quality.
+VIEW_COLUMNS = (
+    "metrics.`param_count`",
+    "metrics.`compression`",
+    "metrics.`latency_ratio`",
+    "metrics.`latency_ms`",
+    "tags.`pareto`",
+    "params.`tensorized_layers`",
+)
 #: Rows of the input example stored with each model (> 1: the batch axis stays dynamic).
 EXAMPLE_ROWS = 2
 
@@ -68,12 +79,23 @@ def log_models(
     tracking = cfg["tracking"]
     if not tracking["enabled"]:
         return []
+    import logging
+    import os
+
     import torch
     from mlflow import MlflowClient
 
     from tnsearch import plan as plans
 
+    # MLflow's progress bars and "Created version" lines say nothing the summary line won't.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     client = MlflowClient(tracking["uri"])
+    metric = record.quality_metric(study)
+    try:
+        share_view(client, study.study_name, metric)
+    except Exception as exc:  # noqa: BLE001 - tracking never stops a study
+        warn(f"MLflow: the runs view was not saved: {type(exc).__name__}: {exc}"[:300])
     front = {t.number for t in record.front(study)}
     which = tracking.get("log_models", "pareto")
     chosen_now = {t.number for t in chosen(study, which)}
@@ -83,7 +105,6 @@ def log_models(
             "study's (a dict of tensors) are not (python -m tnsearch.export writes them)"
         )
         chosen_now = set()
-    metric = record.quality_metric(study)
     logged = []
     for trial in chosen(study, "all"):
         if trial.mlflow_run_id is None:
@@ -121,6 +142,30 @@ def log_models(
         )
         console.say(f"models of {len(logged)} trial(s) {where}")
     return logged
+
+
+def share_view(client, experiment: str, metric: str) -> None:
+    """Save the experiment's runs view the study's URL opens (`&viewStateShareKey=tnsearch`):
+    every trial's run, flat (MLflow folds nested runs under their parent), best quality first,
+    with the objectives as columns: what MLflow otherwise shows only after picking columns."""
+    import json
+
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return
+    state = {
+        "searchFilter": "tags.trial LIKE '%'",
+        "orderByKey": f"metrics.`{metric}`",
+        "orderByAsc": False,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "modelVersionFilter": "All Runs",
+        "datasetsFilter": [],
+        "selectedColumns": [f"metrics.`{metric}`", f"metrics.`test_{metric}`", *VIEW_COLUMNS],
+    }
+    client.set_experiment_tag(
+        found.experiment_id, f"mlflow.sharedViewState.{VIEW}", json.dumps(state)
+    )
 
 
 def log_trial_model(

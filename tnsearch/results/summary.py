@@ -58,12 +58,11 @@ def metrics(study: optuna.Study) -> dict[str, float]:
 
 
 def params(cfg: Mapping[str, Any]) -> dict[str, str]:
-    """The resolved search space and budget, as MLflow params."""
+    """The resolved search space and budget, as MLflow params (not `trials` or `epochs`, which
+    a continued study may change: MLflow keeps a param's first value)."""
     space, budget = cfg["space"], cfg.get("budget") or {}
     out = {
         "objectives": cfg["objectives"],
-        "trials": cfg["trials"],
-        "epochs": cfg["epochs"],
         "sampler": cfg["sampler"]["_target_"].rsplit(".", 1)[-1],
         "model": cfg["model"].get("_target_", ""),
         "data": cfg["data"]["_target_"].rsplit(".", 1)[-1],

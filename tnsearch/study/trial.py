@@ -529,8 +529,22 @@ def _final_metrics(rec: Record, metric: str) -> dict[str, float]:
         "dense_latency_ms": "dense_latency_ms",
     }
     return {
-        name: float(getattr(rec, k)) for k, name in names.items() if getattr(rec, k) is not None
+        name: _rounded(name, float(getattr(rec, k)))
+        for k, name in names.items()
+        if getattr(rec, k) is not None
     }
+
+
+def _rounded(name: str, value: float) -> float:
+    """A figure as people read it in MLflow's runs table, which shows what it is given:
+    compression to 2 decimals, latency ratios to 3, milliseconds to 4 significant digits."""
+    if name == "compression":
+        return round(value, 2)
+    if name.startswith("latency_ratio"):
+        return round(value, 3)
+    if name.endswith("_ms"):
+        return float(f"{value:.4g}")
+    return value
 
 
 def _latency_tags(rec: Record) -> dict[str, str]:
