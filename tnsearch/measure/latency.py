@@ -191,6 +191,49 @@ class PairedStats:
     noisy: bool  # the ratios still spread wider than NOISY_SPREAD after `attempts`
     device: str  # the device's name, e.g. "NVIDIA H200" or the CPU model
 
+    @classmethod
+    def of(
+        cls,
+        ratios: list[float],
+        mine: list[float],
+        theirs: list[float],
+        *,
+        attempts: int,
+        noisy: bool,
+        device: str,
+    ) -> PairedStats:
+        """The statistics of `paired_calls`'s sorted ratios and milliseconds (one per pair)."""
+        return cls(
+            ratio=quantile(ratios, 0.5),
+            ratio_p10=quantile(ratios, 0.1),
+            ratio_p90=quantile(ratios, 0.9),
+            latency_ms=quantile(mine, 0.5),
+            latency_p10_ms=quantile(mine, 0.1),
+            latency_p90_ms=quantile(mine, 0.9),
+            reference_ms=quantile(theirs, 0.5),
+            pairs=len(ratios),
+            attempts=attempts,
+            noisy=noisy,
+            device=device,
+        )
+
+    @classmethod
+    def itself(cls, alone: LatencyStats) -> PairedStats:
+        """The reference beside itself: a ratio of 1 by definition, its milliseconds `alone`."""
+        return cls(
+            ratio=1.0,
+            ratio_p10=1.0,
+            ratio_p90=1.0,
+            latency_ms=alone.p50,
+            latency_p10_ms=alone.p10,
+            latency_p90_ms=alone.p90,
+            reference_ms=alone.p50,
+            pairs=0,
+            attempts=1,
+            noisy=False,
+            device=alone.device,
+        )
+
     @property
     def spread(self) -> float:
         """p90 / p10 of the paired ratios (1.0: every pair agreed)."""
@@ -325,19 +368,7 @@ def paired(
         torch.set_num_threads(had)
         for m, training in modes:
             m.train(training)
-    return PairedStats(
-        ratio=quantile(ratios, 0.5),
-        ratio_p10=quantile(ratios, 0.1),
-        ratio_p90=quantile(ratios, 0.9),
-        latency_ms=quantile(mine, 0.5),
-        latency_p10_ms=quantile(mine, 0.1),
-        latency_p90_ms=quantile(mine, 0.9),
-        reference_ms=quantile(theirs, 0.5),
-        pairs=repeats,
-        attempts=made,
-        noisy=noisy,
-        device=name,
-    )
+    return PairedStats.of(ratios, mine, theirs, attempts=made, noisy=noisy, device=name)
 
 
 def _caller(model: nn.Module, example) -> Callable[[], object]:

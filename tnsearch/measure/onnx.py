@@ -206,17 +206,5 @@ def paired(
         spread=spread,
         attempts=attempts,
     )
-    q = latency.quantile
-    return latency.PairedStats(
-        ratio=q(ratios, 0.5),
-        ratio_p10=q(ratios, 0.1),
-        ratio_p90=q(ratios, 0.9),
-        latency_ms=q(mine, 0.5),
-        latency_p10_ms=q(mine, 0.1),
-        latency_p90_ms=q(mine, 0.9),
-        reference_ms=q(theirs, 0.5),
-        pairs=pairs,
-        attempts=made,
-        noisy=noisy,
-        device=f"onnxruntime on {latency.cpu_name()} ({threads} threads)",
-    )
+    device = f"onnxruntime on {latency.cpu_name()} ({threads} threads)"
+    return latency.PairedStats.of(ratios, mine, theirs, attempts=made, noisy=noisy, device=device)

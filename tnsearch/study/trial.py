@@ -238,57 +238,37 @@ class _Trial:
         """The dense plan is the reference itself: its ratio is 1 by definition, and timing it
         alone gives its milliseconds in half the time of the pairs (a worker's first trial)."""
         cfg = self.cfg["latency"]
-        device = torch.device(cfg["device"] or trial_device(self.cfg))
         if cfg["compile"] != "none":
             torch._dynamo.reset()
             model = _compile(model, cfg["compile"])
-        alone = latency.measure(
-            model,
-            example,
-            warmup=max(cfg["warmup"], 10 if cfg["compile"] != "none" else 0),
-            repeats=cfg["repeats"],
-            device=device,
-            dtype=cfg["dtype"],
-            threads=cfg["threads"],
-        )
-        return latency.PairedStats(
-            ratio=1.0,
-            ratio_p10=1.0,
-            ratio_p90=1.0,
-            latency_ms=alone.p50,
-            latency_p10_ms=alone.p10,
-            latency_p90_ms=alone.p90,
-            reference_ms=alone.p50,
-            pairs=0,
-            attempts=1,
-            noisy=False,
-            device=alone.device,
-        )
+        return latency.PairedStats.itself(latency.measure(model, example, **self.timing()))
+
+    def timing(self) -> dict[str, Any]:
+        """How `latency.*` says a model is timed in torch (alone or in pairs)."""
+        cfg = self.cfg["latency"]
+        return {
+            # A compiled model runs slowly for its first few calls after compiling (measured:
+            # 3-4 calls on CPU), whatever latency.warmup says.
+            "warmup": max(cfg["warmup"], 10 if cfg["compile"] != "none" else 0),
+            "repeats": cfg["repeats"],
+            "device": torch.device(cfg["device"] or trial_device(self.cfg)),
+            "dtype": cfg["dtype"],
+            "threads": cfg["threads"],
+        }
 
     def measure_torch(self, model: torch.nn.Module, example) -> latency.PairedStats:
         cfg = self.cfg["latency"]
-        device = torch.device(cfg["device"] or trial_device(self.cfg))
+        timing = self.timing()
         reference = self.setup.latency_reference()
         if cfg["compile"] != "none" or self.cfg["trainer"]["compile"] != "none":
             # Every trial is a new model behind the same forward functions: start Dynamo
             # afresh, or its per-function recompile limit turns compilation off after 8 trials.
             torch._dynamo.reset()
-            self.freeze_paths(model, device)
+            self.freeze_paths(model, timing["device"])
         if cfg["compile"] != "none":
             model, reference = _compile(model, cfg["compile"]), _compile(reference, cfg["compile"])
         return latency.paired(
-            model,
-            reference,
-            example,
-            # A compiled model runs slowly for its first few calls after compiling (measured:
-            # 3-4 calls on CPU), whatever latency.warmup says.
-            warmup=max(cfg["warmup"], 10 if cfg["compile"] != "none" else 0),
-            repeats=cfg["repeats"],
-            device=device,
-            dtype=cfg["dtype"],
-            spread=cfg["noisy"],
-            attempts=cfg["attempts"],
-            threads=cfg["threads"],
+            model, reference, example, spread=cfg["noisy"], attempts=cfg["attempts"], **timing
         )
 
     def measure_onnx(self, model: torch.nn.Module, example) -> latency.PairedStats:
