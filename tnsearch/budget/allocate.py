@@ -19,7 +19,7 @@ from typing import Any
 
 from tnsearch.budget.profile import Entry, Profile
 
-__all__ = ["Allocation", "UnreachableBudget", "allocate"]
+__all__ = ["Allocation", "UnreachableBudget", "allocate", "candidates"]
 
 
 class UnreachableBudget(ValueError):
@@ -74,12 +74,14 @@ def allocate(
     params: float | None = None,
     latency: float | None = None,
     topologies: Sequence[str] | None = None,
+    measured_only: bool = False,
 ) -> Allocation:
     """The least lossy plan with at most `params` of the dense model's parameters and
     `latency` of its latency (fractions in (0, 1]; None: no limit).
 
     Args:
         topologies: only these topologies (default: all the profile holds).
+        measured_only: only the options the profile measured (not those it predicted).
 
     Raises:
         UnreachableBudget: no plan fits (naming `budget.params` or `budget.latency`).
@@ -95,7 +97,9 @@ def allocate(
     for group in profile.groups:
         menu = [(None, 0.0, _costs(profile, group, None))]
         for e in profile.options(group):
-            if topologies is None or e.topology in topologies:
+            if (topologies is None or e.topology in topologies) and (
+                e.measured or not measured_only
+            ):
                 loss = e.loss(profile.dense_quality, profile.maximize)
                 menu.append((e, loss, _costs(profile, group, e)))
         menus[group] = menu
@@ -166,3 +170,74 @@ def _spend(pick, menus, totals, fits, weights) -> dict[str, int]:
         if best is None:
             return pick
         pick = best
+
+
+def candidates(
+    profile: Profile,
+    budgets: Sequence[Mapping[str, float | None]],
+    *,
+    neighbours: int = 1,
+    tolerance: float = 0.0,
+) -> set[tuple[str, str, int, int]]:
+    """The options worth measuring for these budgets: what the allocation picks at each, and
+    per group the `neighbours` options on either side of that pick along the group's lower
+    convex hull of (cost, loss), which a better-known loss could make it pick instead. A budget
+    whose allocation over the measured options alone is predicted to lose at most `tolerance`
+    more than its allocation over all options asks for nothing more.
+
+    Args:
+        budgets: each a mapping of `allocate`'s keywords (params=, latency=); unreachable ones
+            are skipped.
+    """
+    found: set[tuple[str, str, int, int]] = set()
+    for budget in budgets:
+        try:
+            chosen = allocate(profile, **budget)
+        except UnreachableBudget:
+            continue
+        if all(e is None or e.measured for e in chosen.choices.values()):
+            continue
+        try:
+            known = allocate(profile, **budget, measured_only=True)
+            if known.loss <= chosen.loss + tolerance:
+                continue
+        except UnreachableBudget:
+            pass
+        weights = tuple(float(budget.get(k) is not None) for k in ("params", "latency"))
+        for group, entry in chosen.choices.items():
+            menu = [(None, 0.0)] + [
+                (e, e.loss(profile.dense_quality, profile.maximize)) for e in profile.options(group)
+            ]
+            points = []
+            for e, loss in menu:
+                cp, ct = _costs(profile, group, e)
+                points.append((weights[0] * cp + weights[1] * ct, loss, e))
+            hull = _lower_hull(points)
+            at = next((k for k, p in enumerate(hull) if p[2] is entry), None)
+            if at is None:  # the greedy pass may pick off the hull: its nearest hull points
+                cost = next(p[0] for p in points if p[2] is entry)
+                at = min(range(len(hull)), key=lambda k: abs(hull[k][0] - cost))
+            if entry is not None:
+                found.add(entry.option)
+            for k in range(max(0, at - neighbours), min(len(hull), at + neighbours + 1)):
+                if hull[k][2] is not None:
+                    found.add(hull[k][2].option)
+    return found
+
+
+def _lower_hull(points: list[tuple[float, float, Any]]) -> list[tuple[float, float, Any]]:
+    """The lower convex hull of (cost, loss, item) points, by increasing cost (Andrew's monotone
+    chain on the lower side; only points that no other beats on both counts)."""
+    ordered = sorted(points, key=lambda p: (p[0], p[1]))
+    hull: list[tuple[float, float, Any]] = []
+    for p in ordered:
+        if hull and p[1] >= hull[-1][1]:
+            continue  # dearer and no better: never picked
+        while len(hull) >= 2:
+            (x1, y1, _), (x2, y2, _) = hull[-2], hull[-1]
+            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) <= 0:
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    return hull

@@ -2,9 +2,16 @@
 
 For every group of the search space and every option open to it (topology x order x rank, the
 modes balanced), the profile holds the group's parameters, its latency as a ratio to the dense
-layers (measured side by side, interleaved), the data-aware decomposition's output error on the
-calibration inputs, and the whole model's quality when only that group is tensorized (zero-shot,
-no training). Allocation (`tnsearch.budget.allocate`) reads only this.
+layers, the data-aware decomposition's output error on the calibration inputs, and the whole
+model's quality when only that group is tensorized (zero-shot, no training). Allocation
+(`tnsearch.budget.allocate`) reads only this.
+
+Measuring an option takes a data-aware fit and a zero-shot evaluation of the whole model, so the
+profile is anytime: every option is first *predicted* from the spectra of the whitened weight
+(`tnsearch.budget.predict`: milliseconds per option), and only the options an allocation could
+pick are *measured* (`Profiler.measure`), each stored on its own as soon as it is measured (the
+study's `OptionCache`). An entry says which it is (`measured`); a predicted entry's loss is its
+predicted error times the scale that the measured options of its topology and group show.
 """
 
 from __future__ import annotations
@@ -12,8 +19,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import statistics
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,12 +31,12 @@ from torch import nn
 
 from tnsearch import plan as plans
 from tnsearch import tn
-from tnsearch.budget import calibration
+from tnsearch.budget import calibration, predict
 from tnsearch.files import write_text
 from tnsearch.space import Space
 from tnsearch.tn import shapes
 
-VERSION = 1
+VERSION = 2
 #: Paired latency measurements per option (each: the dense layers, then the tensorized ones,
 #: in alternating order).
 PAIRS = 9
@@ -48,6 +55,14 @@ class Entry:
     error: float  # mean relative output error of its layers on the calibration inputs
     latency_ratio: float  # the group's layers: tensorized time / dense time (median of pairs)
     quality: float  # the model's quality with only this group tensorized
+    measured: bool = True  # False: `quality` and `latency_ratio` are predicted, not measured
+    predicted_error: float | None = None  # the spectra's prediction of `error`
+    bonds: dict[str, float] = field(default_factory=dict)  # bond quantities (tnsearch.bonds)
+
+    @property
+    def option(self) -> tuple[str, str, int, int]:
+        """(group, topology, order, rank): the option's key."""
+        return self.group, self.topology, self.order, self.rank
 
     def loss(self, dense_quality: float, maximize: bool) -> float:
         """The quality this option loses (never negative), with the output error breaking
@@ -84,6 +99,10 @@ class Profile:
     def options(self, group: str) -> list[Entry]:
         return [e for e in self.entries if e.group == group]
 
+    @property
+    def measured(self) -> list[Entry]:
+        return [e for e in self.entries if e.measured]
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["version"] = VERSION
@@ -98,7 +117,8 @@ class Profile:
         groups = {k: Group(tuple(v["layers"]), v["params"], v["latency_ms"]) for k, v in
                   data.pop("groups").items()}  # fmt: skip
         entries = [Entry(**e) for e in data.pop("entries")]
-        return cls(groups=groups, entries=entries, **data)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(groups=groups, entries=entries, **{k: v for k, v in data.items() if k in known})
 
     def save(self, path: str | Path) -> None:
         write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
@@ -151,17 +171,31 @@ def _run(layers: Sequence[nn.Module], inputs: Sequence[torch.Tensor]) -> None:
 
 @torch.inference_mode()
 def paired_ratio(
-    dense: Sequence[nn.Module], other: Sequence[nn.Module], inputs: Sequence[torch.Tensor]
+    dense: Sequence[nn.Module],
+    other: Sequence[nn.Module],
+    inputs: Sequence[torch.Tensor],
+    *,
+    threads: int | None = None,
+    pairs: int = PAIRS,
+    warmup: int = 2,
+    attempts: int = 1,
+    **timing: Any,
 ) -> tuple[float, float]:
     """(median of the paired time ratios other / dense, dense seconds): the two are timed in
     turn on the same inputs, the order alternating, so that a busy moment hits both
-    (`latency.paired_calls`, measured once: the profile times many options)."""
+    (`latency.paired_calls`; `threads`: torch's CPU threads meanwhile, as `latency.threads`)."""
     from tnsearch.measure import latency
 
-    ratios, _, base, _, _ = latency.paired_calls(
-        lambda: _run(other, inputs), lambda: _run(dense, inputs), pairs=PAIRS, warmup=2,
-        attempts=1,
-    )  # fmt: skip
+    had = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        ratios, _, base, _, _ = latency.paired_calls(
+            lambda: _run(other, inputs), lambda: _run(dense, inputs), pairs=pairs,
+            warmup=warmup, attempts=attempts, **timing,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(had)
     return statistics.median(ratios), statistics.median(base) / 1e3
 
 
@@ -174,99 +208,315 @@ def layer_inputs(model: nn.Module, example: Any, names: Sequence[str]) -> dict[s
     return seen
 
 
-def build(
-    model: nn.Module,
-    space: Space,
-    stats: Mapping[str, tn.InputStats],
-    evaluate: Callable[[nn.Module], float],
-    example: Any,
-    *,
-    metric: str,
-    maximize: bool,
-    steps: int,
-    key: str,
-    settings: Mapping[str, Any] | None = None,
-    progress: Callable[[int, int, Entry], None] | None = None,
-) -> Profile:
-    """Measure every option of every group of `space` on the trained `model` (left as it was).
+@dataclass(frozen=True)
+class Option:
+    """One option of one group before it is measured: its plan, and what costs nothing to know."""
+
+    group: str
+    topology: str
+    order: int
+    rank: int
+    layers: dict[str, dict[str, Any]]  # the plan's layers of this option
+    params: int  # exact: the shells' sizes
+    predicted_error: float  # mean over its layers of the spectra's predicted output error
+    macs_ratio: float  # the group's multiply-adds tensorized / dense: latency's stand-in
+
+    @property
+    def key(self) -> tuple[str, str, int, int]:
+        return self.group, self.topology, self.order, self.rank
+
+    @property
+    def name(self) -> str:
+        return f"{self.group} {self.topology} o{self.order} r{self.rank}"
+
+
+class Profiler:
+    """Predicts and measures the options of `space` on the trained `model` (left as it was).
 
     Args:
         model: the dense model with its trained weights.
         space: the search space (its groups and their options).
         stats: each layer's calibration input moments (`calibration.collect`).
-        evaluate: the model's quality on the held-out examples (higher is better when
-            `maximize`).
+        evaluate: the model's quality on the held-out examples (higher is better when the
+            metric is maximized); called with the model as it is (layers swapped in place).
         example: one input batch for the latency measurements (`latency.batch_size`).
         steps: L-BFGS steps of each layer's data-aware fit.
-        progress: called after each option with (done, total, entry).
+        timing: keyword arguments of `latency.paired_calls` (pairs, warmup, attempts...).
+        threads: torch's CPU threads while timing (None: as they are).
     """
-    start = time.perf_counter()
-    model.eval()
-    dense_quality = evaluate(model)
-    names = [layer.name for layer in space.layers]
-    inputs = layer_inputs(model, example, names)
-    from tnsearch.measure import latency
 
-    whole = latency.measure(model, example, warmup=3, repeats=15)
-    groups, entries = {}, []
-    plan = {g: list(options(space, g)) for g in space.groups}
-    total, done = sum(len(v) for v in plan.values()), 0
-    for group, members in space.groups.items():
-        originals = {layer.name: model.get_submodule(layer.name) for layer in members}
-        dense_mods = [calibration._module_for(model, n) for n in originals]
-        xs = [inputs[n] for n in originals]
+    def __init__(
+        self,
+        model: nn.Module,
+        space: Space,
+        stats: Mapping[str, tn.InputStats],
+        evaluate: Callable[[nn.Module], float],
+        example: Any,
+        *,
+        steps: int,
+        timing: Mapping[str, Any] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.model, self.space, self.stats = model.eval(), space, stats
+        self.evaluate, self.example, self.steps = evaluate, example, steps
+        self.timing = {"pairs": PAIRS, "warmup": 2, "attempts": 1, **(timing or {})}
+        self.threads = threads
+        names = [layer.name for layer in space.layers]
+        self.inputs = layer_inputs(model, example, names)
+        self.originals = {
+            g: {layer.name: model.get_submodule(layer.name) for layer in members}
+            for g, members in space.groups.items()
+        }
+        self.dense_modules = {
+            g: {n: calibration._module_for(model, n) for n in originals}
+            for g, originals in self.originals.items()
+        }
+
+    def dense(self) -> dict[str, Any]:
+        """The dense reference: quality, whole-model latency (ms per batch) and each group."""
+        from tnsearch.measure import latency
+
+        quality = self.evaluate(self.model)
+        whole = latency.measure(self.model, self.example, warmup=3, repeats=15,
+                                threads=self.threads)  # fmt: skip
+        groups = {}
+        for g, originals in self.originals.items():
+            mods = list(self.dense_modules[g].values())
+            ms = self._ratio(mods, mods, g)[1] * 1e3
+            params = sum(_dense_params(m) for m in originals.values())
+            groups[g] = Group(tuple(originals), params, ms)
+        return {"quality": float(quality), "latency_ms": whole.p50, "groups": groups,
+                "batch_size": latency.batch_size(self.example),
+                "params": tn.n_params(self.model)}  # fmt: skip
+
+    def menu(self, group: str) -> list[Option]:
+        """Every option of `group` that saves parameters, predicted (once per distinct clipped
+        rank: a rank above the largest meaningful one is the same option)."""
+        originals, modules = self.originals[group], self.dense_modules[group]
+        spectra = {n: predict.Spectra(m, self.stats.get(n)) for n, m in modules.items()}
         group_params = sum(_dense_params(m) for m in originals.values())
-        seen_ranks = set()
-        dense_ms = None
-        for topology, order, rank, layers in plan[group]:
-            done += 1
-            shells = [  # random factors: only the sizes, to skip what cannot pay
-                plans.tensorize_module(d, layers[n], init="random")
-                for n, d in zip(originals, dense_mods, strict=True)
-            ]
-            params = sum(tn.n_params(m) for m in shells)
-            clipped = (topology, order, tuple(m.rank for m in shells))
-            if params >= group_params or clipped in seen_ranks:
+        dense_macs = sum(_macs(m, self.inputs[n]) for n, m in modules.items())
+        seen, found = set(), []
+        for topology, order, rank, layers in options(self.space, group):
+            shells = {  # random factors: only the sizes and the structure are read
+                n: plans.tensorize_module(m, layers[n], init="random") for n, m in modules.items()
+            }
+            params = sum(tn.n_params(m) for m in shells.values())
+            clipped = (topology, order, tuple(_rank(m) for m in shells.values()))
+            if params >= group_params or clipped in seen:
                 continue
-            seen_ranks.add(clipped)
-            errors = calibration.tensorize(_Swap(model, originals), layers, stats, steps=steps)
-            tensorized = {n: model.get_submodule(n) for n in originals}
+            seen.add(clipped)
+            errors = predict.predicted_errors(shells, spectra)
+            macs = sum(_macs(m, self.inputs[n]) for n, m in shells.items())
+            found.append(
+                Option(
+                    group,
+                    topology,
+                    order,
+                    rank,
+                    copy.deepcopy(layers),
+                    params,
+                    float(statistics.fmean(errors.values())),
+                    macs / max(dense_macs, 1),
+                )  # fmt: skip
+            )
+        return found
+
+    def measure(self, option: Option) -> Entry:
+        """Decompose the option's layers data-aware, score the model with only them tensorized
+        and time them beside the dense layers."""
+        originals = self.originals[option.group]
+        errors = calibration.tensorize(
+            _Swap(self.model, originals), option.layers, self.stats, steps=self.steps
+        )
+        try:
+            tensorized = {n: self.model.get_submodule(n) for n in originals}
             for m in tensorized.values():
                 if isinstance(m, tn.TNLayer):
                     m.freeze()  # the path of fewest MACs: no measuring of paths per option
-            quality = evaluate(model)
-            ratio, base = paired_ratio(dense_mods, list(tensorized.values()), xs)
-            dense_ms = base * 1e3 if dense_ms is None else dense_ms
-            _restore(model, originals)
-            entry = Entry(
-                group=group,
-                topology=topology,
-                order=order,
-                rank=rank,
-                layers=copy.deepcopy(layers),
-                params=params,
-                error=float(statistics.fmean(errors.values())),
-                latency_ratio=float(ratio),
-                quality=float(quality),
+            quality = self.evaluate(self.model)
+            dense_mods = list(self.dense_modules[option.group].values())
+            ratio, _ = self._ratio(dense_mods, list(tensorized.values()), option.group)
+        finally:
+            _restore(self.model, originals)
+        return Entry(
+            group=option.group,
+            topology=option.topology,
+            order=option.order,
+            rank=option.rank,
+            layers=copy.deepcopy(option.layers),
+            params=option.params,
+            error=float(statistics.fmean(errors.values())),
+            latency_ratio=float(ratio),
+            quality=float(quality),
+            measured=True,
+            predicted_error=option.predicted_error,
+        )
+
+    def _ratio(self, dense: list[nn.Module], other: list[nn.Module], group: str):
+        xs = [self.inputs[n] for n in self.originals[group]]
+        return paired_ratio(dense, other, xs, threads=self.threads, **self.timing)
+
+
+def _rank(module: nn.Module) -> tuple[int, ...]:
+    return tuple((module.layer if isinstance(module, tn.TNEmbedding) else module).rank)
+
+
+def _macs(module: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-adds of one call of `module` on `x` (dense Linear / Conv2d / Embedding, or a
+    tensorized layer's cheapest path)."""
+    if isinstance(module, tn.TNLayer | tn.TNEmbedding):
+        return int(module.flops(tuple(x.shape)))
+    if isinstance(module, nn.Embedding):
+        return int(x.numel() * module.embedding_dim)
+    if isinstance(module, nn.Conv2d):
+        h, w = x.shape[-2:]
+        kh, kw = module.kernel_size
+        (sh, sw), (ph, pw), (dh, dw) = module.stride, module.padding, module.dilation
+        if isinstance(module.padding, str):
+            ph, pw = (kh - 1) // 2, (kw - 1) // 2
+        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        batch = x.numel() // (x.shape[-3] * h * w)
+        return int(batch * ho * wo * module.weight.numel())
+    rows = x.numel() // x.shape[-1]
+    return int(rows * module.weight.numel())
+
+
+#: Below this predicted error (or measured loss) an option counts as losing nothing.
+FLOOR = 1e-6
+
+
+def _pooled(measured: Sequence[Entry], key, pairs) -> Callable[[Entry | Option], list]:
+    """The measured entries' `pairs(entry)` points pooled by `key(entry)` levels (most specific
+    first): an option reads the first level that holds at least two points (else none)."""
+    pools: dict[tuple, list] = {}
+    for e in measured:
+        point = pairs(e)
+        if point is not None:
+            for level in key(e):
+                pools.setdefault(level, []).append(point)
+
+    def points(option) -> list:
+        for level in key(option):
+            if len(pools.get(level, ())) >= 2:
+                return pools[level]
+        return []
+
+    return points
+
+
+def _power(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """(a, b) of y = a x^b fitted in log space (least squares); (1, 1) without two points."""
+    logs = [(math.log(x), math.log(y)) for x, y in points if x > FLOOR and y > FLOOR]
+    if len(logs) < 2 or len({x for x, _ in logs}) < 2:
+        return 1.0, 1.0
+    mx, my = statistics.fmean(x for x, _ in logs), statistics.fmean(y for _, y in logs)
+    sxx = sum((x - mx) ** 2 for x, _ in logs)
+    b = sum((x - mx) * (y - my) for x, y in logs) / sxx
+    b = min(max(b, 0.5), 3.0)  # the bound is loose, not upside down
+    return math.exp(my - b * mx), b
+
+
+def _isotonic(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The non-decreasing fit of (x, y) points (pool-adjacent-violators), by x, from (0, 0)."""
+    blocks: list[list[float]] = []  # [sum x, sum y, count]
+    for x, y in sorted(points):
+        blocks.append([x, y, 1.0])
+        while len(blocks) > 1 and blocks[-2][1] / blocks[-2][2] > blocks[-1][1] / blocks[-1][2]:
+            last = blocks.pop()
+            for i in range(3):
+                blocks[-1][i] += last[i]
+    return [(0.0, 0.0)] + [(sx / n, max(sy / n, 0.0)) for sx, sy, n in blocks]
+
+
+def _interpolate(curve: Sequence[tuple[float, float]], x: float) -> float:
+    """The piecewise-linear `curve` at `x`; beyond its last point, along the line from the
+    origin through it (a loss grows with the error)."""
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:], strict=False):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / max(x1 - x0, 1e-12)
+    x1, y1 = curve[-1]
+    return y1 * x / max(x1, 1e-12) if x1 > 0 else 0.0
+
+
+def assemble(
+    dense: Mapping[str, Any],
+    menu: Sequence[Option],
+    measured: Mapping[tuple, Entry],
+    *,
+    key: str,
+    metric: str,
+    maximize: bool,
+    settings: Mapping[str, Any] | None = None,
+    seconds: float = 0.0,
+) -> Profile:
+    """The profile of `menu`: the measured entries as they are, every other option predicted in
+    two steps, each learnt from the measured entries. Its output error from the spectra's bound
+    (``error = a * bound^b``, fitted per topology and order: the fit keeps more than sequential
+    SVDs); its loss from that error along the group's sensitivity curve (the non-decreasing
+    fit of loss against error over the group's measured options of any topology: how much the
+    model feels an error at that group's output). Its latency: the MAC ratio times the measured
+    latency / MAC ratio."""
+    q0 = float(dense["quality"])
+    by_key = {o.key: o for o in menu}
+    done = [e for k, e in measured.items() if k in by_key]
+    macs = {o.key: o.macs_ratio for o in menu}
+
+    def loss_of(e: Entry) -> float:
+        return e.loss(q0, maximize)
+
+    bound = _pooled(
+        done,
+        lambda e: ((e.topology, e.order), (e.topology,)),  # the bound's looseness is the topology's
+        lambda e: None if e.predicted_error is None else (e.predicted_error, e.error),
+    )
+    curve = _pooled(done, lambda e: ((e.group,), ("*",)), lambda e: (e.error, loss_of(e)))
+    latency = _pooled(
+        done,
+        lambda e: ((e.group, e.topology), (e.topology,), ("*",)),
+        lambda e: (macs[e.option], e.latency_ratio),
+    )
+    entries = []
+    for option in menu:
+        if option.key in measured:
+            entries.append(measured[option.key])
+            continue
+        a, b = _power(bound(option))
+        error = a * max(option.predicted_error, 0.0) ** b
+        points = curve(option)
+        loss = _interpolate(_isotonic(points), error) if points else error * abs(q0)
+        loss = min(loss, abs(q0))
+        times = latency(option)
+        scale = math.exp(statistics.fmean(math.log(t / max(m, 1e-9)) for m, t in times)) if (
+            times) else 1.0  # fmt: skip
+        entries.append(
+            Entry(
+                group=option.group,
+                topology=option.topology,
+                order=option.order,
+                rank=option.rank,
+                layers=option.layers,
+                params=option.params,
+                error=error,
+                latency_ratio=scale * option.macs_ratio,
+                quality=q0 - loss if maximize else q0 + loss,
+                measured=False,
+                predicted_error=option.predicted_error,
             )
-            entries.append(entry)
-            if progress is not None:
-                progress(done, total, entry)
-        if dense_ms is None:
-            dense_ms = paired_ratio(dense_mods, dense_mods, xs)[1] * 1e3
-        groups[group] = Group(tuple(originals), group_params, dense_ms)
+        )
     return Profile(
         key=key,
         metric=metric,
         maximize=maximize,
-        dense_quality=float(dense_quality),
-        dense_params=tn.n_params(model),
-        dense_latency_ms=whole.p50,
-        batch_size=latency.batch_size(example),
-        groups=groups,
+        dense_quality=q0,
+        dense_params=int(dense["params"]),
+        dense_latency_ms=float(dense["latency_ms"]),
+        batch_size=int(dense["batch_size"]),
+        groups=dict(dense["groups"]),
         entries=entries,
         settings=dict(settings or {}),
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
     )
 
 

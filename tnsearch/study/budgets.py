@@ -9,7 +9,7 @@ with; and the budget plans a warm study enqueues after its dense trial (`search.
 
 from __future__ import annotations
 
-import fcntl
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -130,75 +130,150 @@ def evaluator(
 
 
 def _settings(setup: Setup) -> dict[str, Any]:
+    """What every option of the profile depends on besides the weights (the options themselves,
+    and so the space, are keyed one by one)."""
     cfg = setup.cfg
     return {
-        "space": {g: [layer.name for layer in m] for g, m in setup.space.groups.items()},
-        "topologies": list(setup.space.topologies),
-        "orders": {g: list(v) for g, v in setup.space.orders.items()},
-        "ranks": list(setup.space.ranks),
         "fit": FIT,  # the data-aware fit's version: a changed method measures anew
         "calibration": cfg["decompose"]["calibration"],
         "steps": cfg["profile"]["steps"],
         "examples": cfg["profile"]["examples"],
         "batch_size": cfg["latency"]["batch_size"],
+        "threads": cfg["latency"].get("threads"),
         "task": cfg["task"],
         "data": cfg["data"],
     }
 
 
-def profile(setup: Setup, *, say: Callable[[str], None] | None = None) -> tuple[Profile, Path]:
-    """The study's profile: read from the study folder when these weights and settings made it
-    before, else measured (once, under a lock: other workers wait and read it)."""
-    from tnsearch.budget import profile as profiles
-    from tnsearch.measure import latency
+def profile_budgets(setup: Setup) -> list[dict[str, float | None]]:
+    """The budgets the profile must be right for: `budget.params` / `budget.latency` when given
+    (compress), else the ladder's (`search.budgets`) and `profile.budgets`."""
+    cfg = setup.cfg
+    given = {k: (cfg.get("budget") or {}).get(k) for k in ("params", "latency")}
+    if any(v is not None for v in given.values()):
+        return [{k: None if v is None else float(v) for k, v in given.items()}]
+    fractions = [*(cfg["search"]["budgets"] or ()), *(cfg["profile"].get("budgets") or ())]
+    return [{"params": float(f), "latency": None} for f in sorted(set(fractions), reverse=True)]
 
+
+def profile(
+    setup: Setup,
+    *,
+    say: Callable[[str], None] | None = None,
+    budgets: list[dict[str, float | None]] | None = None,
+) -> tuple[Profile, Path]:
+    """The study's profile, anytime: every option predicted from the whitened weights'
+    spectra, and the options an allocation at `budgets` (default `profile_budgets`) could pick
+    measured, refined until the allocation picks only measured options (`profile.measure=all`:
+    every option). Each measured option is stored at once in the study folder (keyed by the
+    weights and the settings), so a rerun, or another worker, reads it instead of measuring it
+    again; workers split the options between them."""
+    from tnsearch.budget import allocate
+    from tnsearch.budget import profile as profiles
+    from tnsearch.budget.cache import OptionCache
+    from tnsearch.measure import latency
+    from tnsearch.ui import Steps, warn
+
+    say = say or (lambda _text: None)
+    start = time.perf_counter()
     model = dense_model(setup)
     settings = _settings(setup)
     key = profiles.fingerprint(model, settings)
     folder = setup.study_dir / PROFILE_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{key}.json"
-    with open(folder / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if path.is_file():
-                return Profile.load(path), path
-            _, stats = calibrated(setup)
-            evaluate = evaluator(setup, model)
-            example = latency.example_batch(setup.datamodule, setup.cfg["latency"]["batch_size"])
-            total = sum(1 for g in setup.space.groups for _ in profiles.options(setup.space, g))
-            if say is not None:
-                say(
-                    f"profiling {len(setup.space.groups)} layer groups x their options "
-                    f"(up to {total} decompositions, each scored alone)"
+    cache = OptionCache(folder / key, warn=warn)
+    _, stats = calibrated(setup)
+    evaluate = evaluator(setup, model)
+    cfg = setup.cfg
+    example = latency.example_batch(setup.datamodule, cfg["latency"]["batch_size"])
+    profiler = profiles.Profiler(
+        model, setup.space, stats, evaluate, example, steps=cfg["profile"]["steps"],
+        threads=cfg["latency"].get("threads"),
+    )  # fmt: skip
+    with cache.claim(("dense", "", 0, 0)):  # one process measures the reference, others wait
+        dense = cache.dense()
+        if dense is None:
+            dense = profiler.dense()
+            cache.write_dense(dense)
+    menu = [o for g in setup.space.groups for o in profiler.menu(g)]
+    known = {k: e for k, e in cache.entries().items() if k in {o.key for o in menu}}
+    measure_all = cfg["profile"].get("measure", "candidates") == "all"
+    say(
+        f"profile: {len(known)} of {len(menu)} options already measured; "
+        + (
+            "measuring the rest"
+            if measure_all
+            else "predicting the rest from the whitened weights' spectra, measuring what an "
+            "allocation could pick"
+        )  # fmt: skip
+    )
+    maximize = task_metric(cfg)[1] == "maximize"
+    budgets = profile_budgets(setup) if budgets is None else budgets
+
+    def current() -> Profile:
+        return profiles.assemble(
+            dense, menu, known, key=key, metric=setup.metric, maximize=maximize,
+            settings=settings, seconds=time.perf_counter() - start,
+        )  # fmt: skip
+
+    by_key = {o.key: o for o in menu}
+    rounds = 0
+    steps = Steps("profile", 0, say=say)
+    try:
+        while True:
+            if measure_all:
+                todo = [o for o in menu if o.key not in known]
+            else:
+                wanted = allocate.candidates(
+                    current(), budgets, neighbours=0, tolerance=TOLERANCE * abs(dense["quality"])
                 )
-            step = max(1, total // 10)
+                todo = [by_key[k] for k in sorted(wanted) if k not in known]
+            if not todo or rounds >= MAX_ROUNDS:
+                break
+            rounds += 1
+            steps.total += len(todo)
+            waiting = []
+            for option in todo:
+                with cache.claim(option.key) as mine:
+                    found = cache.read(option.key)
+                    if found is None and mine:
+                        found = profiler.measure(option)
+                        cache.write(found)
+                if found is None:  # another process holds it: read it when it is written
+                    waiting.append(option)
+                    continue
+                known[option.key] = found
+                steps.advance(note=_note(found, setup.metric))
+            for option in waiting:
+                cache.wait(option.key)
+                found = cache.read(option.key)
+                if found is not None:
+                    known[option.key] = found
+                steps.advance(note=f"{option.name} (measured by another worker)")
+    finally:
+        steps.close()
+    found = current()
+    path = folder / f"{key}.json"
+    found.save(path)
+    say(
+        f"profile: {len(found.measured)} of {len(menu)} options measured, the others predicted "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
+    return found, path
 
-            def progress(done: int, of: int, entry) -> None:
-                if say is not None and (done % step == 0 or done == of):
-                    say(
-                        f"  profile {done}/{of}: {entry.group} {entry.topology} o{entry.order} "
-                        f"r{entry.rank}: {entry.params:,} params, {setup.metric} "
-                        f"{entry.quality:.4f}, latency {entry.latency_ratio:.2f}x"
-                    )
 
-            found = profiles.build(
-                model,
-                setup.space,
-                stats,
-                evaluate,
-                example,
-                metric=setup.metric,
-                maximize=task_metric(setup.cfg)[1] == "maximize",
-                steps=setup.cfg["profile"]["steps"],
-                key=key,
-                settings=settings,
-                progress=progress,
-            )
-            found.save(path)
-            return found, path
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+#: Rounds of measuring what the allocation picks, then allocating again, at most.
+MAX_ROUNDS = 8
+#: A budget is settled when its allocation over the measured options alone is predicted to
+#: lose at most this fraction of the dense quality more than its allocation over all options
+#: (bench/RESULTS.md: LeNet-300-100 on digits, 25 of 108 options measured).
+TOLERANCE = 0.005
+
+
+def _note(entry, metric: str) -> str:
+    return (
+        f"{entry.group} {entry.topology} o{entry.order} r{entry.rank}: {entry.params:,} params, "
+        f"{metric} {entry.quality:.4f}, latency {entry.latency_ratio:.2f}x"
+    )
 
 
 def build(setup: Setup, layers: Mapping[str, Mapping[str, Any]]) -> tuple[nn.Module, dict]:
@@ -215,7 +290,7 @@ def build(setup: Setup, layers: Mapping[str, Mapping[str, Any]]) -> tuple[nn.Mod
 def budget_plan(setup: Setup, profile_: Profile, **budget: float | None) -> allocate.Allocation:
     """The allocation for `budget` (params=, latency=), UnreachableBudget as a ConfigError."""
     try:
-        return allocate.allocate(profile_, **budget)
+        return allocate.allocate(profile_, **budget, measured_only=bool(profile_.measured))
     except allocate.UnreachableBudget as exc:
         raise ConfigError(exc.key, str(exc).split(": ", 1)[1]) from None
 
@@ -265,7 +340,9 @@ def enqueue_ladder(setup: Setup, study, *, say: Callable[[str], None] | None = N
     enqueued = []
     for fraction in sorted(budgets, reverse=True):
         try:
-            chosen = allocate.allocate(found, params=float(fraction))
+            chosen = allocate.allocate(
+                found, params=float(fraction), measured_only=bool(found.measured)
+            )
         except allocate.UnreachableBudget as exc:
             if say is not None:
                 say(f"search.budgets: {fraction:g} skipped ({str(exc).split(': ', 1)[1]})")

@@ -70,7 +70,7 @@ class TNLayer(nn.Module, abc.ABC):
         self._chosen: dict[PathKey, str] = {}
         self._plans: dict[tuple, Plan] = {}
         self._frozen = False
-        self._wplan = network_plan(self.network, "weight")
+        self._weight_plan: Plan | None = None  # made on first use (`_wplan`)
         self.reset_parameters()
 
     # --- what a topology provides -------------------------------------------------------------
@@ -197,6 +197,14 @@ class TNLayer(nn.Module, abc.ABC):
         if self.geometry.conv and x.dim() == 3:
             x = x.unsqueeze(0)
         return self._chosen.get(path_key(x)) or self._fewest(tuple(x.shape))
+
+    @property
+    def _wplan(self) -> Plan:
+        """The contraction plan that rebuilds the dense weight, made on first use (planning
+        takes tens of milliseconds, and a layer built only for its size never needs it)."""
+        if self._weight_plan is None:
+            self._weight_plan = network_plan(self.network, "weight")
+        return self._weight_plan
 
     def freeze(self, frozen: bool = True) -> None:
         """Stop (or resume) measuring: unseen keys then take the path with the fewest MACs."""

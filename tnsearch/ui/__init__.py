@@ -1,6 +1,6 @@
 """What a person sees on the console: lines (`Console`) and the live status line (`Progress`)."""
 
 from tnsearch.ui.console import Console, error, warn
-from tnsearch.ui.progress import Progress, Snapshot
+from tnsearch.ui.progress import Progress, Snapshot, Steps
 
-__all__ = ["Console", "Progress", "Snapshot", "error", "warn"]
+__all__ = ["Console", "Progress", "Snapshot", "Steps", "error", "warn"]

@@ -20,7 +20,7 @@ from typing import TextIO
 
 from tnsearch.ui.console import short_name
 
-__all__ = ["Progress", "Snapshot", "clock", "render"]
+__all__ = ["Progress", "Snapshot", "Steps", "clock", "render", "steps_line"]
 
 _ERASE = "\r\x1b[K"  # back to column 0, erase to the end of the line
 
@@ -166,4 +166,108 @@ class Progress:
         while not self._stop.wait(every):
             with self._lock:
                 if self._shown:
+                    self._draw()
+
+
+def steps_line(what: str, done: int, total: int, elapsed: float, note: str = "") -> str:
+    """`profile 12/40 [#####---------] 31s elapsed | ETA 1m12s | note`: the ETA is the mean time
+    per step so far times the steps left."""
+    filled = round(14 * min(done, total) / total) if total else 14
+    eta = (
+        f"ETA {clock(elapsed / done * (total - done))}"
+        if 0 < done < total
+        else ("done" if done >= total else "ETA -")
+    )
+    parts = [f"{what} {done}/{total} [{'#' * filled}{'-' * (14 - filled)}]",
+             f"{clock(elapsed)} elapsed", eta]  # fmt: skip
+    return " | ".join(parts + ([note] if note else []))
+
+
+class Steps:
+    """Progress of one long step of known size (the profile's options, pretraining's epochs,
+    the models logged): done/total, elapsed and ETA, in the study's status line style.
+
+    On a terminal the line is redrawn in place (a clock that runs between steps too) and kept
+    when the step ends; otherwise (a log, a launcher, CI) it is printed as a plain line at most
+    every `every` seconds, and always for the first and the last step.
+
+    Args:
+        what: the step's name, first on the line ("profile", "pretrain").
+        total: how many steps there are.
+        say: where plain lines go (a `Console.say`; default print).
+        stream: the terminal to draw on (default sys.stdout); `enabled` as `Progress`.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        total: int,
+        *,
+        say=None,
+        stream: TextIO | None = None,
+        enabled: bool | None = None,
+        every: float = 5.0,
+    ) -> None:
+        self.what, self.total, self.done, self.note = what, max(int(total), 0), 0, ""
+        self.say = say or (lambda text: print(text, flush=True))
+        self.stream = stream or sys.stdout
+        if enabled is None:
+            isatty = getattr(self.stream, "isatty", None)
+            enabled = bool(isatty and isatty())
+        self.live, self.every = enabled, every
+        self.started = time.monotonic()
+        self._printed = -float("inf")
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self.live:
+            self._thread = threading.Thread(target=self._tick, daemon=True)
+            self._thread.start()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def line(self) -> str:
+        return steps_line(self.what, self.done, self.total, self.elapsed, self.note)
+
+    def advance(self, n: int = 1, note: str = "") -> None:
+        """`n` more steps are done (`note`: what the last one was, shown at the line's end)."""
+        with self._lock:
+            self.done, self.note = self.done + n, note
+            if self.live:
+                self._draw()
+            elif self.done >= self.total or time.monotonic() - self._printed >= self.every:
+                self._printed = time.monotonic()
+                self.say(self.line())
+
+    def close(self) -> None:
+        """End the display (a terminal keeps the last line)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        with self._lock:
+            if self.live:
+                self._draw()
+                self.stream.write("\n")
+                self.stream.flush()
+                self.live = False
+
+    def __enter__(self) -> Steps:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _draw(self) -> None:
+        width = shutil.get_terminal_size((100, 24)).columns
+        text = self.line()
+        text = text if len(text) < width else text[: max(0, width - 2)] + "~"
+        self.stream.write(_ERASE + text)
+        self.stream.flush()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            with self._lock:
+                if self.live:
                     self._draw()
