@@ -107,11 +107,7 @@ def hypervolume(data: ReportData) -> str:
     history = pareto.hypervolume_history(data.study)
     if not history:
         return note("No hypervolume yet: it needs the dense reference trial to have finished.")
-    named = {
-        data.metric if k == "quality" else record.OBJECTIVES[k].metric: v
-        for k, v in pareto.REFERENCE.items()
-    }
-    reference = ", ".join(f"{k} {v}" for k, v in named.items() if k in data.objectives)
+    reference = pareto.reference_text(data.metric, data.objectives)
     figure = (
         plotly_figure(_figures.hypervolume_plotly(history))
         if _interactive(data)

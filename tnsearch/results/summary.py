@@ -89,7 +89,8 @@ def description(study: optuna.Study, names: Sequence[str]) -> str:
     lines = [
         f"**tnsearch study `{study.study_name}`**: objectives {', '.join(names)}; "
         f"{int(found['trials_trained'])} trials trained, {int(found['trials_pruned'])} pruned, "
-        f"{int(found['trials_failed'])} failed; hypervolume {found['hypervolume']:.4f}.",
+        f"{int(found['trials_failed'])} failed; hypervolume {found['hypervolume']:.4f} "
+        f"(reference point: {pareto.reference_text(metric, names)}).",
         "",
         f"Pareto front ({len(front)} trials; latency as a ratio to the dense model timed beside "
         "each trial):",

@@ -185,6 +185,7 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
     check_task(cfg)
     check_objectives(cfg)
     check_basic(cfg)
+    use_threads(cfg)
     resolve_compile(cfg)
     try:
         datamodule = instantiate(cfg["data"], _convert_="all")
@@ -244,6 +245,21 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
     check_user_task(setup, dense)
     check_runtime(setup)
     return setup
+
+
+def use_threads(cfg: Mapping[str, Any]) -> int:
+    """Set this process's CPU threads (`threads`; null: what fits the CPUs it may use, shared
+    with the local workers and less what others keep busy: `tnsearch.threads`)."""
+    from tnsearch import threads
+    from tnsearch.study import workers
+
+    given = cfg.get("threads")
+    if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < 1):
+        raise ConfigError("threads", f"must be a positive integer or null, got {given!r}")
+    local = 1
+    if cfg.get("worker") is None and not workers.is_spawned():
+        local = workers.count(cfg["workers"])
+    return threads.apply(threads.count(given, workers=local))
 
 
 def check_runtime(setup: Setup) -> None:
