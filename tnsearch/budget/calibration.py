@@ -124,10 +124,12 @@ def tensorize(
     stats: Mapping[str, tn.InputStats] | None,
     *,
     steps: int = 50,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     """Replace, in place, each of `layers` (a plan's layers) by its tensorized version,
     decomposed from the layer's weights and, with `stats`, fitted to its inputs. Return each
-    layer's relative output error on the calibration inputs (the weight error without)."""
+    layer's relative output error on the calibration inputs (the weight error without);
+    `progress(name)` is called after each layer."""
     errors = {}
     for name, spec in layers.items():
         dense = _module_for(model, name)
@@ -137,6 +139,8 @@ def tensorize(
         else:
             errors[name] = tn.output_error(layer, dense)
         model.set_submodule(name, layer)
+        if progress is not None:
+            progress(name)
     return errors
 
 

@@ -127,7 +127,7 @@ def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
         f"params {chosen.params_fraction:.3f}, latency {chosen.latency_fraction:.3f} of dense, "
         f"{found.metric} loss {chosen.loss:.4f}"
     )
-    model, errors = budgets.build(ready, chosen.layers)
+    model, errors = budgets.build(ready, chosen.layers, say=console.say)
     dense = budgets.dense_model(ready)
     full = budgets.evaluator(ready, dense, examples=None)
     dense_quality = full()

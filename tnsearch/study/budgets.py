@@ -276,12 +276,23 @@ def _note(entry, metric: str) -> str:
     )
 
 
-def build(setup: Setup, layers: Mapping[str, Mapping[str, Any]]) -> tuple[nn.Module, dict]:
+def build(
+    setup: Setup,
+    layers: Mapping[str, Mapping[str, Any]],
+    *,
+    say: Callable[[str], None] | None = None,
+) -> tuple[nn.Module, dict]:
     """The dense model with `layers` tensorized by data-aware decomposition (and its batch
-    norms re-estimated); also each layer's relative output error."""
+    norms re-estimated); also each layer's relative output error (`say`: progress lines)."""
+    from tnsearch.ui import Steps
+
     inputs, stats = calibrated(setup)
     model = dense_model(setup)
-    errors = calibration.tensorize(model, layers, stats, steps=setup.cfg["decompose"]["steps"])
+    with Steps("decompose", len(layers), say=say, enabled=False if say is None else None) as steps:
+        errors = calibration.tensorize(
+            model, layers, stats, steps=setup.cfg["decompose"]["steps"],
+            progress=(lambda name: steps.advance(note=name)) if say is not None else None,
+        )  # fmt: skip
     if setup.cfg["decompose"]["batchnorm"]:
         calibration.reestimate_batchnorm(model, inputs)
     return model, errors

@@ -155,9 +155,17 @@ def pretrain(setup: Setup) -> dict[str, torch.Tensor]:
         optimizer=instantiate(dict(cfg["trainer"]["optimizer"])),
         scheduler=cfg["trainer"].get("scheduler", "cosine"),
     )
-    result = training.fit(
-        module, setup.datamodule, epochs=cfg["pretrain"]["epochs"], trainer_cfg=cfg["trainer"]
-    )
+    from tnsearch.ui import Steps
+
+    epochs = cfg["pretrain"]["epochs"]
+    with Steps("pretrain", epochs, say=setup.console.say) as steps:
+        result = training.fit(
+            module,
+            setup.datamodule,
+            epochs=epochs,
+            trainer_cfg=cfg["trainer"],
+            on_epoch=lambda m: steps.advance(note=f"val acc {m.get('val_acc', float('nan')):.4f}"),
+        )
     setup.console.say(f"pretrained dense model: val acc {result.val_acc:.4f}")
     return model.state_dict()
 
