@@ -46,7 +46,7 @@ def run(args: list[str], cwd: Path, timeout: float = 3600) -> tuple[float, str]:
 
 
 def profile_seconds(out: str) -> float:
-    found = re.findall(r"^profile: \d+ of \d+ options measured.*\((\d+) s\)", out, re.M)
+    found = re.findall(r"^profile: \d+ of \d+ options measured.*\((\d+) s\)$", out, re.M)
     return float(found[-1]) if found else float("nan")
 
 

@@ -51,23 +51,37 @@ def count(
 ) -> int:
     """The thread count for this process: `threads` when given, else the CPUs it may use
     (`allowed_cpus`) divided among `workers`, less the CPUs other processes keep busy (`busy`;
-    default: the 1-minute load average beyond this process's own), at least 1."""
+    default: measured over a tenth of a second, `_busy`), at least 1."""
     if threads is not None:
         return max(1, int(threads))
     cpus = allowed_cpus(cgroup) / max(1, workers)
     if busy is None:
         busy = _busy()
     free = min(cpus, allowed_cpus(cgroup) - busy)
-    return max(1, math.floor(free + 1e-9))
+    return max(1, math.floor(free + 0.25))  # a CPU three-quarters free is worth a thread
 
 
-def _busy() -> float:
-    """CPUs kept busy by others: the 1-minute load average (this process is starting: it adds
-    nothing yet)."""
-    try:
-        return max(0.0, os.getloadavg()[0])
-    except OSError:
+def _busy(seconds: float = 0.1) -> float:
+    """CPUs kept busy by others right now: the machine's non-idle time over `seconds` (from
+    /proc/stat; this process sleeps meanwhile, so it counts none of it); 0 where unknown."""
+    import time
+
+    def sample() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as handle:
+                fields = [int(v) for v in handle.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    first = sample()
+    time.sleep(seconds)
+    second = sample()
+    if first is None or second is None or second[0] <= first[0]:
         return 0.0
+    total, idle = second[0] - first[0], second[1] - first[1]
+    return max(0.0, (total - idle) / total * (os.cpu_count() or 1))
 
 
 def apply(n: int) -> int:

@@ -148,8 +148,8 @@ def test_threads_fit_the_cpus_this_process_may_use(tmp_path):
 
     code = (
         "import os, json; from tnsearch import threads; os.sched_setaffinity(0, {0});"
-        f"print(json.dumps([threads.count(busy=0), threads.count(busy=0, workers=2),"
-        f" threads.count(3)]))"
+        "print(json.dumps([threads.count(busy=0), threads.count(busy=0, workers=2),"
+        " threads.count(3)]))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={
         **os.environ, "PYTHONPATH": os.getcwd()})  # fmt: skip
@@ -180,3 +180,27 @@ def test_the_threads_key_is_checked_and_applied(tmp_path):
             setup.use_threads({"threads": 0, "workers": 1, "worker": None})
     finally:
         torch.set_num_threads(had)
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_study_split_the_options(full, tmp_path):
+    """Workers (or machines) on one study measure each option once between them."""
+    _, root = full
+    args = [sys.executable, "-m", "tnsearch.profile", f"root={tmp_path}", *SMALL,
+            "profile.measure=all"]  # fmt: skip
+    (tmp_path / "mlp").mkdir()
+    (tmp_path / "mlp" / "pretrained.pt").symlink_to(root / "mlp" / "pretrained.pt")
+    procs = [
+        subprocess.Popen(
+            args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    pattern = r"profile: (\d+) of (\d+) options measured \((\d+) by this process\)"
+    found = [re.search(pattern, out).groups() for out, _ in outs]
+    total = int(found[0][1])
+    assert all(int(f[0]) == total for f in found)  # both end with the whole profile
+    assert sum(int(f[2]) for f in found) == total  # and measured each option once
+    assert min(int(f[2]) for f in found) > 0  # both did some

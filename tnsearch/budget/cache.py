@@ -124,12 +124,21 @@ class OptionCache:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def wait(self, key: tuple[str, str, int, int]) -> None:
-        """Block until no process holds the option's lock."""
+    @contextlib.contextmanager
+    def hold(self, key: tuple[str, str, int, int]) -> Iterator[None]:
+        """Hold the option's lock, waiting for any other process that holds it."""
         lock = self.path(key).with_suffix(".lock")
         with open(lock, "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def wait(self, key: tuple[str, str, int, int]) -> None:
+        """Block until no process holds the option's lock."""
+        with self.hold(key):
+            pass
 
     # -- files -------------------------------------------------------------------------------------
     def _read(self, path: Path, *, quiet: bool = False) -> dict[str, Any] | None:

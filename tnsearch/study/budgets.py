@@ -189,7 +189,7 @@ def profile(
         model, setup.space, stats, evaluate, example, steps=cfg["profile"]["steps"],
         threads=cfg["latency"].get("threads"),
     )  # fmt: skip
-    with cache.claim(("dense", "", 0, 0)):  # one process measures the reference, others wait
+    with cache.hold(("dense", "", 0, 0)):  # one process measures the reference, others wait
         dense = cache.dense()
         if dense is None:
             dense = profiler.dense()
@@ -216,7 +216,7 @@ def profile(
         )  # fmt: skip
 
     by_key = {o.key: o for o in menu}
-    rounds = 0
+    rounds = here = 0
     steps = Steps("profile", 0, say=say)
     try:
         while True:
@@ -238,6 +238,7 @@ def profile(
                     if found is None and mine:
                         found = profiler.measure(option)
                         cache.write(found)
+                        here += 1
                 if found is None:  # another process holds it: read it when it is written
                     waiting.append(option)
                     continue
@@ -255,8 +256,8 @@ def profile(
     path = folder / f"{key}.json"
     found.save(path)
     say(
-        f"profile: {len(found.measured)} of {len(menu)} options measured, the others predicted "
-        f"({time.perf_counter() - start:.0f} s)"
+        f"profile: {len(found.measured)} of {len(menu)} options measured ({here} by this "
+        f"process), the others predicted ({time.perf_counter() - start:.0f} s)"
     )
     return found, path
 
