@@ -489,9 +489,7 @@ def assemble(
         lambda e: ((e.topology, e.order), (e.topology,)),  # the bound's looseness is the topology's
         lambda e: None if e.predicted_error is None else (e.predicted_error, e.error),
     )
-    curve = _pooled(
-        done, lambda e: ((e.group,), ("*",)), lambda e: (e.error, loss_of(e)), least=1
-    )
+    curve = _pooled(done, lambda e: ((e.group,), ("*",)), lambda e: (e.error, loss_of(e)), least=1)
     latency = _pooled(
         done,
         lambda e: ((e.group, e.topology), (e.topology,), ("*",)),
