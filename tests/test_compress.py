@@ -106,3 +106,25 @@ def test_what_only_the_model_and_data_reveal_stops_before_anything_is_written(
         compress(cfg)
     assert found.value.key == key and re.search(expected, str(found.value)), str(found.value)
     assert not (tmp_path / "mlp").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "expected"),
+    [
+        (["budget.params=0.5", "heal.epochs=abc"], "heal.epochs", r"must be an int >= 0, got 'abc'"),
+        (["budget.params=0.5", "compress.out=FILE/package"], "compress.out", r"is a file"),
+    ],
+)  # fmt: skip
+def test_heal_epochs_and_an_out_folder_under_a_file_stop_first(tmp_path, args, key, expected):
+    from tests.helpers import compose_cfg
+    from tnsearch.cli import resolve
+    from tnsearch.config import ConfigError
+    from tnsearch.results.compress import compress
+
+    (tmp_path / "FILE").write_text("a regular file")
+    args = [a.replace("FILE", str(tmp_path / "FILE")) for a in args]
+    cfg = resolve(compose_cfg([f"root={tmp_path}", *BASE, *args]))
+    with pytest.raises(ConfigError) as found:
+        compress(cfg)
+    assert found.value.key == key and re.search(expected, str(found.value)), str(found.value)
+    assert not (tmp_path / "mlp").exists()

@@ -58,7 +58,11 @@ def profile_command(cfg: Mapping[str, Any], console: Console | None = None) -> P
     tracker = tracking.from_config(cfg["tracking"], cfg["name"])
     tracker.log_run(
         "profile",
-        params={"profile.key": found.key, "options": len(found.entries)},
+        params={
+            "profile.key": found.key,
+            "options": len(found.entries),
+            "measured": len(found.measured),
+        },  # fmt: skip
         metrics={f"dense_{found.metric}": found.dense_quality, "seconds": found.seconds},
         files=[path],
         tags={"tnsearch.role": "profile"},
@@ -78,8 +82,8 @@ def table(found, per_group: int = 3) -> str:
         for e in options[:per_group]:
             rows.append(
                 f"| {group} | {e.topology} o{e.order} r{e.rank} | {e.params:,} "
-                f"({e.params / g.params:.2f}) | {e.latency_ratio:.2f}x | {e.quality:.4f} | "
-                f"{e.error:.3f} |"
+                f"({e.params / g.params:.2f}) | {e.latency_ratio:.2f}x | {e.quality:.4f}"
+                f"{'' if e.measured else ' (predicted)'} | {e.error:.3f} |"
             )
     return "\n".join(rows)
 
@@ -99,13 +103,19 @@ def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
     from tnsearch.study import tracking
 
     console = console or Console()
+    from tnsearch.config import check_heal
+
     budget = budgets.check_budget(cfg)
+    check_heal(cfg.get("heal"))  # heal.epochs=abc: one line, before anything is read
     heal = int((cfg.get("heal") or {}).get("epochs") or 0)
-    if heal < 0:
-        raise ConfigError("heal.epochs", f"must be >= 0, got {heal}")
     out = out_folder(cfg, budget)
-    if out.exists() and not out.is_dir():
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == out and not out.is_dir():
         raise ConfigError("compress.out", f"{out} is a file, not a folder")
+    if not existing.is_dir():
+        raise ConfigError("compress.out", f"cannot write {out}: {existing} is a file")
 
     def reachable(ready) -> None:
         if budget["params"] is None:
