@@ -1,6 +1,6 @@
 """The anytime profile's targets (issue 21), measured as a user runs the commands.
 
-    python bench/profile.py [--only NAME ...]
+    python bench/anytime.py [--only NAME ...]
 
 Each case runs a real command in a fresh root (a cold cache: pretraining and calibration
 included) and prints one table row:
