@@ -12,7 +12,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from tests.helpers import TINY, compose_cfg, run_cli
+from tests.helpers import TINY, compose_cfg
 from tnsearch.config import ConfigError
 from tnsearch.study import storage
 
