@@ -137,6 +137,7 @@ def ensure_pretrained(setup: Setup) -> None:
             setup.cfg["pretrain"]["epochs"],
             lambda: pretrain(setup),
             say=setup.console.say,
+            cfg=setup.cfg,
         )
 
 

@@ -20,7 +20,7 @@ from tnsearch import tn
 from tnsearch.cli import quiet
 from tnsearch.config import ConfigError, check_basic
 from tnsearch.space import Space
-from tnsearch.study import pruning, record, warmstart
+from tnsearch.study import identity, pruning, record, warmstart
 from tnsearch.study.pruning import ParetoPruner
 from tnsearch.ui import Console
 
@@ -230,6 +230,7 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
 
     check_reachable(cfg["storage"])
     check_writable(Path(cfg["root"]) / cfg["name"])
+    warmstart.check_pretrained(Path(cfg["root"]) / cfg["name"], cfg)
     setup = Setup(
         cfg=dict(cfg),
         space=space,
@@ -434,11 +435,18 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 
 def open_study(setup: Setup) -> optuna.Study:
-    """Create the study or join it; make sure its first trial is the dense model."""
+    """Create the study or join it; make sure its first trial is the dense model.
+
+    A study joined with other model, data, space, task or pretraining keys than it was made
+    with refuses before anything is written (`identity`)."""
     from hydra.utils import instantiate
 
     cfg = setup.cfg
     storage = instantiate(cfg["storage"])
+    joined = next((s for s in storage.get_all_studies() if s.study_name == cfg["name"]), None)
+    if joined is not None:  # before anything is written to it
+        stored = joined.user_attrs.get(identity.ATTR)
+        identity.check(stored, identity.made_with(cfg), f"study {cfg['name']!r}")
     study = create_study_with_retry(
         storage=storage,
         study_name=cfg["name"],
@@ -459,6 +467,7 @@ def open_study(setup: Setup) -> optuna.Study:
         record.mark_schema(study)
     except ValueError as exc:
         raise ConfigError("name", str(exc)) from None
+    identity.remember(study, cfg)
     if not study.get_trials(deepcopy=False):
         study.enqueue_trial(setup.space.dense_params(), skip_if_exists=True)
         record.set_dense_params(study, setup.dense_params)

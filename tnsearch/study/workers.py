@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 
 from tnsearch.cli import ENV_OVERRIDES, ENV_SPAWNED
-from tnsearch.study.interrupts import Interrupted
+from tnsearch.interrupts import Interrupted
 
 ENV_CPUS = "TNSEARCH_CPUS"  # comma-separated CPU ids this worker owns
 
