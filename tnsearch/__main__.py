@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from omegaconf import DictConfig
 
 from tnsearch.cli import command, resolve
-from tnsearch.ui import Console, error
+from tnsearch.ui import Console, error, warn
 
 
 def run(cfg: DictConfig, overrides: Sequence[str] = (), *, show_status: bool | None = None) -> int:
@@ -36,6 +36,10 @@ def _run(resolved: dict, overrides: Sequence[str], show_status: bool | None) -> 
     workers.apply_placement()
     local = workers.count(resolved["workers"]) if resolved["worker"] is None else 1
     console = Console(workers.tag(resolved["worker"], local))
+    if local > 1 and not workers.is_spawned():
+        import torch
+
+        workers.check_fits(local, gpus=torch.cuda.device_count(), say=warn)
     ready = setup.prepare(resolved, console)  # raises ConfigError: nothing written yet
     study = setup.open_study(ready)
     # mlflow is imported and the store opened on the tracker's thread; trials wait for their runs.

@@ -206,6 +206,7 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
         raise ConfigError.from_exception(_root_cause(exc), "model") from None
     space = Space.from_config(cfg["space"], dense)
     check_training(cfg, dense)
+    check_takes_data(cfg, dense, datamodule)
     checkpoint = cfg["model"].get("checkpoint")
     if checkpoint and cfg["pretrain"]["epochs"]:
         raise ConfigError("pretrain.epochs", "give either model.checkpoint or pretrain.epochs")
@@ -227,8 +228,10 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
     except Exception as exc:  # noqa: BLE001
         raise ConfigError.from_exception(_root_cause(exc), "sampler") from None
     from tnsearch.study.storage import check_reachable
+    from tnsearch.study.tracking import check_server
 
     check_reachable(cfg["storage"])
+    check_server(cfg["tracking"])
     check_writable(Path(cfg["root"]) / cfg["name"])
     warmstart.check_pretrained(Path(cfg["root"]) / cfg["name"], cfg)
     setup = Setup(
@@ -266,6 +269,47 @@ def check_runtime(setup: Setup) -> None:
             "onnxruntime times models of one tensor input (e.g. images); this data gives a "
             "dict of tensors (a token model): use latency.runtime=torch",
         )
+
+
+def check_takes_data(cfg: Mapping[str, Any], dense: torch.nn.Module, datamodule: Any) -> None:
+    """The dense model must take the data's inputs as every trial's latency measurement gives
+    them (`model(x)`, or `model(**x)` for a dict), so that a text model on image data (or the
+    reverse) stops here, not in five failed trials after the study is written. Two examples,
+    eval mode, no gradients; a user's own task is validated whole (`check_user_task`)."""
+    from tnsearch.measure import latency, training
+
+    target = plans.constructor(str(cfg["task"]["_target_"]))
+    if not (isinstance(target, type) and issubclass(target, training.Classifier)):
+        return
+    try:
+        example = latency.example_batch(datamodule, 2)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the data's own error
+        raise ConfigError.from_exception(_root_cause(exc), "data") from None
+    was_training = dense.training
+    try:
+        with torch.no_grad():
+            dense.eval()
+            if isinstance(example, Mapping):
+                dense(**example)
+            else:
+                dense(example)
+    except Exception as exc:  # noqa: BLE001 - any error means the two do not fit
+        raise ConfigError(
+            "model",
+            f"{cfg['model']['_target_']} does not take the inputs of {cfg['data']['_target_']} "
+            f"({_describe(example)}): {type(exc).__name__}: {_first_line(exc)}",
+        ) from None
+    finally:
+        dense.train(was_training)
+
+
+def _describe(example: Any) -> str:
+    """A batch's inputs in a few words: "float32 (2, 1, 8, 8)", "dict of input_ids, ..."."""
+    if isinstance(example, Mapping):
+        return "a dict of " + ", ".join(example)
+    return f"{str(example.dtype).removeprefix('torch.')} {tuple(example.shape)}"
 
 
 def check_user_task(setup: Setup, dense: torch.nn.Module) -> None:
