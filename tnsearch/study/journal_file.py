@@ -8,13 +8,21 @@ would shift every later trial's id, so every later record would write into its n
 a skipped `set_trial_state_values` leaves its trial RUNNING.
 
 So a damaged stretch of lines is replaced, under the journal's lock, by records that keep the
-count: a `create_trial` for each trial the stretch must have created (one that later intact
-records refer to by an id not yet created, or a damaged line that still starts with
-`{"op_code":4`), else a record Optuna's replay ignores. The trial it stands for gets its start
-time from the record before it and everything else (parameters, attributes, values, state)
-from the later records, which are all intact; only what the damaged line itself said is lost.
-A trial whose ending was the damaged record stays RUNNING until `liveness.reap` finds its
-worker gone and fails it (a rerun trains another in its place), as with a torn tail.
+log consistent:
+
+- a `create_trial` for each trial the stretch must have created (one that later intact records
+  refer to by an id not yet created, or a damaged line that still starts with `{"op_code":4`).
+  The trial it stands for gets its start time from the record before it and everything else
+  (parameters, attributes, values, state) from the later records: nothing of it is lost.
+- for a damaged record of a trial (a parameter, an attribute, its end) whose `trial_id` can
+  still be read, that trial FAILs there: what the record said (its accuracy, its end, a
+  parameter) is gone, so the trial is kept in the study, with its earlier attributes, but
+  offered to no one, and it does not count: the study trains another in its place. (Left as it
+  was it would be a finished trial without, say, its accuracy, which every reader of results
+  would have to guess around, or a trial RUNNING forever.)
+- else a record Optuna's replay ignores (`NOOP`): a study attribute, or a trial record whose
+  trial cannot be told; readers of results offer only trials with a plan, a quality and a
+  parameter count (`Record.candidate`).
 
 The replacement takes the same bytes as the damaged stretch (padded with spaces, which JSON
 allows), so every record after it keeps its offset: a worker that read past it before the
@@ -30,10 +38,12 @@ import re
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
 from tnsearch.config import ConfigError
 from tnsearch.files import atomic_path
@@ -65,6 +75,7 @@ _FIELDS: dict[int, tuple[str, ...]] = {
 _CREATE_STUDY, _CREATE_TRIAL = 0, 4
 _OP = re.compile(rb'^\{"op_code":(\d+),')
 _STUDY_ID = re.compile(rb'"study_id":(\d+)[,}]')
+_TRIAL_ID = re.compile(rb'"trial_id":(\d+)[,}]')
 _STUDY_NAME = re.compile(rb'"study_name":("(?:[^"\\]|\\.)*")')
 _DIRECTIONS = re.compile(rb'"directions":(\[[\d,]*\])')
 
@@ -113,10 +124,11 @@ class _Stretch:
     lines: list[bytes] = field(default_factory=list)
     studies: list[dict[str, Any]] = field(default_factory=list)  # rebuilt create_study records
     trials: list[dict[str, Any]] = field(default_factory=list)  # stand-in create_trial records
+    failed: list[dict[str, Any]] = field(default_factory=list)  # trials ended FAIL here
 
     def replacement(self) -> bytes:
         """The stand-in records, padded with spaces to the damaged bytes' length if they fit."""
-        records = [*self.studies, *self.trials] or [NOOP]
+        records = [*self.studies, *self.trials, *self.failed] or [NOOP]
         text = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
         room = sum(len(line) for line in self.lines) - len(text)
         if room > 0:
@@ -165,17 +177,22 @@ def repair(file: Path, lock: BaseJournalFileLock) -> bool:
     finally:
         lock.release()
     numbers = ", ".join(_span(s) for s in stretches)
-    rebuilt = [
-        f"{n} {what} rebuilt from the later records"
+    failed = [str(r["trial_id"]) for s in stretches for r in s.failed]
+    notes = [
+        f"{n} {what}"
         for n, what in (
-            (sum(len(s.studies) for s in stretches), "study record(s)"),
-            (sum(len(s.trials) for s in stretches), "trial(s)"),
+            (sum(len(s.studies) for s in stretches), "study record(s) rebuilt"),
+            (sum(len(s.trials) for s in stretches), "trial(s) rebuilt from the later records"),
         )
         if n
     ]
+    if failed:
+        notes.append(f"trial id(s) {', '.join(failed)} failed there: a record of each is lost")
+    plural = "s" if len(stretches) > 1 else ""
     console.warn(
-        f"{file}: damaged record at line {numbers} (not a journal record); set aside in "
-        f"{side.name}, every other record is read" + (f" ({'; '.join(rebuilt)})" if rebuilt else "")
+        f"{file}: damaged record{plural} at line{plural} {numbers} "
+        f"({'not journal records' if plural else 'not a journal record'}); set aside in "
+        f"{side.name}, every other record is read" + (f" ({'; '.join(notes)})" if notes else "")
     )
     return True
 
@@ -206,13 +223,16 @@ def _stand_ins(
                 found = _STUDY_ID.search(line)
                 stretch.trials.append(_trial(int(found[1]) if found else last_study, last_time))
                 trials += 1
+            elif (op is None or int(op[1]) > _CREATE_TRIAL) and (trial := _trial_id(line)) < trials:
+                stretch.failed.append(_failed(trial, last_time))  # a record of it: it ends here
             continue
         study = log.get("study_id")
         if isinstance(study, int) and study >= studies and stretches:
             studies += _rebuild_studies(file, stretches, study + 1 - studies)
         trial = log.get("trial_id")
         if isinstance(trial, int) and trial >= trials and stretches:
-            waiting = log["op_code"] == 6 and log.get("state") == 0  # popped: it was queued
+            # popped from the queue: it was created WAITING
+            waiting = log["op_code"] == 6 and log.get("state") == TrialState.RUNNING.value
             for _ in range(trial + 1 - trials):
                 stretches[-1].trials.append(_trial(last_study, last_time, waiting=waiting))
             trials = trial + 1
@@ -235,8 +255,28 @@ def _trial(study: int, start: str | None, *, waiting: bool = False) -> dict[str,
         "datetime_start": None if waiting else start,
     }
     if waiting:
-        record["state"] = 4
+        record["state"] = TrialState.WAITING.value
     return record
+
+
+def _trial_id(line: bytes) -> int:
+    """The trial id a damaged trial record still shows (a large number when it shows none)."""
+    found = _TRIAL_ID.search(line)
+    return int(found[1]) if found else 2**62
+
+
+def _failed(trial: int, when: str | None) -> dict[str, Any]:
+    """A stand-in `set_trial_state_values` that fails trial id `trial` (at time `when`)."""
+    return {
+        "op_code": 6,
+        "worker_id": REPAIR_WORKER,
+        "trial_id": trial,
+        "state": TrialState.FAIL.value,
+        "values": None,
+        "datetime_complete": datetime.fromisoformat(when or "1970-01-01T00:00:00+00:00").isoformat(
+            timespec="seconds"
+        ),  # short: the stand-ins should fit the damaged bytes
+    }
 
 
 def _rebuild_studies(file: Path, stretches: list[_Stretch], count: int) -> int:
