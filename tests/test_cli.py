@@ -12,7 +12,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from tests.helpers import QUICK, compose_cfg, run_cli
+from tests.helpers import QUICK, TINY, compose_cfg, run_cli
 from tnsearch.__main__ import run as run_search
 from tnsearch.config import ConfigError
 
@@ -170,3 +170,90 @@ def test_the_next_commands_name_the_study_as_the_command_line_did():
     assert "optuna-dashboard studies/mine/optuna.journal" in text
     plain = next_steps(cfg, [], None)  # in-process, tracking off
     assert "mlflow ui" not in plain and "tnsearch.export root=studies name=mine" in plain
+    spaced = {  # paths with spaces were printed unquoted: a copied command split them
+        **cfg,
+        "root": "my studies",
+        "tracking": {"uri": "sqlite:///my studies/mlflow.db"},
+        "storage": {"path": "my studies/mine/optuna.journal"},
+    }
+    text = next_steps(spaced, [], "7")
+    assert "mlflow ui --backend-store-uri 'sqlite:///my studies/mlflow.db'\n" in text
+    assert "python -m tnsearch.report 'root=my studies' name=mine\n" in text
+    assert text.endswith("optuna-dashboard 'my studies/mine/optuna.journal'")
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("study=nope", "study: no preset 'nope' (presets: lenet, minilm, mlp, quick, resnet;"),
+        ("sampler=nope", "sampler: no preset 'nope' (presets: gp, nsga2, random, tpe;"),
+        ("model=nope", "model: no preset 'nope' (presets: custom, hf, lenet5, mlp, resnet;"),
+        ("trails=5", "trails: no such key (did you mean trials? a key of your own takes a +"),
+        ("trainer.optimzer.lr=1", "trainer.optimzer: no such key (did you mean trainer.optimizer?"),
+        ("+trials=5", "trials: is a known key: set it without the + (trials=...)"),
+        ("space.ranks=[1,", "space.ranks: cannot parse 'space.ranks=[1,': "),
+        ("name=" + "n" * 300, "name: is 300 bytes long; a folder name takes at most 255"),
+    ],
+    ids=["study", "sampler", "model", "typo", "nested-typo", "plus", "parse", "long-name"],
+)
+def test_a_wrong_key_or_preset_is_one_line_and_exit_2(
+    tmp_path, monkeypatch, capsys, override, expected
+):
+    """Hydra's own messages were several lines (the search path, "Set the environment variable
+    HYDRA_FULL_ERROR=1"), with exit 1; a 300-character name was an OSError in the storage."""
+    import os
+    import sys
+
+    from tnsearch.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["tnsearch", f"root={tmp_path}/r", override])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), lines
+    assert "HYDRA_FULL_ERROR" not in os.environ  # as the user had it
+    assert list(tmp_path.iterdir()) == []
+
+
+def _start(module: str, args: list[str], cwd):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("module", "signum", "code"),
+    [("tnsearch.profile", "SIGINT", 130), ("tnsearch.compress", "SIGTERM", 143)],
+)
+def test_every_command_ends_on_a_signal_with_one_line(tmp_path, module, signum, code):
+    """SIGINT to `tnsearch.profile` / `tnsearch.compress` printed an 86-line KeyboardInterrupt
+    traceback; SIGTERM ended them with no word. Sent here while they pretrain (in Lightning)."""
+    import os
+    import signal
+    import time
+
+    args = [f"root={tmp_path}", *TINY, "pretrain.epochs=500", "tracking.enabled=false"]
+    if module == "tnsearch.compress":
+        args.append("budget.params=0.5")
+    proc = _start(module, args, tmp_path)
+    for line in proc.stdout:  # the command's own line before Lightning's first epoch
+        if "pretraining the dense model" in line:
+            break
+    time.sleep(1.0)  # well inside training
+    os.kill(proc.pid, getattr(signal, signum))
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr[-3000:]
+    assert stderr.strip().splitlines() == [f"error: interrupted: {signum}"], stderr[-3000:]
+    assert not (tmp_path / "mlp" / "pretrained.pt").exists()  # nothing half-written

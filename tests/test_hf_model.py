@@ -34,19 +34,31 @@ def test_from_pretrained_loads_the_saved_weights(bert_folder):
     assert not model.training
 
 
-def test_a_pretrained_model_starts_warm(bert_folder, tmp_path):
+def test_a_pretrained_model_starts_warm(bert_with_tokenizer, tmp_path):
     from tnsearch.cli import resolve
     from tnsearch.study.setup import prepare
 
-    cfg = resolve(
-        compose_cfg([f"root={tmp_path}", "model=hf", f"model.path={bert_folder}", "data=digits"])
-    )
+    overrides = ["model=hf", f"model.path={bert_with_tokenizer}", "data=text", "data.limit=50"]
+    cfg = resolve(compose_cfg([f"root={tmp_path}", *overrides, "data.max_length=16"]))
     setup = prepare(cfg)
-    saved = transformers.BertModel.from_pretrained(bert_folder).state_dict()
+    saved = transformers.BertModel.from_pretrained(bert_with_tokenizer).state_dict()
     assert setup.pretrained is not None and set(setup.pretrained) == set(saved)
     assert all(torch.equal(setup.pretrained[k], saved[k]) for k in saved)
     names = [layer.name for layer in setup.space.layers]
     assert "encoder.layer.0.attention.self.query" in names  # every Linear is a candidate
+
+
+def test_a_text_model_on_image_data_stops_before_anything_is_written(bert_folder, tmp_path):
+    """It used to fail every trial ("too many values to unpack") after the study was written."""
+    from tnsearch.__main__ import run as run_search
+
+    overrides = [f"root={tmp_path}/r", "model=hf", f"model.path={bert_folder}", "data=digits"]
+    with pytest.raises(ConfigError) as info:
+        run_search(compose_cfg(overrides))
+    message = str(info.value)
+    assert message.startswith("model: tnsearch.models.from_pretrained does not take the inputs")
+    assert "tnsearch.data.DigitsDataModule (float32 (2, 1, 8, 8))" in message
+    assert "\n" not in message and not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize(

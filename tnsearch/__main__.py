@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from omegaconf import DictConfig
 
 from tnsearch.cli import command, resolve
-from tnsearch.ui import Console, error
+from tnsearch.ui import Console, error, warn
 
 
 def run(cfg: DictConfig, overrides: Sequence[str] = (), *, show_status: bool | None = None) -> int:
@@ -22,20 +22,24 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), *, show_status: bool | N
     Returns:
         0 when the study reached its target, 1 when a local worker failed.
     """
-    from tnsearch.study import interrupts
+    from tnsearch import interrupts
 
     with interrupts.handled():
         return _run(resolve(cfg), overrides, show_status)
 
 
 def _run(resolved: dict, overrides: Sequence[str], show_status: bool | None) -> int:
+    from tnsearch.interrupts import Interrupted
     from tnsearch.results import pareto
     from tnsearch.study import liveness, loop, setup, tracking, workers
-    from tnsearch.study.interrupts import Interrupted
 
     workers.apply_placement()
     local = workers.count(resolved["workers"]) if resolved["worker"] is None else 1
     console = Console(workers.tag(resolved["worker"], local))
+    if local > 1 and not workers.is_spawned():
+        import torch
+
+        workers.check_fits(local, gpus=torch.cuda.device_count(), say=warn)
     ready = setup.prepare(resolved, console)  # raises ConfigError: nothing written yet
     study = setup.open_study(ready)
     # mlflow is imported and the store opened on the tracker's thread; trials wait for their runs.
@@ -109,14 +113,15 @@ def next_steps(cfg: dict, overrides: Sequence[str], experiment_id: str | None) -
     """Where to look next: the MLflow runs view (in its "Model training" view, not the GenAI
     overview MLflow 3 opens by default), the report, the export and optuna-dashboard, with the
     command line's own keys (so a study of your own model is found with its model)."""
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in _SEARCH_ONLY]
     import shlex
 
-    keys = " ".join(map(shlex.quote, kept)) or " ".join(f"{k}={cfg[k]}" for k in ("root", "name"))
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in _SEARCH_ONLY]
+    kept = kept or [f"{k}={cfg[k]}" for k in ("root", "name")]
+    keys = " ".join(map(shlex.quote, kept))  # a path with spaces stays one argument
     lines = ["", "Next:"]
     if experiment_id is not None:
         uri = cfg["tracking"]["uri"]
-        lines.append(f"  mlflow ui --backend-store-uri {uri}")
+        lines.append(f"  mlflow ui --backend-store-uri {shlex.quote(str(uri))}")
         lines.append(
             f"    then http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
             "?workflowType=machine_learning&viewStateShareKey=tnsearch"
@@ -125,7 +130,7 @@ def next_steps(cfg: dict, overrides: Sequence[str], experiment_id: str | None) -
     lines.append(f"  python -m tnsearch.export {keys} trial=best-accuracy")
     journal = cfg["storage"].get("path")
     if journal:
-        lines.append(f"  optuna-dashboard {journal}")
+        lines.append(f"  optuna-dashboard {shlex.quote(str(journal))}")
     return "\n".join(lines)
 
 
@@ -134,7 +139,7 @@ def main(cfg: DictConfig) -> int:
     """Console-script entry point (`tnsearch ...`, `python -m tnsearch ...`)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from tnsearch.study.interrupts import Interrupted
+    from tnsearch.interrupts import Interrupted
     from tnsearch.study.loop import StudyStopped
 
     hydra = HydraConfig.get()

@@ -7,18 +7,33 @@ top-level conf/ folder, installed with the package), silences library chatter, a
 `--help`, `--cfg job`, `-cd DIR` for a folder of your own presets; a `conf/` folder in the
 working directory is on the search path too (a preset `conf/study/mine.yaml` is `study=mine`).
 
+Every command ends the same way on a wrong key and on a signal:
+
+- Hydra's own errors (an unknown preset `study=nope`, a key no config has `trails=5`, an
+  override that does not parse) are one line naming the key, with the valid presets or the
+  closest known key, and exit status 2 (`hydra_errors`). Hydra prints them itself, in several
+  lines, with exit status 1, unless HYDRA_FULL_ERROR is set: the command sets it while Hydra
+  composes the config, and unsets it (if it set it) before the command's own work, whose
+  errors Hydra reports as it always does.
+- SIGINT (Ctrl-C) and SIGTERM, from the first line to the last, end the command with one line
+  (`error: interrupted: SIGTERM`) and exit status 130 / 143 (`tnsearch.interrupts`); the study
+  command says more itself (what became of its running trials).
+
 A command's first line comes before its heavy imports (`loading`): PyTorch, Lightning and MLflow
 take several seconds to import, and a command that says nothing for that long looks hung.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from tnsearch import interrupts
 from tnsearch.config import ConfigError
 from tnsearch.ui import console
 
@@ -76,6 +91,7 @@ def command(
 
         @hydra.main(config_path=CONFIG_PATH, config_name=config_name, version_base=None)
         def hydra_main(cfg) -> None:
+            _composed()  # the command's own errors: as Hydra reports them
             _announce(_program(fn), cfg, loading)
             quiet()
             try:
@@ -92,12 +108,124 @@ def command(
                 sys.argv[1:] = argv(sys.argv[1:])
             sys.argv[1:1] = _inherited_overrides()
             _add_local_conf()
-            hydra_main()
+            try:
+                with interrupts.handled(), _composing():
+                    hydra_main()
+            except interrupts.Interrupted as exc:
+                console.error(f"interrupted: {exc.name}")
+                sys.exit(exc.exit_code)
+            except KeyboardInterrupt:  # a signal outside the main thread's handling
+                console.error("interrupted: SIGINT")
+                sys.exit(130)
+            except Exception as exc:
+                error = hydra_error(exc, config_name)
+                if error is None:
+                    raise
+                console.error(str(error))
+                sys.exit(2)
 
         main.run = fn  # the command without Hydra, for tests and Python callers
         return main
 
     return decorate
+
+
+#: Hydra re-raises its errors instead of printing them when this is "1".
+_FULL_ERROR = "HYDRA_FULL_ERROR"
+_SET_HERE = {"set": False}  # whether the command set it (then it unsets it too)
+
+
+@contextlib.contextmanager
+def _composing() -> Iterator[None]:
+    """Hydra raises its errors (the command turns them into one line) while it composes."""
+    if os.environ.get(_FULL_ERROR) is None:
+        os.environ[_FULL_ERROR] = "1"
+        _SET_HERE["set"] = True
+    try:
+        yield
+    finally:
+        _composed()
+
+
+def _composed() -> None:
+    """The config is composed: HYDRA_FULL_ERROR as the user left it."""
+    if _SET_HERE["set"]:
+        os.environ.pop(_FULL_ERROR, None)
+        _SET_HERE["set"] = False
+
+
+def hydra_error(exc: BaseException, config_name: str = "config") -> ConfigError | None:
+    """Hydra's error while composing the config as one line naming the key (None: not one)."""
+    import re
+
+    from hydra.errors import (
+        ConfigCompositionException,
+        HydraException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options:
+        group, _, option = str(exc.missing_cfg_file).rpartition("/")
+        return ConfigError(
+            group or "config",
+            f"no preset {option!r} (presets: {', '.join(exc.options)}; your own: -cd DIR or "
+            f"./conf/{group}/{option}.yaml)",
+        )
+    if isinstance(exc, OverrideParseException):
+        key = str(exc.override).split("=", 1)[0].lstrip("+~") or "overrides"
+        return ConfigError(key, f"cannot parse {exc.override!r}: {_first_line(exc.message)}")
+    cause = exc.__cause__
+    if isinstance(exc, ConfigCompositionException) and isinstance(
+        cause, ConfigKeyError | ConfigAttributeError
+    ):
+        key = str(getattr(cause, "full_key", "") or "config")
+        near = _closest(key, config_name)
+        hint = f"did you mean {near}? " if near else ""
+        return ConfigError(key, f"no such key ({hint}a key of your own takes a +: +{key}=...)")
+    there = re.search(r"An item is already at '([^']+)'", str(exc))
+    if isinstance(exc, ConfigCompositionException) and there:
+        return ConfigError(there[1], f"is a known key: set it without the + ({there[1]}=...)")
+    if isinstance(exc, HydraException):
+        key = str(getattr(cause, "full_key", "") or "config")
+        text = _first_line(exc)
+        if cause is not None:
+            text = f"{text} ({_first_line(cause)})"
+        return ConfigError(key, text)
+    return None
+
+
+def _closest(key: str, config_name: str) -> str | None:
+    """The known config key nearest to `key` (of the primary config with its defaults)."""
+    import difflib
+
+    from hydra import compose, initialize_config_module
+    from omegaconf import DictConfig
+
+    try:
+        with initialize_config_module("tnsearch.conf", version_base=None):
+            cfg = compose(config_name)
+    except Exception:  # noqa: BLE001 - a hint only
+        return None
+    known: list[str] = []
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        for name in node:
+            full = f"{prefix}{name}"
+            known.append(full)
+            child = node._get_node(name)
+            if isinstance(child, DictConfig):
+                walk(child, full + ".")
+
+    walk(cfg, "")
+    found = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _first_line(exc: BaseException | str) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _announce(program: str, cfg, loading: str) -> None:

@@ -116,9 +116,20 @@ def check_heal(heal: Mapping[str, Any] | None) -> None:
         raise ConfigError("heal.epochs", f"must be an int >= 0, got {epochs!r}")
 
 
+#: The longest file name most file systems take (bytes, NAME_MAX).
+NAME_MAX = 255
+
+
 def check_name(name: Any) -> None:
-    """A study's name is one folder name inside `root`: no separators, not `.` or `..`."""
+    """A study's name is one folder name inside `root`: no separators, not `.` or `..`, at most
+    NAME_MAX bytes."""
     text = str(name)
+    if len(text.encode()) > NAME_MAX:
+        raise ConfigError(
+            "name",
+            f"is {len(text.encode())} bytes long; a folder name takes at most {NAME_MAX} "
+            f"(got {text[:20]!r}...)",
+        )
     if (
         not text.strip()
         or text in (".", "..")

@@ -144,15 +144,22 @@ def test_is_dense_and_dense():
     assert record.dense([no_plan, tensorized]) is None
 
 
+#: What a finished trial's result needs besides its quality: its plan and parameter count.
+_RESULT = {"plan": _ALL_ATTRS["plan"], "params": 1234}
+
+
 def test_candidate():
-    assert _rec(_trial(accuracy=0.9)).candidate
+    assert _rec(_trial(accuracy=0.9, **_RESULT)).candidate
     met = {"max_params": 0.0, "max_latency_ms": -5.0}
     broken = {"max_params": -1.0, "max_latency_ms": 0.5}
-    assert _rec(_trial(accuracy=0.9, constraints=met)).candidate
+    assert _rec(_trial(accuracy=0.9, constraints=met, **_RESULT)).candidate
     # Over a constraint, untrained, without accuracy, or not finished: not offered.
-    assert not _rec(_trial(accuracy=0.9, constraints=broken)).candidate
-    assert not _rec(_trial(accuracy=0.9, trained=False)).candidate
-    assert not _rec(_trial()).candidate
+    assert not _rec(_trial(accuracy=0.9, constraints=broken, **_RESULT)).candidate
+    assert not _rec(_trial(accuracy=0.9, trained=False, **_RESULT)).candidate
+    assert not _rec(_trial(**_RESULT)).candidate
+    # Without its plan or its parameter count (a damaged journal record): not offered either.
+    assert not _rec(_trial(accuracy=0.9, plan=_RESULT["plan"])).candidate
+    assert not _rec(_trial(accuracy=0.9, params=1234)).candidate
     assert not Record(state=TrialState.PRUNED, quality=0.9).candidate
     assert not Record(state=TrialState.RUNNING, quality=0.9).candidate
 
@@ -250,12 +257,12 @@ def test_records_trained_and_counted():
     over = {"max_params": 1.0}
     study.add_trials(
         [
-            _trial(accuracy=0.9, trained=True),  # 0: candidate
+            _trial(accuracy=0.9, trained=True, **_RESULT),  # 0: candidate
             _trial(accuracy=0.9, trained=False, duplicate_of=0),  # 1: repeat
             _trial(state=TrialState.PRUNED, accuracy=0.5, trained=True),  # 2: counted
             _trial(state=TrialState.FAIL),  # 3
             _trial(accuracy=0.0, trained=False, constraints=over, infeasible="x"),  # 4
-            _trial(accuracy=0.8),  # 5: candidate (trained absent)
+            _trial(accuracy=0.8, **_RESULT),  # 5: candidate (trained absent)
         ]
     )
     assert [r.number for r in record.records(study)] == [0, 1, 2, 3, 4, 5]

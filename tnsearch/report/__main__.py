@@ -18,13 +18,16 @@ def run(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
     """Write the report the resolved config asks for, log it to the parent run; return its path.
 
     Raises:
-        ConfigError: ``name: no study 'x' in <storage>`` (and nothing is written).
+        ConfigError: ``name: no study 'x' in <storage>``, ``tracking.uri: cannot reach ...``
+            (and nothing is written).
     """
     from tnsearch.report import build_report, log_report, write_report
     from tnsearch.results.selection import open_existing
+    from tnsearch.study.tracking import check_server
 
     console = console or Console()
     study = open_existing(cfg["storage"], cfg["name"])
+    check_server(cfg["tracking"])
     path = write_report(build_report(study, cfg), cfg["report"]["path"])
     console.say(f"report: {path}")
     run_id = log_report(study, cfg["tracking"], path)

@@ -153,7 +153,7 @@ def plot(study: optuna.Study, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator
 
-    done = [r for r in record.records(study, (TrialState.COMPLETE,)) if r.is_trained]
+    done = [r for r in record.records(study, (TrialState.COMPLETE,)) if r.candidate]
     best = {t.number for t in front(study)}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for ax, key, label in (
@@ -285,7 +285,7 @@ def hypervolume_history(study: optuna.Study) -> list[tuple[int, float]]:
     import numpy as np
 
     objectives = study.metric_names or [record.quality_metric(study), *record.OBJECTIVES]
-    done = [r for r in record.records(study, (TrialState.COMPLETE,)) if r.is_trained and r.feasible]
+    done = [r for r in record.records(study, (TrialState.COMPLETE,)) if r.candidate]
     dense = record.dense(done)
     if dense is None:
         return []

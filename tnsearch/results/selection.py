@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from tnsearch.config import ConfigError
+from tnsearch.config import ConfigError, check_name
 from tnsearch.study import record
 from tnsearch.study.record import Record
 from tnsearch.study.storage import label as storage_label
@@ -37,12 +37,14 @@ def open_existing(storage_cfg: Mapping[str, Any], name: str) -> optuna.Study:
     """Load study `name` for reading; never create a storage file or a study.
 
     Raises:
-        ConfigError: ``name: no study 'x' in <storage>`` when there is no such study.
+        ConfigError: ``name: no study 'x' in <storage>`` when there is no such study, or
+            ``name: ...`` for a name that is no folder name.
     """
     from hydra.utils import instantiate
 
     from tnsearch.study.storage import check_reachable
 
+    check_name(name)  # before any path is made of it
     label = storage_label(storage_cfg)
     missing = ConfigError("name", f"no study {name!r} in {label}")
     path = storage_cfg.get("path")

@@ -17,7 +17,7 @@ from tnsearch.study import budgets, liveness, optuna_internals, record, warmstar
 from tnsearch.study.record import Outcome
 from tnsearch.study.setup import Setup, seed_for
 from tnsearch.study.trial import run_trial
-from tnsearch.ui import Progress, Snapshot
+from tnsearch.ui import Progress, Snapshot, warn
 
 
 class StudyStopped(RuntimeError):
@@ -35,6 +35,12 @@ def work(setup: Setup, study: optuna.Study, tracker, *, show_status: bool | None
     started = time.monotonic()
     timeout = setup.cfg.get("timeout")
     ensure_pretrained(setup)
+    if setup.cfg["epochs"] == 0 and setup.pretrained is None and not workers.is_spawned():
+        warn(
+            "epochs=0 on a cold study (no pretrain.epochs, model.checkpoint or pretrained "
+            "model): no trial is trained, their accuracies are an untrained model's; only "
+            "parameters and latency are measured"
+        )
     budgets.narrow(setup, say=console.say)
     budgets.enqueue_ladder(setup, study, say=console.say)
     console.say(
@@ -137,6 +143,7 @@ def ensure_pretrained(setup: Setup) -> None:
             setup.cfg["pretrain"]["epochs"],
             lambda: pretrain(setup),
             say=setup.console.say,
+            cfg=setup.cfg,
         )
 
 

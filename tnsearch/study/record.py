@@ -213,12 +213,16 @@ class Record:
 
     @property
     def candidate(self) -> bool:
-        """Finished, trained, feasible and with a quality: what results may offer a user."""
+        """Finished, trained, feasible, with a plan, a quality and a parameter count: what
+        results may offer a user (a trial whose journal record of one of them was damaged,
+        `tnsearch.study.journal_file`, stays in the study but is offered to no one)."""
         return (
             self.state == TrialState.COMPLETE
             and self.is_trained
             and self.feasible
             and self.quality is not None
+            and self.params is not None
+            and self.plan is not None
         )
 
     @property
@@ -315,7 +319,7 @@ def dense(found: Iterable[Record]) -> Record | None:
 def front(study: optuna.Study) -> list[Record]:
     """The trained Pareto-optimal trials, fewest parameters first."""
     best = [Record.from_trial(t) for t in study.best_trials]
-    best = [r for r in best if r.is_trained]
+    best = [r for r in best if r.candidate]
     return sorted(best, key=lambda r: (r.params or 0, r.number))
 
 

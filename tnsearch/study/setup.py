@@ -20,7 +20,7 @@ from tnsearch import tn
 from tnsearch.cli import quiet
 from tnsearch.config import ConfigError, check_basic
 from tnsearch.space import Space
-from tnsearch.study import pruning, record, warmstart
+from tnsearch.study import identity, pruning, record, warmstart
 from tnsearch.study.pruning import ParetoPruner
 from tnsearch.ui import Console
 
@@ -207,6 +207,7 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
         raise ConfigError.from_exception(_root_cause(exc), "model") from None
     space = Space.from_config(cfg["space"], dense)
     check_training(cfg, dense)
+    check_takes_data(cfg, dense, datamodule)
     checkpoint = cfg["model"].get("checkpoint")
     if checkpoint and cfg["pretrain"]["epochs"]:
         raise ConfigError("pretrain.epochs", "give either model.checkpoint or pretrain.epochs")
@@ -228,9 +229,12 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
     except Exception as exc:  # noqa: BLE001
         raise ConfigError.from_exception(_root_cause(exc), "sampler") from None
     from tnsearch.study.storage import check_reachable
+    from tnsearch.study.tracking import check_server
 
     check_reachable(cfg["storage"])
+    check_server(cfg["tracking"])
     check_writable(Path(cfg["root"]) / cfg["name"])
+    warmstart.check_pretrained(Path(cfg["root"]) / cfg["name"], cfg)
     setup = Setup(
         cfg=dict(cfg),
         space=space,
@@ -281,6 +285,47 @@ def check_runtime(setup: Setup) -> None:
             "onnxruntime times models of one tensor input (e.g. images); this data gives a "
             "dict of tensors (a token model): use latency.runtime=torch",
         )
+
+
+def check_takes_data(cfg: Mapping[str, Any], dense: torch.nn.Module, datamodule: Any) -> None:
+    """The dense model must take the data's inputs as every trial's latency measurement gives
+    them (`model(x)`, or `model(**x)` for a dict), so that a text model on image data (or the
+    reverse) stops here, not in five failed trials after the study is written. Two examples,
+    eval mode, no gradients; a user's own task is validated whole (`check_user_task`)."""
+    from tnsearch.measure import latency, training
+
+    target = plans.constructor(str(cfg["task"]["_target_"]))
+    if not (isinstance(target, type) and issubclass(target, training.Classifier)):
+        return
+    try:
+        example = latency.example_batch(datamodule, 2)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the data's own error
+        raise ConfigError.from_exception(_root_cause(exc), "data") from None
+    was_training = dense.training
+    try:
+        with torch.no_grad():
+            dense.eval()
+            if isinstance(example, Mapping):
+                dense(**example)
+            else:
+                dense(example)
+    except Exception as exc:  # noqa: BLE001 - any error means the two do not fit
+        raise ConfigError(
+            "model",
+            f"{cfg['model']['_target_']} does not take the inputs of {cfg['data']['_target_']} "
+            f"({_describe(example)}): {type(exc).__name__}: {_first_line(exc)}",
+        ) from None
+    finally:
+        dense.train(was_training)
+
+
+def _describe(example: Any) -> str:
+    """A batch's inputs in a few words: "float32 (2, 1, 8, 8)", "dict of input_ids, ..."."""
+    if isinstance(example, Mapping):
+        return "a dict of " + ", ".join(example)
+    return f"{str(example.dtype).removeprefix('torch.')} {tuple(example.shape)}"
 
 
 def check_user_task(setup: Setup, dense: torch.nn.Module) -> None:
@@ -450,11 +495,18 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 
 def open_study(setup: Setup) -> optuna.Study:
-    """Create the study or join it; make sure its first trial is the dense model."""
+    """Create the study or join it; make sure its first trial is the dense model.
+
+    A study joined with other model, data, space, task or pretraining keys than it was made
+    with refuses before anything is written (`identity`)."""
     from hydra.utils import instantiate
 
     cfg = setup.cfg
     storage = instantiate(cfg["storage"])
+    joined = next((s for s in storage.get_all_studies() if s.study_name == cfg["name"]), None)
+    if joined is not None:  # before anything is written to it
+        stored = joined.user_attrs.get(identity.ATTR)
+        identity.check(stored, identity.made_with(cfg), f"study {cfg['name']!r}")
     study = create_study_with_retry(
         storage=storage,
         study_name=cfg["name"],
@@ -475,6 +527,7 @@ def open_study(setup: Setup) -> optuna.Study:
         record.mark_schema(study)
     except ValueError as exc:
         raise ConfigError("name", str(exc)) from None
+    identity.remember(study, cfg)
     if not study.get_trials(deepcopy=False):
         study.enqueue_trial(setup.space.dense_params(), skip_if_exists=True)
         record.set_dense_params(study, setup.dense_params)

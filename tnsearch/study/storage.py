@@ -12,14 +12,16 @@ import time
 from pathlib import Path
 
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+from optuna.storages.journal import JournalFileSymlinkLock
 
 from tnsearch.config import ConfigError
+from tnsearch.study.journal_file import RepairingJournalFileBackend
 from tnsearch.ui import console
 
 
 def journal(path: str) -> BaseStorage:
-    """A journal-file storage at `path` (the folder is created; a torn last record is set aside).
+    """A journal-file storage at `path` (the folder is created; a torn last record is set aside,
+    a damaged record anywhere is replaced so that every other one is read: `journal_file`).
 
     Optuna's JournalFileBackend writes each batch of records under a lock with one write and an
     fsync, and on reading skips a last line that has no newline. But a crash or a full disk in
@@ -32,7 +34,7 @@ def journal(path: str) -> BaseStorage:
     file.parent.mkdir(parents=True, exist_ok=True)
     lock = JournalFileSymlinkLock(str(file))
     set_aside_torn_tail(file, lock)
-    return JournalStorage(JournalFileBackend(str(file), lock_obj=lock))
+    return JournalStorage(RepairingJournalFileBackend(str(file), lock_obj=lock))
 
 
 def set_aside_torn_tail(file: Path, lock: JournalFileSymlinkLock | None = None) -> Path | None:

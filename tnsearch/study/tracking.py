@@ -316,6 +316,37 @@ def _open(uri: str, artifacts: str, experiment: str) -> Tracker | NullTracker:
         return NullTracker()
 
 
+#: Seconds the start of a command waits for an MLflow tracking server to answer.
+PROBE_S = 3.0
+
+
+def check_server(tracking_cfg: Mapping[str, Any], *, timeout: float = PROBE_S) -> None:
+    """An `http(s)://` tracking URI must answer within `timeout` seconds (any HTTP answer will
+    do): MLflow's own client retries an unreachable server for minutes, and says so only after
+    the trials. Raises ConfigError on `tracking.uri`; writes nothing.
+    """
+    import urllib.error
+    import urllib.request
+
+    from tnsearch.config import ConfigError
+    from tnsearch.study.storage import redact
+
+    uri = str(tracking_cfg.get("uri") or "")
+    if not tracking_cfg.get("enabled") or not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (OSError, ValueError) as exc:  # refused, no such host, timed out, a bad URL
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(
+            "tracking.uri",
+            f"cannot reach {redact(uri)} ({reason}): start the MLflow server, or "
+            "tracking.enabled=false",
+        ) from None
+
+
 def from_config(
     tracking_cfg: Mapping[str, Any], experiment: str, *, background: bool = False
 ) -> Tracker | BackgroundTracker | NullTracker:

@@ -16,13 +16,13 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from tnsearch import interrupts, tn
 from tnsearch import plan as plans
-from tnsearch import tn
 from tnsearch.budget import calibration
 from tnsearch.files import atomic_path
+from tnsearch.interrupts import Interrupted
 from tnsearch.measure import latency, training
-from tnsearch.study import budgets, interrupts, liveness, pruning, record
-from tnsearch.study.interrupts import Interrupted
+from tnsearch.study import budgets, liveness, pruning, record
 from tnsearch.study.record import Outcome, Record
 from tnsearch.study.setup import Setup, trial_device
 from tnsearch.ui.console import short_name, test_name

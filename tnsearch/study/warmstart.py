@@ -9,6 +9,7 @@ trained weights, and each trial only fine-tunes ("heals") for `epochs`.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -79,8 +80,17 @@ def _strip_prefix(state: dict[str, torch.Tensor], expected: Mapping[str, Any]) -
     return state
 
 
+#: What a study's pretrained weights were trained with (`identity.made_with`), kept inside them.
+PRETRAINED_WITH = ("model", "data", "pretrain")
+
+
 def pretrained(
-    study_dir: Path, epochs: int, train: Any, *, say: Callable[[str], None] | None = None
+    study_dir: Path,
+    epochs: int,
+    train: Any,
+    *,
+    say: Callable[[str], None] | None = None,
+    cfg: Mapping[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The study's trained dense weights: trained once by the first worker, read by all others.
 
@@ -89,10 +99,14 @@ def pretrained(
         epochs: pretraining epochs (for the message).
         train: a callable returning the trained dense model's state_dict (runs at most once).
         say: where to tell the user that the study pretrains (None: nowhere).
+        cfg: the resolved config; what the weights are trained with is saved beside them, and
+            weights trained with other `PRETRAINED_WITH` keys are refused (`check_pretrained`).
 
     A file lock makes a second worker wait while the first trains; the file is written
     atomically, so nobody ever reads half of it.
     """
+    from tnsearch.study import identity
+
     study_dir.mkdir(parents=True, exist_ok=True)
     target = study_dir / PRETRAINED
     with open(study_dir / (PRETRAINED + ".lock"), "w") as lock:
@@ -102,9 +116,55 @@ def pretrained(
                 if say is not None:
                     say(f"pretraining the dense model for {epochs} epochs (once per study)")
                 state = {k: v.detach().cpu() for k, v in train().items()}
+                made = identity.made_with(cfg, PRETRAINED_WITH) if cfg is not None else None
+                saved = {"state_dict": state, "epochs": epochs, "worker": os.getpid()}
+                if made is not None:
+                    saved["made_with"] = json.dumps(made)
                 with atomic_path(target) as tmp:
-                    torch.save({"state_dict": state, "epochs": epochs, "worker": os.getpid()}, tmp)
-            saved = torch.load(target, map_location="cpu", weights_only=True)
+                    torch.save(saved, tmp)
+            saved = read_pretrained(target)
+            if cfg is not None:
+                _check_saved(target, saved, cfg)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return saved["state_dict"]
+
+
+def check_pretrained(study_dir: Path, cfg: Mapping[str, Any]) -> None:
+    """Before anything is written: the study's `pretrained.pt`, if there is one, must read
+    back and have been trained with this config's `model`, `data` and `pretrain` keys
+    (ConfigError naming the file, or the first differing key, and what to do)."""
+    target = Path(study_dir) / PRETRAINED
+    if cfg["pretrain"]["epochs"] and target.exists():
+        _check_saved(target, read_pretrained(target), cfg)
+
+
+def read_pretrained(path: Path) -> dict[str, Any]:
+    """The saved pretrained weights and what they were trained with (ConfigError naming the
+    file when it does not read back: truncated, emptied, not a torch file)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(saved, Mapping) or not isinstance(saved.get("state_dict"), Mapping):
+            raise ValueError("no state_dict in it")
+    except Exception as exc:  # noqa: BLE001 - truncated, emptied or overwritten
+        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise ConfigError(
+            str(path),
+            f"the study's pretrained dense model is damaged ({type(exc).__name__}: {reason}); "
+            "delete it to train it again (its trials so far started from it), or start a new "
+            "study with another name=",
+        ) from None
+    return saved
+
+
+def _check_saved(path: Path, saved: Mapping[str, Any], cfg: Mapping[str, Any]) -> None:
+    from tnsearch.study import identity
+
+    current = identity.made_with(cfg, PRETRAINED_WITH)
+    made = saved.get("made_with")
+    if made is None:  # saved before what it was trained with was: its epochs at least
+        stored = {"pretrain.epochs": saved.get("epochs")}
+        current = {"pretrain.epochs": current.get("pretrain.epochs")}
+    else:
+        stored = json.loads(made)
+    identity.check(stored, current, str(path))

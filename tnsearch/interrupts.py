@@ -1,4 +1,8 @@
-"""SIGINT and SIGTERM, handled by tnsearch in every phase of a worker.
+"""SIGINT and SIGTERM, handled by tnsearch in every phase of every command.
+
+The one CLI wrapper (`tnsearch.cli.command`) holds `handled()` around each command, so a
+report, an export, a profile or a compression ends on either signal with one line and 130 / 143;
+the study command holds it around its work too, and tells what became of its running trials.
 
 Lightning catches `KeyboardInterrupt` itself: it ignores SIGINT from then on and exits with
 status 1, so a Ctrl-C during training never reached tnsearch's handling. Here both signals raise
