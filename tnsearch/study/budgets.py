@@ -195,7 +195,10 @@ def profile(
             dense = profiler.dense()
             cache.write_dense(dense)
     menu = [o for g in setup.space.groups for o in profiler.menu(g)]
-    known = {k: e for k, e in cache.entries().items() if k in {o.key for o in menu}}
+    by_key = {o.key: o for o in menu}
+    known = {  # measured before: the same group, option and layers (a changed space may differ)
+        k: e for k, e in cache.entries().items() if k in by_key and e.layers == by_key[k].layers
+    }
     measure_all = cfg["profile"].get("measure", "candidates") == "all"
     say(
         f"profile: {len(known)} of {len(menu)} options already measured; "
@@ -215,7 +218,6 @@ def profile(
             settings=settings, seconds=time.perf_counter() - start,
         )  # fmt: skip
 
-    by_key = {o.key: o for o in menu}
     rounds = here = 0
     steps = Steps("profile", 0, say=say)
     try:
@@ -235,6 +237,8 @@ def profile(
             for option in todo:
                 with cache.claim(option.key) as mine:
                     found = cache.read(option.key)
+                    if found is not None and found.layers != option.layers:
+                        found = None  # another space's option of that name: measured anew
                     if found is None and mine:
                         found = profiler.measure(option)
                         cache.write(found)
