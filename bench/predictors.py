@@ -82,7 +82,7 @@ def main() -> None:
         rounds = 0
         while rounds < budgets.MAX_ROUNDS:
             found = assemble(dense, menu, known, key="", metric=full.metric, maximize=up)
-            todo = allocate.candidates(found, asked, neighbours=0,
+            todo = allocate.candidates(found, asked, neighbours=budgets.NEIGHBOURS,
                                        tolerance=budgets.TOLERANCE * abs(q0))  # fmt: skip
             todo = [k for k in todo if k not in known]
             if not todo:

@@ -226,7 +226,10 @@ def profile(
                 todo = [o for o in menu if o.key not in known]
             else:
                 wanted = allocate.candidates(
-                    current(), budgets, neighbours=0, tolerance=TOLERANCE * abs(dense["quality"])
+                    current(),
+                    budgets,
+                    neighbours=NEIGHBOURS,
+                    tolerance=TOLERANCE * abs(dense["quality"]),
                 )
                 todo = [by_key[k] for k in sorted(wanted) if k not in known]
             if not todo or rounds >= MAX_ROUNDS:
@@ -269,9 +272,13 @@ def profile(
 #: Rounds of measuring what the allocation picks, then allocating again, at most.
 MAX_ROUNDS = 8
 #: A budget is settled when its allocation over the measured options alone is predicted to
-#: lose at most this fraction of the dense quality more than its allocation over all options
-#: (bench/RESULTS.md: LeNet-300-100 on digits, 25 of 108 options measured).
+#: lose at most this fraction of the dense quality more than its allocation over all options.
 TOLERANCE = 0.005
+#: Options measured on either side of each pick along its group's hull. LeNet-300-100 on
+#: mnist5k, the ladder's four budgets (bench/predictors.py): 1 measures 18 of 108 options and
+#: its allocations lose 0.008-0.028 where the whole profile's lose 0.005-0.025; 0 measures 10
+#: and loses 0.143 at the smallest budget (0.025 with the whole profile).
+NEIGHBOURS = 1
 
 
 def _note(entry, metric: str) -> str:
