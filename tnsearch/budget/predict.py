@@ -83,16 +83,20 @@ class Spectra:
         tensor, names = self._tensor(layer, embedding=isinstance(shell, tn.TNEmbedding))
         layout = layer.bond_layout()
         key = (layer.in_modes, layer.out_modes)
-        lost = 0.0
         if isinstance(layout, TreeLayout):
-            for bond, rank in zip(layout.bonds, layer.rank, strict=True):
-                lost += self._beyond(key, tensor, names, _side(layer.network, bond), rank)
+            cuts = [
+                (_side(layer.network, b), r) for b, r in zip(layout.bonds, layer.rank, strict=True)
+            ]
         elif isinstance(layout, ComponentLayout):
-            (rank,) = layer.rank
-            for side in _chain_cuts(layer.network):
-                lost += self._beyond(key, tensor, names, side, rank)
+            cuts = [(side, layer.rank[0]) for side in _chain_cuts(layer.network)]
         else:
             raise ValueError(f"{type(layer).__name__}: declares no bond layout to predict from")
+        distinct: dict[tuple[str, ...], int] = {}  # a cut and its complement are one cut; two
+        for side, rank in cuts:  # bonds across one cut: the smaller rank holds
+            rest = tuple(sorted(set(names) - set(side)))
+            cut = min(tuple(sorted(side)), rest)
+            distinct[cut] = min(rank, distinct.get(cut, rank))
+        lost = sum(self._beyond(key, tensor, names, cut, r) for cut, r in distinct.items())
         return lost / self.total  # an upper bound of the sequential SVDs (may exceed 1)
 
     def _tensor(self, layer: tn.TNLayer, *, embedding: bool) -> tuple[torch.Tensor, tuple]:

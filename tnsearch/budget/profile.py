@@ -307,6 +307,10 @@ class Profiler:
                 continue
             seen.add(clipped)
             errors = predict.predicted_errors(shells, spectra)
+            same = (order, params, round(statistics.fmean(errors.values()), 9))
+            if same in seen:  # another topology that is the same network (Tucker and tree at
+                continue  # order 1: a rank-r matrix with an r x r core): measured once
+            seen.add(same)
             macs = sum(_macs(m, self.inputs[n]) for n, m in shells.items())
             found.append(
                 Option(

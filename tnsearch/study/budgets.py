@@ -196,8 +196,11 @@ def profile(
             cache.write_dense(dense)
     menu = [o for g in setup.space.groups for o in profiler.menu(g)]
     by_key = {o.key: o for o in menu}
-    known = {  # measured before: the same group, option and layers (a changed space may differ)
-        k: e for k, e in cache.entries().items() if k in by_key and e.layers == by_key[k].layers
+    known = {  # measured before: the same group, option and layers (a changed space may
+        # differ), with today's prediction beside the measurement
+        k: replace(e, predicted_error=by_key[k].predicted_error)
+        for k, e in cache.entries().items()
+        if k in by_key and e.layers == by_key[k].layers
     }
     measure_all = cfg["profile"].get("measure", "candidates") == "all"
     say(
