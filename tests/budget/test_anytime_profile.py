@@ -204,3 +204,23 @@ def test_two_processes_on_one_study_split_the_options(full, tmp_path):
     assert all(int(f[0]) == total for f in found)  # both end with the whole profile
     assert sum(int(f[2]) for f in found) == total  # and measured each option once
     assert min(int(f[2]) for f in found) > 0  # both did some
+
+
+def test_the_ladder_has_a_latency_rung(full):
+    """`search.latency`: the plan that loses least within a fraction of the dense latency."""
+    import optuna
+
+    from tnsearch.study import budgets
+
+    _, root = full
+    ready = ready_setup(root, "profile.measure=all", "search.budgets=[0.5]", "search.latency=[3.0]")
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    lines: list[str] = []
+    count = budgets.enqueue_ladder(ready, study, say=lines.append)
+    rung = next(line for line in lines if line.startswith("budget 0.5 within latency 3x:"))
+    predicted = float(re.search(r"predicted latency ([\d.]+)x", rung)[1])
+    assert predicted <= 3.0
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == count and 1 <= count <= 2  # the same plan twice is enqueued once
+    fixed = waiting[-1].system_attrs["fixed_params"]  # what the trial will be asked
+    assert any(v is True for k, v in fixed.items() if k.endswith(".tensorize")), fixed

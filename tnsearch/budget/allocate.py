@@ -77,7 +77,7 @@ def allocate(
     measured_only: bool = False,
 ) -> Allocation:
     """The least lossy plan with at most `params` of the dense model's parameters and
-    `latency` of its latency (fractions in (0, 1]; None: no limit).
+    `latency` of its latency (fractions, `params` in (0, 1]; None: no limit).
 
     Args:
         topologies: only these topologies (default: all the profile holds).
@@ -86,9 +86,10 @@ def allocate(
     Raises:
         UnreachableBudget: no plan fits (naming `budget.params` or `budget.latency`).
     """
-    for key, value in (("budget.params", params), ("budget.latency", latency)):
-        if value is not None and not 0 < value <= 1:
-            raise ValueError(f"{key}: must be a fraction in (0, 1], got {value}")
+    if params is not None and not 0 < params <= 1:
+        raise ValueError(f"budget.params: must be a fraction in (0, 1], got {params}")
+    if latency is not None and not latency > 0:  # a ladder may allow more than dense's
+        raise ValueError(f"budget.latency: must be a positive fraction, got {latency}")
     limits = (params if params is not None else float("inf"),
               latency if latency is not None else float("inf"))  # fmt: skip
     weights = (1.0 if params is not None else 0.0, 1.0 if latency is not None else 0.0)

@@ -153,7 +153,9 @@ def profile_budgets(setup: Setup) -> list[dict[str, float | None]]:
     if any(v is not None for v in given.values()):
         return [{k: None if v is None else float(v) for k, v in given.items()}]
     fractions = [*(cfg["search"]["budgets"] or ()), *(cfg["profile"].get("budgets") or ())]
-    return [{"params": float(f), "latency": None} for f in sorted(set(fractions), reverse=True)]
+    asked = [{"params": float(f), "latency": None} for f in sorted(set(fractions), reverse=True)]
+    latency = sorted(set(cfg["search"].get("latency") or ()), reverse=True)
+    return asked + [{"params": a["params"], "latency": float(g)} for a in asked for g in latency]
 
 
 def profile(
@@ -352,8 +354,10 @@ def narrow(setup: Setup, *, say: Callable[[str], None] | None = None) -> None:
 
 def enqueue_ladder(setup: Setup, study, *, say: Callable[[str], None] | None = None) -> int:
     """Enqueue, once per study, the budget plans of `search.budgets` (fractions of the dense
-    parameters, largest first) right after the dense trial; return how many were enqueued."""
+    parameters, largest first), and of each of them within each of `search.latency` (fractions
+    of its latency), right after the dense trial; return how many were enqueued."""
     budgets = list(setup.cfg["search"]["budgets"] or ())
+    latency = list(setup.cfg["search"].get("latency") or ())
     if not budgets or setup.pretrained is None or record.ladder(study) is not None:
         return 0
     found, _ = profile(setup, say=say)
@@ -363,26 +367,34 @@ def enqueue_ladder(setup: Setup, study, *, say: Callable[[str], None] | None = N
             found,
             entries=[e for e in found.entries if (e.topology, e.order, e.rank) in allowed[e.group]],
         )
-    enqueued = []
-    for fraction in sorted(budgets, reverse=True):
+    enqueued, count = [], 0
+    rungs = [(float(f), None) for f in sorted(budgets, reverse=True)]
+    rungs += [(f, float(g)) for f, _ in list(rungs) for g in sorted(latency, reverse=True)]
+    for fraction, slower in rungs:
+        name = f"{fraction:g}" + ("" if slower is None else f" within latency {slower:g}x")
         try:
             chosen = allocate.allocate(
-                found, params=float(fraction), measured_only=bool(found.measured)
+                found, params=fraction, latency=slower, measured_only=bool(found.measured)
             )
         except allocate.UnreachableBudget as exc:
             if say is not None:
-                say(f"search.budgets: {fraction:g} skipped ({str(exc).split(': ', 1)[1]})")
+                say(f"search.budgets: {name} skipped ({str(exc).split(': ', 1)[1]})")
+            continue
+        if not chosen.layers:  # the dense model: it is trial 0 already
             continue
         params = setup.space.params_for(chosen.layers)
         study.enqueue_trial(params, skip_if_exists=True)
-        enqueued.append(float(fraction))
+        count += 1
+        if slower is None:
+            enqueued.append(fraction)
         if say is not None:
             say(
-                f"budget {fraction:g}: enqueued {plans.summary({'layers': chosen.layers})} "
-                f"({chosen.params:,} params, predicted {setup.metric} loss {chosen.loss:.4f})"
+                f"budget {name}: enqueued {plans.summary({'layers': chosen.layers})} "
+                f"({chosen.params:,} params, predicted latency {chosen.latency_fraction:.2f}x, "
+                f"{setup.metric} loss {chosen.loss:.4f})"
             )
     record.set_ladder(study, enqueued)
-    return len(enqueued)
+    return count
 
 
 def check_budget(cfg: Mapping[str, Any]) -> dict[str, float | None]:
