@@ -11,7 +11,7 @@ Every command ends the same way on a wrong key and on a signal:
 
 - Hydra's own errors (an unknown preset `study=nope`, a key no config has `trails=5`, an
   override that does not parse) are one line naming the key, with the valid presets or the
-  closest known key, and exit status 2 (`hydra_errors`). Hydra prints them itself, in several
+  closest known key, and exit status 2 (`hydra_error`). Hydra prints them itself, in several
   lines, with exit status 1, unless HYDRA_FULL_ERROR is set: the command sets it while Hydra
   composes the config, and unsets it (if it set it) before the command's own work, whose
   errors Hydra reports as it always does.
@@ -30,7 +30,7 @@ import functools
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from tnsearch import interrupts
@@ -118,7 +118,7 @@ def command(
                 console.error("interrupted: SIGINT")
                 sys.exit(130)
             except Exception as exc:
-                error = hydra_error(exc, config_name)
+                error = hydra_error(exc, config_name, sys.argv[1:])
                 if error is None:
                     raise
                 console.error(str(error))
@@ -154,17 +154,24 @@ def _composed() -> None:
         _SET_HERE["set"] = False
 
 
-def hydra_error(exc: BaseException, config_name: str = "config") -> ConfigError | None:
-    """Hydra's error while composing the config as one line naming the key (None: not one)."""
+def hydra_error(
+    exc: BaseException, config_name: str = "config", overrides: Sequence[str] = ()
+) -> ConfigError | None:
+    """Hydra's error while composing the config as one line naming the key (None: not one of
+    Hydra's composition errors). `overrides`: the command line's, for the closest known key."""
     import re
 
     from hydra.errors import (
         ConfigCompositionException,
         HydraException,
+        InstantiationException,
         MissingConfigException,
         OverrideParseException,
     )
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if isinstance(exc, InstantiationException):
+        return None  # the command's own work (HYDRA_FULL_ERROR set by the user): as it is
 
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options:
         group, _, option = str(exc.missing_cfg_file).rpartition("/")
@@ -181,7 +188,7 @@ def hydra_error(exc: BaseException, config_name: str = "config") -> ConfigError 
         cause, ConfigKeyError | ConfigAttributeError
     ):
         key = str(getattr(cause, "full_key", "") or "config")
-        near = _closest(key, config_name)
+        near = _closest(key, config_name, overrides)
         hint = f"did you mean {near}? " if near else ""
         return ConfigError(key, f"no such key ({hint}a key of your own takes a +: +{key}=...)")
     there = re.search(r"An item is already at '([^']+)'", str(exc))
@@ -196,29 +203,36 @@ def hydra_error(exc: BaseException, config_name: str = "config") -> ConfigError 
     return None
 
 
-def _closest(key: str, config_name: str) -> str | None:
-    """The known config key nearest to `key` (of the primary config with its defaults)."""
+def _closest(key: str, config_name: str, overrides: Sequence[str] = ()) -> str | None:
+    """The known config key nearest to `key`: of the primary config with the command line's
+    group choices (`study=mlp`, `model=custom`), or with its defaults when those fail too."""
     import difflib
+    from importlib.resources import files
 
     from hydra import compose, initialize_config_module
-    from omegaconf import DictConfig
+    from omegaconf import OmegaConf
 
-    try:
-        with initialize_config_module("tnsearch.conf", version_base=None):
-            cfg = compose(config_name)
-    except Exception:  # noqa: BLE001 - a hint only
+    known_groups = {p.name for p in files("tnsearch.conf").iterdir() if p.is_dir()}
+    groups = [o for o in overrides if o.split("=", 1)[0] in known_groups and "=" in o]
+    cfg = None
+    for chosen in (groups, []):
+        try:
+            with initialize_config_module("tnsearch.conf", version_base=None):
+                cfg = compose(config_name, overrides=chosen)
+            break
+        except Exception:  # noqa: BLE001 - a hint only
+            continue
+    if cfg is None:
         return None
     known: list[str] = []
 
-    def walk(node: DictConfig, prefix: str) -> None:
-        for name in node:
-            full = f"{prefix}{name}"
-            known.append(full)
-            child = node._get_node(name)
-            if isinstance(child, DictConfig):
-                walk(child, full + ".")
+    def walk(node: Any, prefix: str) -> None:
+        for name, child in node.items():
+            known.append(f"{prefix}{name}")
+            if isinstance(child, dict):
+                walk(child, f"{prefix}{name}.")
 
-    walk(cfg, "")
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
     found = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     return found[0] if found else None
 

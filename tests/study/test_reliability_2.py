@@ -214,9 +214,10 @@ def test_a_study_refuses_a_continuation_with_other_settings():
     message = str(info.value)
     assert message.startswith(
         "model._target_: study 'x' was made with \"mypkg.build\", this command has "
-        '"tnsearch.models.MLP" (also: model.width, model.hidden): start a new study with '
-        "another name="
+        '"tnsearch.models.MLP" (also: model.width): start a new study with another name='
     ), message
+    newer = {**made, "space.hopeless": 0.5}  # a key a newer tnsearch added, with its default
+    assert identity.check(made, newer, "study 'x'") == ["space.hopeless"]
     running = {"data": {"_target_": "d.D", "eval_batch_size": 8}}
     assert identity.made_with(running) == {"data._target_": "d.D"}  # a loader's own key
 
@@ -251,7 +252,7 @@ def test_a_study_continued_with_another_model_or_space_writes_nothing(tmp_path, 
     )
 
 
-def test_an_older_study_without_the_record_is_joined_and_recorded(tmp_path):
+def test_an_older_study_without_the_record_is_joined_and_recorded(tmp_path, capsys):
     from tnsearch.cli import resolve
     from tnsearch.study import identity, setup
 
@@ -262,7 +263,15 @@ def test_an_older_study_without_the_record_is_joined_and_recorded(tmp_path):
         study_name="mlp", storage=storage.journal(journal), directions=ready.directions
     )
     study = setup.open_study(ready)
-    assert study.user_attrs[identity.ATTR] == identity.made_with(ready.cfg)
+    made = identity.made_with(ready.cfg)
+    assert study.user_attrs[identity.ATTR] == made
+    older = {k: v for k, v in made.items() if k != "space.hopeless"}  # before the key existed
+    study.set_user_attr(identity.ATTR, older)
+    capsys.readouterr()
+    study = setup.open_study(ready)  # joined, told once, recorded
+    told = capsys.readouterr().err
+    assert "warning: space.hopeless: study 'mlp' was made before this key" in told
+    assert study.user_attrs[identity.ATTR] == made
 
 
 # -- pretrained.pt: what it was trained with, and damaged ---------------------------------------

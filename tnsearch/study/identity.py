@@ -11,9 +11,11 @@ either (a changed space makes every new trial fail on its distributions).
 Keys that only say how the search runs never refuse: `trials`, `workers`, `worker`, `timeout`,
 `retries`, `tracking`, `storage`, `sampler` (another sampler, or seed, on the same space is a
 legitimate second round), `latency`, `constraints`, `pruning` and the data loader's own
-`RUNNING` keys. `epochs` is between: each trial's training budget, so a front of trials trained
-for 1 and for 5 epochs compares unequal things, yet a longer second round on the same study is a
-common wish; a changed `epochs` warns once (each trial's MLflow run records its epochs).
+`RUNNING` keys. Nor do keys the study was made without (a newer tnsearch adds keys with their
+defaults): they are told once and recorded. `epochs` is between: each trial's training budget,
+so a front of trials trained for 1 and for 5 epochs compares unequal things, yet a longer
+second round on the same study is a common wish; a changed `epochs` warns once (each trial's
+MLflow run records its epochs).
 
 The same record sits inside the study's `pretrained.pt` (`warmstart`): weights trained with other
 `model`, `data` or `pretrain` keys are refused, not silently reused.
@@ -82,9 +84,11 @@ def _short(values: Mapping[str, Any], key: str) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check(stored: Mapping[str, Any] | None, current: Mapping[str, Any], what: str) -> None:
-    """Raise ConfigError when `current` differs from the `stored` record in SECTIONS; warn once
-    when only TRAINING keys differ.
+def check(stored: Mapping[str, Any] | None, current: Mapping[str, Any], what: str) -> list[str]:
+    """Raise ConfigError when `current` differs from the `stored` record in a key of SECTIONS
+    that the record holds; warn once when only TRAINING keys differ. Return the keys of
+    SECTIONS this command has and the record lacks: a newer tnsearch adds keys with their
+    defaults, and refusing them would shut every older study out after an upgrade.
 
     Args:
         stored: the stored record (None: an older study or file without one: nothing to check).
@@ -92,9 +96,10 @@ def check(stored: Mapping[str, Any] | None, current: Mapping[str, Any], what: st
         what: the study (or file) in the message, e.g. "study 'mlp'".
     """
     if stored is None:
-        return
+        return []
     changed = differences(stored, current)
-    refused = [k for k in changed if k.split(".", 1)[0] in SECTIONS]
+    ours = [k for k in changed if k.split(".", 1)[0] in SECTIONS]
+    refused = [k for k in ours if k in stored]
     if refused:
         key, more = refused[0], refused[1:]
         also = f" (also: {', '.join(more[:5])}{', ...' if len(more) > 5 else ''})" if more else ""
@@ -108,9 +113,22 @@ def check(stored: Mapping[str, Any] | None, current: Mapping[str, Any], what: st
             f"{key}: {what} was {describe(key, stored, current)}; its front compares trials "
             "trained both ways (each trial's MLflow run records its epochs)"
         )
+    return [k for k in ours if k not in stored]
 
 
-def remember(study, cfg: Mapping[str, Any]) -> None:
-    """Store what the study is made with, unless it holds it already (the first run's)."""
-    if ATTR not in study.user_attrs:
-        study.set_user_attr(ATTR, made_with(cfg))
+def remember(study, cfg: Mapping[str, Any], added: Iterable[str] = ()) -> None:
+    """Store what the study is made with, unless it holds it already (the first run's); keys
+    `added` since (`check`) are told once and recorded with their values now."""
+    stored = study.user_attrs.get(ATTR)
+    current = made_with(cfg)
+    if stored is None:
+        study.set_user_attr(ATTR, current)
+        return
+    added = list(added)
+    if added:
+        console.warn(
+            f"{', '.join(added)}: study {study.study_name!r} was made before "
+            f"{'these keys' if len(added) > 1 else 'this key'} (a newer tnsearch, or a key "
+            "of your own): recorded now with this command's values"
+        )
+        study.set_user_attr(ATTR, {**stored, **{k: current[k] for k in added}})

@@ -504,9 +504,10 @@ def open_study(setup: Setup) -> optuna.Study:
     cfg = setup.cfg
     storage = instantiate(cfg["storage"])
     joined = next((s for s in storage.get_all_studies() if s.study_name == cfg["name"]), None)
+    added: list[str] = []
     if joined is not None:  # before anything is written to it
         stored = joined.user_attrs.get(identity.ATTR)
-        identity.check(stored, identity.made_with(cfg), f"study {cfg['name']!r}")
+        added = identity.check(stored, identity.made_with(cfg), f"study {cfg['name']!r}")
     study = create_study_with_retry(
         storage=storage,
         study_name=cfg["name"],
@@ -527,7 +528,7 @@ def open_study(setup: Setup) -> optuna.Study:
         record.mark_schema(study)
     except ValueError as exc:
         raise ConfigError("name", str(exc)) from None
-    identity.remember(study, cfg)
+    identity.remember(study, cfg, added)
     if not study.get_trials(deepcopy=False):
         study.enqueue_trial(setup.space.dense_params(), skip_if_exists=True)
         record.set_dense_params(study, setup.dense_params)
