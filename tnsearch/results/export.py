@@ -106,6 +106,7 @@ def write_package(
     source: str | None = None,
     batch_size: int = 64,
     data: Any = None,
+    timed: bool = True,
 ) -> Path:
     """Write the package of `trial` (trained `weights`) to the folder `out`; return it.
 
@@ -121,6 +122,8 @@ def write_package(
             that is no trial).
         batch_size: the latency batch (`latency.batch_size`): the ONNX graph's paths and the
             README's onnxruntime latency are for it.
+        timed: time model.onnx beside the dense model's ONNX for the README (False: not, e.g.
+            for a package that only goes into an MLflow model).
 
     Files are written to a temporary folder beside `out` first, so a failure leaves `out` as it
     was; existing package files in `out` are replaced. A temporary folder a killed earlier
@@ -169,7 +172,7 @@ def write_package(
                 no_onnx = f"the export failed ({type(exc).__name__}: {text})"
                 warn(f"{out}: model.onnx not written: {no_onnx}")
                 (work / "model.onnx").unlink(missing_ok=True)
-        if exported is not None:
+        if exported is not None and timed:
             speed = package_onnx.speed(
                 stored,
                 record,

@@ -248,6 +248,7 @@ def log_trial_model(
                 metric=metric,
                 data=data,
                 batch_size=batch_size,
+                timed=False,  # the export times it; each logged model need not
             )
         return log_package_model(
             package,

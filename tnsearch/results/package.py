@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import tempfile
+import types
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -109,9 +110,9 @@ def write_checksums(folder: str | Path) -> Path:
     return write_text(folder / CHECKSUMS, json.dumps({"sha256": sums}, indent=2) + "\n")
 
 
-def verify_checksums(folder: str | Path, *, needed: Collection[str] = ()) -> bool:
-    """Check the folder's files against its ``checksums.json``; False when it has none (an
-    older package: said once, nothing checked).
+def verify_checksums(folder: str | Path, *, needed: Collection[str] = ()) -> set[str] | None:
+    """Check the folder's files against its ``checksums.json``; return the files it lists (None
+    when it has none: an older package, said once, nothing checked).
 
     Args:
         needed: files the caller reads: each must be listed.
@@ -124,7 +125,7 @@ def verify_checksums(folder: str | Path, *, needed: Collection[str] = ()) -> boo
     path = folder / CHECKSUMS
     if not path.is_file():
         warn(f"{folder}: no {CHECKSUMS} (an older export): its files were not verified")
-        return False
+        return None
     try:
         sums = json.loads(path.read_text(encoding="utf-8"))["sha256"]
         if not isinstance(sums, dict):
@@ -147,7 +148,7 @@ def verify_checksums(folder: str | Path, *, needed: Collection[str] = ()) -> boo
                 f"changed since it was written (its sha256 is not the one {CHECKSUMS} gives); "
                 "export the model again, or pass verify=False to load it as it is",
             )
-    return True
+    return set(sums)
 
 
 def _inside(folder: Path, file: Path) -> bool:
@@ -273,7 +274,10 @@ def _build(
                 raise
             except (ValueError, TypeError, KeyError, AttributeError, ImportError) as exc:
                 text = " ".join(str(exc).split())[:300]
-                raise PackageError(folder, "plan.json", f"does not build a model: {text}") from None
+                what = "with hf/config.json " if plan["model"].get("_target_") == _HF_TARGET else ""
+                raise PackageError(
+                    folder, "plan.json", f"does not build a model {what}({text})"
+                ) from None
 
     own = factory is None and plan["model"].get("_target_") in MODELS
     try:
@@ -369,10 +373,11 @@ def load(
     for name in ("plan.json", "model.safetensors"):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder}: not an exported model (no {name})")
+    listed = verify_checksums(folder, needed=["plan.json", "model.safetensors"]) if verify else None
     plan = _read_plan(folder)
-    hf_config = [f"{HF}/config.json"] if plan["model"].get("_target_") == _HF_TARGET else []
-    if verify:
-        verify_checksums(folder, needed=["plan.json", "model.safetensors", *hf_config])
+    config = f"{HF}/config.json"
+    if listed is not None and plan["model"].get("_target_") == _HF_TARGET and config not in listed:
+        raise PackageError(folder, CHECKSUMS, f"does not list {config}")
     preprocessing = read_preprocessing(folder)
     stored = _stored(folder)
     model = _build(plan, folder, trusted, factory or _factory(folder, plan), stored)
@@ -408,23 +413,30 @@ def _is_hf(model: nn.Module) -> bool:
 # ---- save_pretrained of a tensorized Hugging Face model -------------------------------------
 
 
+#: The attribute of a loaded Hugging Face model that holds its package's plan and folder.
+_ORIGIN = "_tnsearch_package"
+
+
 def _guard_save_pretrained(model: nn.Module, plan: Mapping[str, Any], source: Path) -> None:
     """Make the model's ``save_pretrained`` write a package (that `load` reads back) instead of
     a Hugging Face folder that ``AutoModel.from_pretrained`` would read as the dense model with
-    random layers in place of the tensorized ones."""
+    random layers in place of the tensorized ones. (A bound method: a copy of the model, e.g.
+    `tnsearch.truncate`'s, saves itself.)"""
+    object.__setattr__(model, _ORIGIN, (json.loads(json.dumps(plan)), source))
+    model.save_pretrained = types.MethodType(_save_pretrained, model)
 
-    def save_pretrained(save_directory: str | os.PathLike, **kwargs: Any) -> None:
-        """Write this tensorized model as a tnsearch package (read it with `tnsearch.load`);
-        a Hugging Face model folder cannot hold tensorized layers."""
-        if kwargs.get("push_to_hub"):
-            raise ValueError(
-                "save_pretrained: a tensorized model is saved as a tnsearch package, not pushed "
-                "to the Hub: save it, then upload the folder yourself"
-            )
-        state = kwargs.get("state_dict") or model.state_dict()
-        save_package(model, plan, save_directory, state=state, source=source)
 
-    model.save_pretrained = save_pretrained
+def _save_pretrained(self: nn.Module, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+    """Write this tensorized model as a tnsearch package (read it back with `tnsearch.load`): a
+    Hugging Face model folder cannot hold tensorized layers. ``push_to_hub`` is refused."""
+    if kwargs.get("push_to_hub"):
+        raise ValueError(
+            "save_pretrained: a tensorized model is saved as a tnsearch package, not pushed to "
+            "the Hub: save it, then upload the folder yourself"
+        )
+    plan, source = getattr(self, _ORIGIN)
+    state = kwargs.get("state_dict") or self.state_dict()
+    save_package(self, plan, save_directory, state=state, source=source)
 
 
 def save_package(
@@ -450,7 +462,6 @@ def save_package(
     with staging(out) as work:
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
         save_file(tensors, work / "model.safetensors", metadata={"format": "pt"})
-        plans.save(plan, work / "plan.json")
         (work / HF).mkdir()
         model.config.save_pretrained(str(work / HF))
         if source is not None:
@@ -459,19 +470,60 @@ def save_package(
                     shutil.copy2(file, work / HF / file.name)
             if (source / "preprocessing.json").is_file():
                 shutil.copy2(source / "preprocessing.json", work / "preprocessing.json")
-        with torch.device("meta"):
-            skeleton = plans.build(plan, factory=_factory(work, plan))
-        try:
-            _compare(work, skeleton, {k: tuple(v.shape) for k, v in tensors.items()})
-        except PackageError as exc:
-            raise ValueError(
-                f"save_pretrained: the model's tensors no longer match its plan ({exc.reason})"
-            ) from None
+        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+        plan = _matching_plan(plan, model, work, shapes)
+        plans.save(plan, work / "plan.json")
         (work / "README.md").write_text(
             "# A tensorized model\n\nWritten by `save_pretrained` of a model that "
             "`tnsearch.load` read. Read it back with\n\n```python\nimport tnsearch\n"
             'model = tnsearch.load("path/to/this/folder")\n```\n'
         )
+    return out
+
+
+def _matching_plan(
+    plan: dict[str, Any], model: nn.Module, work: Path, shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, Any]:
+    """`plan`, or its ranks as the model's now are (`tnsearch.truncate`), if it builds exactly
+    these tensors; else ValueError ``save_pretrained: ...``."""
+    from tnsearch import plan as plans
+
+    def matches(candidate: Mapping[str, Any]) -> str:
+        with torch.device("meta"):
+            skeleton = plans.build(candidate, factory=_factory(work, candidate))
+        try:
+            _compare(work, skeleton, shapes)
+        except PackageError as exc:
+            return exc.reason
+        return ""
+
+    wrong = matches(plan)
+    if not wrong:
+        return plan
+    again = _ranks_now(plan, model)
+    if again is not None and not matches(again):
+        return again
+    raise ValueError(f"save_pretrained: the model's tensors no longer match its plan ({wrong})")
+
+
+def _ranks_now(plan: Mapping[str, Any], model: nn.Module) -> dict[str, Any] | None:
+    """`plan` with each tensorized layer's rank as it is in `model` (a tensorized embedding's
+    that of the layer it wraps); None where a layer of the plan is not tensorized there."""
+    from tnsearch import tn
+
+    out = json.loads(json.dumps(plan))
+    for name, spec in out["layers"].items():
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            return None
+        layer = getattr(layer, "layer", layer)  # TNEmbedding -> its TNLayer
+        if not isinstance(layer, tn.TNLayer):
+            return None
+        ranks = [int(r) for r in layer.rank]
+        spec["rank"] = ranks[0] if len(set(ranks)) == 1 else ranks
+    if "params" in out:
+        out["params"] = tn.n_params(model)
     return out
 
 

@@ -24,7 +24,10 @@ def speed_text(speed: PairedStats | None, batch_size: int) -> str:
     """E.g. "onnxruntime: 0.71x the dense model's ONNX (1.234 ms vs 1.738 ms per batch of 64,
     AMD EPYC (2 threads))"."""
     if speed is None:
-        return "onnxruntime was not installed: the ONNX latency was not measured."
+        return (
+            "The ONNX latency was not measured here (`python -m tnsearch.export` times it beside "
+            "the dense model's ONNX, when onnxruntime is installed)."
+        )
     noisy = "; noisy: the paired ratios spread widely" if speed.noisy else ""
     return (
         f"onnxruntime: {speed.ratio:.2f}x the dense model's ONNX ({speed.latency_ms:.3f} ms vs "
