@@ -368,6 +368,8 @@ def load(
     """
     from safetensors.torch import load_file
 
+    from tnsearch import plan as plans
+
     folder = Path(path)
     folder = folder.parent if folder.is_file() else folder
     for name in ("plan.json", "model.safetensors"):
@@ -378,6 +380,8 @@ def load(
     config = f"{HF}/config.json"
     if listed is not None and plan["model"].get("_target_") == _HF_TARGET and config not in listed:
         raise PackageError(folder, CHECKSUMS, f"does not list {config}")
+    if factory is None:  # a plan naming code nobody trusts: refused before anything is read
+        plans.check_model(plan["model"], trusted)
     preprocessing = read_preprocessing(folder)
     stored = _stored(folder)
     model = _build(plan, folder, trusted, factory or _factory(folder, plan), stored)
