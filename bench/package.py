@@ -113,7 +113,7 @@ def main() -> None:
         batch = package_onnx.example(plan, record, opts.batch, tokenizer=tokenizer)
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
         speed = package_onnx.speed(
-            plan, record, folder / "model.onnx", batch, factory=packages._factory(folder, plan)
+            plan, record, folder / "model.onnx", batch, factory=packages.factory_of(folder, plan)
         )
         device = f"; {speed.device}, load average {load} before"
         rows.append(

@@ -48,7 +48,7 @@ def load(path: str | Path, *, trusted=(), factory=None, verify=True, raw=False) 
     Raises:
         tnsearch.results.package.PackageError: ``<folder>/<file>: <what is wrong>``, one line.
     """
-    from tnsearch.results.package import load as _load
+    from tnsearch.results.package_load import load as _load
 
     return _load(path, trusted=trusted, factory=factory, verify=verify, raw=raw)
 

@@ -24,10 +24,11 @@ from tnsearch.results.package import (
     HF,
     PackageError,
     check_out,
-    load,
+    factory_of,
     portable_plan,
     staging,
 )
+from tnsearch.results.package_load import load
 from tnsearch.results.package_readme import onnx_section, package_readme
 from tnsearch.study import record
 from tnsearch.study.record import Record
@@ -84,11 +85,10 @@ def _built(
 ) -> torch.nn.Module:
     """The trained model, rebuilt as `load` will rebuild it from the package being written (a
     Hugging Face model from the package's own config, not from the folder it came from)."""
-    from tnsearch.results import package
+    from tnsearch.results.package_load import build_checked
 
-    factory = package._factory(work, plan)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    model = package._build(plan, work, trusted, factory, shapes)
+    model = build_checked(plan, work, trusted, factory_of(work, plan), shapes)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -133,7 +133,6 @@ def write_package(
 
     from tnsearch import hf
     from tnsearch import plan as plans
-    from tnsearch.results import package
 
     plan = dict(trial.plan)
     out = Path(out)
@@ -179,7 +178,7 @@ def write_package(
                 work / "model.onnx",
                 batch,
                 trusted=trusted,
-                factory=package._factory(work, stored),
+                factory=factory_of(work, stored),
             )
         (work / "preprocessing.json").write_text(json.dumps(record, indent=2) + "\n")
         if readme is None:

@@ -381,7 +381,8 @@ def _log_tensor(
 
     from tnsearch.measure import onnx
     from tnsearch.results import package_onnx
-    from tnsearch.results.package import load, read_preprocessing
+    from tnsearch.results.package import read_preprocessing
+    from tnsearch.results.package_load import load
 
     if isinstance(examples, dict):
         raise TypeError("only models of one tensor input or of text are logged as MLflow models")
