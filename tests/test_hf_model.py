@@ -183,7 +183,15 @@ def test_a_pretrained_transformer_is_compressed_by_distillation(
     argv = ["tnsearch.export", *overrides, f"trial={best.number}", f"out={out}"]
     monkeypatch.setattr(sys, "argv", argv)
     export_cli.main()
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "model.safetensors", "plan.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "checksums.json",
+        "hf",
+        "model.onnx",
+        "model.safetensors",
+        "plan.json",
+        "preprocessing.json",
+    ]
     model = tnsearch.load(out)  # tnsearch's own loader: no trust needed
     ids = torch.randint(0, 10, (2, 8))
     assert model(input_ids=ids).last_hidden_state.shape == (2, 8, 32)

@@ -29,21 +29,28 @@ def hypervolume(study) -> float:
     return _hypervolume(study)
 
 
-def load(path: str | Path, *, trusted=(), factory=None) -> nn.Module:
-    """Rebuild the model of an exported trial (`python -m tnsearch.export`), in eval mode.
+def load(path: str | Path, *, trusted=(), factory=None, verify=True, raw=False) -> nn.Module:
+    """Rebuild the model of an export package (`python -m tnsearch.export`), in eval mode.
 
     Args:
-        path: the package folder (model.safetensors + plan.json); the study is not needed.
+        path: the package folder; neither the study nor the machine that made it is needed.
         trusted: model constructors (`_target_` paths) its plan may name besides tnsearch's own
             models; anything else raises before it is called (a plan.json can name any code).
         factory: build the dense model with this callable instead of the plan's `_target_`.
+        verify: check its files against its checksums.json first (False: load them as they are).
+        raw: an image model taking raw pixels (its recorded normalization first, as the
+            package's ONNX and MLflow models do); False: the model as trained.
 
     Returns:
-        The ``torch.nn.Module``, with the trial's trained weights.
-    """
-    from tnsearch.results.export import load as _load
+        The ``torch.nn.Module`` with the trained weights; for a Hugging Face model its
+        transformers class (with its ``config``), whose ``save_pretrained`` writes a package.
 
-    return _load(path, trusted=trusted, factory=factory)
+    Raises:
+        tnsearch.results.package.PackageError: ``<folder>/<file>: <what is wrong>``, one line.
+    """
+    from tnsearch.results.package_load import load as _load
+
+    return _load(path, trusted=trusted, factory=factory, verify=verify, raw=raw)
 
 
 def truncate(model: nn.Module, *, energy: float = 0.99) -> nn.Module:

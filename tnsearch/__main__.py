@@ -98,11 +98,9 @@ def log_models(study, cfg: dict, ready, console) -> None:
     `tracking.register` says (tnsearch.results.mlflow_models)."""
     if not cfg["tracking"]["enabled"]:
         return
-    from tnsearch.measure import latency
     from tnsearch.results import mlflow_models
 
-    example = latency.example_batch(ready.datamodule, cfg["latency"]["batch_size"])
-    mlflow_models.log_models(study, cfg, ready.study_dir, example, console)
+    mlflow_models.log_models(study, cfg, ready.study_dir, ready.datamodule, console)
 
 
 #: Overrides that concern only the search, not which study it is (left out of the next commands).

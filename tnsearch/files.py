@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_text"]
+__all__ = ["atomic_path", "new_file_mode", "write_text"]
 
 
 def _umask() -> int:
@@ -18,6 +18,11 @@ def _umask() -> int:
 
 
 _UMASK = _umask()  # read once: os.umask sets as it reads, which is not thread-safe
+
+
+def new_file_mode(folder: bool = False) -> int:
+    """The permissions the umask gives a new file (or folder)."""
+    return (0o777 if folder else 0o666) & ~_UMASK
 
 
 @contextmanager

@@ -38,11 +38,18 @@ AUTO_CLASSES = (
 )
 
 
-def from_pretrained(path: str, auto_class: str = "AutoModel") -> nn.Module:
+def from_pretrained(path: str, auto_class: str = "AutoModel", *, weights: bool = True) -> nn.Module:
     """A Hugging Face model with its pretrained weights, from a local folder (offline).
 
     Only safetensors weights are read (a pickled ``pytorch_model.bin`` could run code), no
-    remote code is run, and `auto_class` is one of `AUTO_CLASSES`.
+    code of the folder's own is run (`tnsearch.hf`: the folder is refused first if its config
+    names any), and `auto_class` is one of `AUTO_CLASSES`.
+
+    Args:
+        path: the folder (config.json and model.safetensors).
+        auto_class: the transformers Auto class to load it as.
+        weights: False: the model its config.json describes, default-initialized (an export
+            package, whose weights are loaded afterwards, has no Hugging Face weights file).
 
     Raises:
         ValueError: ``model.path: ...`` / ``model.auto_class: ...`` for a wrong folder or class.
@@ -50,10 +57,12 @@ def from_pretrained(path: str, auto_class: str = "AutoModel") -> nn.Module:
     """
     from pathlib import Path
 
+    from tnsearch import hf
+
     folder = Path(str(path))
     if not (folder / "config.json").is_file():
         raise ValueError(f"model.path: {path} is not a Hugging Face model folder (no config.json)")
-    if not any(folder.glob("*.safetensors")):
+    if weights and not any(folder.glob("*.safetensors")):
         raise ValueError(
             f"model.path: {path} has no .safetensors weights (pickled weights are not read)"
         )
@@ -62,22 +71,12 @@ def from_pretrained(path: str, auto_class: str = "AutoModel") -> nn.Module:
             f"model.auto_class: must be one of {', '.join(AUTO_CLASSES)}, got {auto_class!r}"
         )
     try:
-        import transformers
+        import transformers  # noqa: F401
     except ImportError:
         raise ImportError(
             "model: Hugging Face models need transformers: pip install 'tnsearch[hf]'"
         ) from None
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()  # a bar per trial says nothing here
-    loader = getattr(transformers, auto_class)
-    try:
-        model = loader.from_pretrained(
-            str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False
-        )
-    except (OSError, ValueError, KeyError) as exc:
-        text = " ".join(str(exc).split())[:300]
-        raise ValueError(f"model.path: cannot load {path} as {auto_class}: {text}") from None
-    return model.eval()
+    return hf.model(folder, auto_class, "model.path", weights=weights)
 
 
 from_pretrained.pretrained = True  # its weights are trained: studies of it start warm

@@ -173,7 +173,11 @@ def tensorize(model: nn.Module, plan: Mapping[str, Any], *, init: str = "random"
         init: "random" to train from scratch, "decompose" to start from the dense weights.
     """
     for name, spec in plan["layers"].items():
-        model.set_submodule(name, tensorize_module(model.get_submodule(name), spec, init=init))
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"plan.layers: {name!r} is not a layer of the model") from None
+        model.set_submodule(name, tensorize_module(module, spec, init=init))
     return model
 
 
@@ -253,9 +257,43 @@ def save(plan: Mapping[str, Any], path: str | Path) -> None:
     write_text(path, json.dumps(plan, indent=2, sort_keys=True) + "\n")
 
 
+#: The keys every plan has, and the JSON type of each.
+_KEYS = {"model": dict, "inputs": dict, "layers": dict}
+
+
+class PlanFileError(ValueError):
+    """A plan file that is no plan: ``plan: <reason> in <path>``."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"plan: {reason} in {path}")
+
+
 def load(path: str | Path) -> dict[str, Any]:
-    """Read a plan written by `save`."""
-    plan = json.loads(Path(path).read_text())
+    """Read a plan written by `save`.
+
+    Raises:
+        PlanFileError: ``plan: <reason> in <path>``, one line: not JSON, not a JSON object, an
+            unsupported version, a missing or mistyped ``model`` / ``inputs`` / ``layers``.
+    """
+    try:
+        plan = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PlanFileError(path, f"not JSON ({exc})") from None
+    if not isinstance(plan, dict):
+        raise PlanFileError(path, f"a JSON {_json_type(plan)}, not a plan (a JSON object)")
     if plan.get("version") != VERSION:
-        raise ValueError(f"plan: unsupported version {plan.get('version')!r} in {path}")
+        raise PlanFileError(path, f"unsupported version {plan.get('version')!r}")
+    for key, kind in _KEYS.items():
+        if not isinstance(plan.get(key), kind):
+            found = "missing" if key not in plan else f"a {_json_type(plan[key])}"
+            raise PlanFileError(path, f"{key!r} must be a JSON object, got {found}")
+    for name, spec in plan["layers"].items():
+        if not isinstance(spec, dict):
+            raise PlanFileError(path, f"layers.{name} must be a JSON object")
     return plan
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)

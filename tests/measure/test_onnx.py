@@ -124,3 +124,64 @@ def test_package_readme_states_the_onnxruntime_ratio_to_dense(tmp_path):
     assert re.search(ratio, readme), readme
     assert re.search(r"`fc1`: mpo, order 2, .*, ONNX path (reconstruct|einsum)\n", readme)
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+
+
+def _tiny_token_model(kind: str):
+    """A tiny Hugging Face model with its word embedding and one projection tensorized."""
+    transformers = pytest.importorskip("transformers")
+    from tests.helpers import tiny_bert_config
+
+    torch.manual_seed(0)
+    if kind == "bert":
+        model = transformers.BertModel(tiny_bert_config(90, positions=32))
+        names = ("embeddings.word_embeddings", "encoder.layer.0.attention.self.query")
+    else:
+        config = transformers.GPT2Config(
+            n_embd=32, n_layer=2, n_head=2, vocab_size=98, n_positions=32, bos_token_id=0,
+            eos_token_id=0,
+        )  # fmt: skip
+        model = transformers.GPT2Model(config)
+        names = ("wte", "h.0.attn.c_attn")  # a Hugging Face Conv1D
+    spec = {"order": 2, "rank": 4, "in_modes": None, "out_modes": None}
+    layers = {names[0]: {"topology": "mpo", **spec}, names[1]: {"topology": "tucker", **spec}}
+    plans.tensorize(model, {"layers": layers}, init="decompose")
+    return model.eval(), model.config.vocab_size
+
+
+def _tokens(vocab: int, batch: int, length: int, names, seed: int) -> dict[str, torch.Tensor]:
+    ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, length // 2 :] = 0  # a padded sequence
+    found = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    return {n: found[n] for n in names}
+
+
+@pytest.mark.slow  # about 10 s each: torch.export of a transformer
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_token_models_export_with_dynamic_batch_and_sequence(tmp_path, kind):
+    """Inputs named as Hugging Face's, any batch and sequence length, the tensorized embedding a
+    lookup (gathers of factor slices), never the dense table."""
+    model, vocab = _tiny_token_model(kind)
+    names = ("input_ids", "attention_mask", "token_type_ids")[: 3 if kind == "bert" else 2]
+    file = tmp_path / "model.onnx"
+    exported = onnx_export.export(
+        model, _tokens(vocab, 4, 12, names, 0), file, output_name="last_hidden_state"
+    )
+    assert exported.error < onnx_export.ONNX_TOLERANCE
+    session = onnx_export.session(file)
+    assert [i.name for i in session.get_inputs()] == list(names)
+    assert [o.name for o in session.get_outputs()] == ["last_hidden_state"]
+    for batch, length in ((2, 5), (6, 20)):  # neither the example's batch nor its length
+        feeds = _tokens(vocab, batch, length, names, batch)
+        (got,) = session.run(None, {n: t.numpy() for n, t in feeds.items()})
+        with torch.no_grad():
+            expected = model(**feeds).last_hidden_state.numpy()
+        assert got.shape == (batch, length, 32)
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+    graph = onnx.load(str(file)).graph
+    table = vocab * 32
+    assert not [s for s in static_shapes(file) if math.prod(s) == table]  # no dense table
+    assert not [i.name for i in graph.initializer if math.prod(i.dims) == table]
+    assert "Gather" in {n.op_type for n in graph.node}
+    stored = sum(math.prod(i.dims) for i in graph.initializer)
+    assert stored <= tn.n_params(model) + 64 < tn.n_params(model) + table

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,9 +26,14 @@ def _setup(tiny_study, *extra):
     return cfg, dm
 
 
-def _val(dm) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys = zip(*dm.val_dataloader(), strict=True)
-    return torch.cat(xs).numpy(), torch.cat(ys).numpy()
+def _raw(dm, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split's images as scikit-learn gives them (floats 0-16, before the normalization the
+    models apply themselves) and its labels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    idx = dm.indices[split]
+    return digits.images[idx][:, None].astype(np.float32), digits.target[idx]
 
 
 @pytest.mark.slow
@@ -37,24 +43,34 @@ def test_pareto_models_are_logged_registered_and_predict_as_recorded(tiny_study,
 
     cfg, dm = _setup(tiny_study, "tracking.log_models=pareto", "tracking.register=true")
     study = tiny_study.load()
-    example = next(iter(dm.val_dataloader()))[0]
     chosen = mlflow_models.chosen(study, "pareto")
-    uris = mlflow_models.log_models(study, cfg, tiny_study.root / "mlp", example)
+    uris = mlflow_models.log_models(study, cfg, tiny_study.root / "mlp", dm)
     assert chosen and len(uris) == len(chosen)
-    assert mlflow_models.log_models(study, cfg, tiny_study.root / "mlp", example) == []  # once
+    assert mlflow_models.log_models(study, cfg, tiny_study.root / "mlp", dm) == []  # once
 
     mlflow.set_tracking_uri(cfg["tracking"]["uri"])
     client = MlflowClient(cfg["tracking"]["uri"])
-    x, y = _val(dm)
+    x, y = _raw(dm, "val")
+    x_test, y_test = _raw(dm, "test")
     for trial in chosen:
         uri = client.get_run(trial.mlflow_run_id).data.tags[mlflow_models.MODEL_TAG]
         assert uri in uris
-        logits = mlflow.pyfunc.load_model(uri).predict(x)
+        assert mlflow.get_logged_model(uri.rsplit("/", 1)[-1]).name == f"trial-{trial.number}"
+        model = mlflow.pyfunc.load_model(uri)  # raw scikit-learn digits in
+        logits = model.predict(x)
         assert float((logits.argmax(1) == y).mean()) == pytest.approx(trial.quality, abs=1e-6)
+        tested = float((model.predict(x_test).argmax(1) == y_test).mean())
+        assert abs(tested - trial.test_quality) <= 0.005
         module = mlflow.pytorch.load_model(uri)
         with torch.no_grad():
             again = module(torch.from_numpy(x[:5]))
         np.testing.assert_allclose(again.numpy(), logits[:5], rtol=1e-4, atol=1e-5)
+        # its input example: real validation digits, as scikit-learn gives them, not zeros
+        local = mlflow.artifacts.download_artifacts(
+            uri, dst_path=str(tmp_path / f"m{trial.number}")
+        )
+        example = json.loads(Path(local, "input_example.json").read_text())
+        np.testing.assert_array_equal(np.asarray(example, dtype=np.float32), x[:2])
 
     versions = client.search_model_versions("name='mlp'")
     assert sorted(int(v.tags["trial"]) for v in versions) == sorted(t.number for t in chosen)

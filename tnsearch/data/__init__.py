@@ -14,20 +14,22 @@ once per process (cached by path) and builds the splits.
 sentences of CPython's own documentation) with the model's tokenizer.
 """
 
-from tnsearch.data._base import TensorImageDataset, random_crop_flip
+from tnsearch.data._base import Normalize, TensorImageDataset, random_crop_flip
 from tnsearch.data._embedded import DigitsDataModule, MNIST5kDataModule
 from tnsearch.data._files import CIFAR10DataModule, MNISTDataModule, read_idx
-from tnsearch.data._text import TextBatch, TextDataModule, embedded_sentences
+from tnsearch.data._text import TextBatch, TextDataModule, embedded_sentences, tokenizer_record
 
 __all__ = [
     "CIFAR10DataModule",
     "DigitsDataModule",
     "MNIST5kDataModule",
     "MNISTDataModule",
+    "Normalize",
     "TensorImageDataset",
     "TextBatch",
     "TextDataModule",
     "embedded_sentences",
     "random_crop_flip",
     "read_idx",
+    "tokenizer_record",
 ]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -32,6 +32,28 @@ def random_crop_flip(
     rows = torch.arange(h).view(1, h, 1) + dy  # (B, H, 1)
     index = (rows * pw + cols).view(b, 1, h * w).expand(b, c, h * w)  # (B, C, H*W)
     return padded.gather(2, index).view(b, c, h, w)
+
+
+class Normalize(nn.Module):
+    """Per-channel normalization as the image data modules apply it: raw pixel values
+    (B, C, H, W), any dtype -> ``(x - mean) / std`` float32, computed as ``x * (1 / std) +
+    (-mean / std)`` exactly as `TensorImageDataset` does, so that a model given raw pixels
+    through it sees the very tensors it was trained on.
+
+    Args:
+        mean, std: (C,) statistics of the training split's raw pixels.
+    """
+
+    def __init__(self, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> None:
+        super().__init__()
+        mean = torch.as_tensor(mean, dtype=torch.float32)
+        std = torch.as_tensor(std, dtype=torch.float32)
+        self.register_buffer("scale", (1.0 / std).view(1, -1, 1, 1))  # (1, C, 1, 1)
+        self.register_buffer("shift", (-mean / std).view(1, -1, 1, 1))  # (1, C, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) raw pixels -> (B, C, H, W) float32, normalized."""
+        return x.to(torch.float32) * self.scale + self.shift
 
 
 class TensorImageDataset(Dataset):
@@ -252,6 +274,26 @@ class _ImageDataModule(_SplitLoaders, LightningDataModule):
     def train_tensors(self) -> tuple[Tensor, Tensor]:
         """``tensors("train")``: the data of a plain PyTorch loop that matches the loaders."""
         return self.tensors("train")
+
+    def raw_inputs(self, split: str, n: int | None = None) -> Tensor:
+        """The first `n` (all: None) images of a split as the data set yields them, before
+        normalization: (n, C, S, S) float32 pixel values (0-255; 0-16 for digits)."""
+        return self.dataset(split).images[:n].to(torch.float32)
+
+    def preprocessing(self) -> dict[str, Any]:
+        """What a model trained on this data expects done to raw pixels, as plain data (an
+        export package's ``preprocessing.json``): the input shape, the raw pixels' range and
+        dtype, and the normalization (`Normalize`) with the training split's statistics."""
+        self.setup()
+        images = self.dataset("train").images
+        return {
+            "kind": "image",
+            "shape": [self.in_channels, self.image_size, self.image_size],
+            "pixels": {"dtype": str(images.dtype).removeprefix("torch."), "min": 0,
+                       "max": int(images.max())},
+            "normalize": {"mean": [float(m) for m in self.mean],
+                          "std": [float(s) for s in self.std]},
+        }  # fmt: skip
 
 
 class _NoTestSplitDataModule(_ImageDataModule):

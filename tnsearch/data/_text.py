@@ -53,6 +53,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from tnsearch import hf
 from tnsearch.config import ConfigError
 from tnsearch.data._base import _SplitLoaders, _stream
 
@@ -261,8 +262,8 @@ class TextDataModule(_SplitLoaders, LightningDataModule):
     Args:
         files: text files, one example per line (blank lines skipped, whitespace stripped);
             None: the embedded English sentences (`embedded_sentences`).
-        tokenizer: a local Hugging Face model or tokenizer folder (read with
-            ``AutoTokenizer.from_pretrained(folder, local_files_only=True)``), or a loaded
+        tokenizer: a local Hugging Face model or tokenizer folder (read by ``AutoTokenizer``,
+            local files only, no code of the folder's own: `tnsearch.hf`), or a loaded
             tokenizer. The config's default is the model's own ``model.path``. A tokenizer
             without a pad token pads with its end-of-sequence token.
         max_length: every sequence is padded or truncated to this many tokens.
@@ -273,6 +274,8 @@ class TextDataModule(_SplitLoaders, LightningDataModule):
         val_fraction: share of the (kept) lines held out for validation (at least one line).
         test_fraction: share of the (kept) lines held out for test (at least one line).
         limit: keep only the first ``limit`` lines of the seeded shuffle (tests, quick runs).
+        model_path: the model's folder (``model.path``), when there is one: a `tokenizer` that is
+            this folder is checked as the model's (its errors name ``model.path``).
 
     ``check()`` raises the one-line `ConfigError` of a bad option (it reads the files and the
     tokenizer, writes nothing); ``setup()`` splits and tokenizes once, and caches the tensors.
@@ -293,8 +296,10 @@ class TextDataModule(_SplitLoaders, LightningDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         limit: int | None = None,
+        model_path: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
+        self.model_path = model_path
         if isinstance(files, str | os.PathLike):
             files = [files]
         self.files = None if files is None else list(files)
@@ -386,6 +391,12 @@ class TextDataModule(_SplitLoaders, LightningDataModule):
             self._tokenizer = self._load_tokenizer()
         return self._tokenizer
 
+    def _is_model_path(self, path: Path) -> bool:
+        if self.model_path is None:
+            return False
+        model = Path(self.model_path).expanduser()
+        return path == model or (path.exists() and model.exists() and path.samefile(model))
+
     def _load_tokenizer(self) -> Any:
         source = self.tokenizer_source
         if source is None:
@@ -396,21 +407,17 @@ class TextDataModule(_SplitLoaders, LightningDataModule):
             )
         if isinstance(source, str | os.PathLike):
             path = Path(source).expanduser()
+            # the model's own folder (the default): what is wrong with it is model.path's fault
+            key = "model.path" if self._is_model_path(path) else "data.tokenizer"
             if not path.is_dir():
                 what = "not a folder" if path.exists() else "no such folder"
                 raise ConfigError(
-                    "data.tokenizer",
-                    f"{source}: {what} (give a local Hugging Face model or tokenizer folder)",
+                    key, f"{source}: {what} (give a local Hugging Face model or tokenizer folder)"
                 )
             try:
-                from transformers import AutoTokenizer
-
-                tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            except Exception as exc:  # noqa: BLE001 - any failure means: not a tokenizer folder
-                reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-                raise ConfigError(
-                    "data.tokenizer", f"{source}: not a Hugging Face tokenizer folder ({reason})"
-                ) from None
+                tokenizer = hf.tokenizer(path, key)
+            except ValueError as exc:
+                raise ConfigError.from_exception(exc, key) from None
         elif callable(source) and hasattr(source, "pad_token"):
             tokenizer = source
         else:
@@ -481,6 +488,15 @@ class TextDataModule(_SplitLoaders, LightningDataModule):
         """``tensors("train")``: the data of a plain PyTorch loop that matches the loaders."""
         return self.tensors("train")
 
+    def raw_inputs(self, split: str, n: int | None = None) -> list[str]:
+        """The first `n` (all: None) lines of a split, as text (before tokenization)."""
+        return self.texts(split)[:n]
+
+    def preprocessing(self) -> dict[str, Any]:
+        """How text becomes a model's input here, as plain data (an export package's
+        ``preprocessing.json``): see `tokenizer_record`."""
+        return tokenizer_record(self.hf_tokenizer, self.max_length)
+
     # -- what the rest of tnsearch asks ---------------------------------------------------------
 
     @property
@@ -505,3 +521,20 @@ class TextDataModule(_SplitLoaders, LightningDataModule):
         train = self.tensors("train")
         ids = train["input_ids"][train["attention_mask"].bool()]
         return torch.bincount(ids, minlength=self.facts["vocab_size"]).long()
+
+
+def tokenizer_record(tokenizer: Any, max_length: int) -> dict[str, Any]:
+    """How `tokenizer` makes a model's input of at most `max_length` tokens, as plain data: the
+    outputs the model takes (of `INPUT_KEYS`), ``max_length`` (truncation) and the pad token
+    (padding; a tokenizer without one pads with its end-of-sequence token, as the data module
+    does)."""
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    given = tokenizer(["a"], truncation=True, max_length=max_length)
+    return {
+        "kind": "text",
+        "max_length": int(max_length),
+        "inputs": [k for k in INPUT_KEYS if k in given],
+        "pad_token": tokenizer.pad_token,
+        "pad_id": None if tokenizer.pad_token_id is None else int(tokenizer.pad_token_id),
+    }

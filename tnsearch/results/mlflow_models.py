@@ -1,24 +1,28 @@
 """Trials' models in MLflow: logged to their runs, loaded back without the study, registered.
 
 Each chosen trial (`tracking.log_models`: `pareto`, the trained Pareto-optimal ones, by default;
-`all` trained trials; `none`) logs its model to its own MLflow run as an MLflow model of the
-PyTorch flavor, saved as a PT2 program (`torch.export`: a graph and its tensors, nothing that
-runs code when loaded; MLflow refuses pickled models by default), with its input example and
-signature, and with the files of `tnsearch.export`'s package beside it (`package/`: weights as
-safetensors, plan.json, model.onnx, README.md). So both
+`all` trained trials; `none`) logs its model to its own MLflow run, under the artifact name
+``trial-<number>``, with the files of `tnsearch.export`'s package beside it, an input example of
+real validation data and the signature it gives. Nothing in a model runs code when loaded:
 
-    mlflow.pyfunc.load_model(uri).predict(batch)      # numpy in, numpy logits out
-    mlflow.pytorch.load_model(uri)(torch_batch)
+- an image model is of the PyTorch flavor, saved as a PT2 program (`torch.export`: a graph and
+  its tensors; MLflow refuses pickled models by default) of the model behind its recorded
+  normalization: it takes raw pixels (float32 (batch, C, H, W), as the data set yields them);
+  ``mlflow.pyfunc.load_model(uri).predict(pixels)`` and ``mlflow.pytorch.load_model(uri)`` work
+  in a process that has neither the study nor tnsearch;
+- a text model is a pyfunc whose loader is the installed module `tnsearch.results.mlflow_pyfunc`
+  (so it needs tnsearch, but not torch, where it is loaded): strings in, the tokenizer of the
+  package inside, embeddings (or logits) out, through the package's ONNX file in onnxruntime.
 
-work in a process that has neither the study nor tnsearch. `tracking.register=true` registers
-each as a version of the registered model named like the study, tagged with its objectives.
-
-A trial is logged once: its run's tag `tnsearch.model_uri` says it was (continuing a study logs
-only the trials that are new on the front).
+`tracking.register=true` registers each as a version of the registered model named like the
+study, tagged with its objectives. A trial is logged once: its run's tag `tnsearch.model_uri`
+says it was (continuing a study logs only the trials that are new on the front).
+`log_package_model` logs any package (e.g. `python -m tnsearch.compress`'s) to a run.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,7 +35,18 @@ from tnsearch.study import record
 from tnsearch.study.record import Record
 from tnsearch.ui import Console, warn
 
-__all__ = ["CHOICES", "MODEL_TAG", "VIEW", "chosen", "log_models", "log_trial_model", "share_view"]
+__all__ = [
+    "CHOICES",
+    "MODEL_TAG",
+    "VIEW",
+    "chosen",
+    "example_inputs",
+    "log_models",
+    "log_package_model",
+    "log_trial_model",
+    "objective_tags",
+    "share_view",
+]
 
 #: The values of `tracking.log_models`.
 CHOICES = ("pareto", "all", "none")
@@ -63,15 +78,33 @@ def chosen(study: optuna.Study, which: str) -> list[Record]:
     return [t for t in trials if t.candidate]
 
 
+def example_inputs(data: Any, n: int = EXAMPLE_ROWS) -> Any:
+    """`n` real validation inputs of `data`, raw (as the data set yields them, before the
+    preprocessing the package records): images as float32 pixel values (n, C, H, W), text as
+    a list of strings; else the data's first validation inputs (`latency.example_batch`)."""
+    import numpy as np
+
+    if hasattr(data, "raw_inputs"):
+        found = data.raw_inputs("val", n)
+        return found if isinstance(found, list) else found.numpy().astype(np.float32)
+    from tnsearch.measure import latency
+
+    return latency.example_batch(data, n)
+
+
 def log_models(
     study: optuna.Study,
     cfg: Mapping[str, Any],
     study_dir: Path,
-    example: Any,
+    data: Any,
     console: Console | None = None,
 ) -> list[str]:
     """Log the models `tracking.log_models` chooses (and register them when
     `tracking.register`); return the URIs of the models logged now.
+
+    Args:
+        data: the study's data module: the packages' preprocessing and the models' input
+            examples come from it.
 
     Tracking is never the reason a study stops: a model that cannot be logged is said once and
     the others go on.
@@ -82,7 +115,6 @@ def log_models(
     import logging
     import os
 
-    import torch
     from mlflow import MlflowClient
 
     from tnsearch import plan as plans
@@ -99,10 +131,10 @@ def log_models(
     front = {t.number for t in record.front(study)}
     which = tracking.get("log_models", "pareto")
     chosen_now = {t.number for t in chosen(study, which)}
-    if chosen_now and not isinstance(example, torch.Tensor):
+    if chosen_now and not _loggable(data):
         warn(
-            "MLflow: models of one tensor input only are logged as MLflow models so far; this "
-            "study's (a dict of tensors) are not (python -m tnsearch.export writes them)"
+            "MLflow: models are logged for image data and Hugging Face tokenized text; this "
+            "study's data gives neither (python -m tnsearch.export writes their packages)"
         )
         chosen_now = set()
     logged = []
@@ -120,12 +152,13 @@ def log_models(
             uri = log_trial_model(
                 trial,
                 weights,
-                example,
+                data,
                 tracking_uri=tracking["uri"],
                 study_name=study.study_name,
                 metric=metric,
                 trusted=plans.trusted_models(cfg),
                 register=bool(tracking.get("register", False)),
+                batch_size=int(cfg["latency"]["batch_size"]),
             )
         except Exception as exc:  # noqa: BLE001 - tracking never stops a study
             warn(
@@ -142,6 +175,17 @@ def log_models(
         )
         console.say(f"models of {len(logged)} trial(s) {where}")
     return logged
+
+
+def _loggable(data: Any) -> bool:
+    """Whether a model of this data can be an MLflow model: image data, or text with a
+    Hugging Face tokenizer."""
+    import numpy as np
+    import torch
+
+    if hasattr(data, "hf_tokenizer"):
+        return True
+    return isinstance(example_inputs(data), torch.Tensor | np.ndarray)
 
 
 def share_view(client, experiment: str, metric: str) -> None:
@@ -171,7 +215,7 @@ def share_view(client, experiment: str, metric: str) -> None:
 def log_trial_model(
     trial: Record,
     weights: str | Path,
-    example: Any,
+    data: Any,
     *,
     tracking_uri: str,
     study_name: str,
@@ -179,24 +223,20 @@ def log_trial_model(
     trusted: Sequence[str] = (),
     register: bool = False,
     package: str | Path | None = None,
+    batch_size: int = 64,
 ) -> str:
     """Log `trial`'s model (trained `weights`) to its MLflow run; return the model's URI.
 
     Args:
         trial: a finished trial with an MLflow run (`mlflow_run_id`).
-        example: an input batch (a tensor): its first rows are the model's input example.
+        data: the data module it was trained on (its preprocessing; real validation inputs
+            for the input example).
         package: an export package of the trial already written (None: one is made here).
         register: also register it as a version of the model named `study_name`.
+        batch_size: the latency batch: the tensorized layers' paths are those for it.
     """
-    import mlflow
-    import torch
-    from mlflow.models import infer_signature
+    from tnsearch.results.export import write_package
 
-    from tnsearch.measure import onnx
-    from tnsearch.results.export import load, write_package
-
-    if not isinstance(example, torch.Tensor):
-        raise TypeError("only models of one tensor input are logged as MLflow models so far")
     with tempfile.TemporaryDirectory(prefix="tnsearch-model-") as tmp:
         if package is None:
             package = write_package(
@@ -206,37 +246,172 @@ def log_trial_model(
                 study_name=study_name,
                 trusted=trusted,
                 metric=metric,
+                data=data,
+                batch_size=batch_size,
+                timed=False,  # the export times it; each logged model need not
             )
-        model = load(package, trusted=trusted)
-        x = example[:EXAMPLE_ROWS].detach().cpu().float()
-        if x.shape[0] < 2:
-            x = x.repeat(2, *[1] * (x.dim() - 1))
-        onnx.pin_paths(model, example[:64].cpu().float())  # the latency batch's paths, fixed
-        with torch.no_grad():
-            y = model(x)
-        signature = infer_signature(x.numpy(), y.numpy())
-        mlflow.set_tracking_uri(tracking_uri)
-        with mlflow.start_run(run_id=trial.mlflow_run_id):
-            info = mlflow.pytorch.log_model(
-                model,
-                name="model",
-                serialization_format="pt2",
-                signature=signature,
-                input_example=x.numpy(),
-                extra_files=[str(p) for p in sorted(Path(package).iterdir()) if p.is_file()],
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
-                params={"trial": trial.number},
-                tags=_objective_tags(trial, metric),
-            )
-            mlflow.set_tag(MODEL_TAG, info.model_uri)
-    if register:
-        version = mlflow.register_model(
-            info.model_uri, study_name, tags={"trial": str(trial.number)}
+        return log_package_model(
+            package,
+            tracking_uri=tracking_uri,
+            run_id=trial.mlflow_run_id,
+            name=f"trial-{trial.number}",
+            examples=example_inputs(data),
+            study_name=study_name,
+            tags=objective_tags(trial, metric),
+            register=register,
+            trusted=trusted,
+            batch_size=batch_size,
         )
+
+
+def log_package_model(
+    package: str | Path,
+    *,
+    tracking_uri: str,
+    run_id: str,
+    name: str,
+    examples: Any,
+    study_name: str,
+    tags: Mapping[str, str] = (),
+    register: bool = False,
+    trusted: Sequence[str] = (),
+    batch_size: int = 64,
+    description: str | None = None,
+) -> str:
+    """Log the model of an export package to the MLflow run `run_id`; return its URI.
+
+    An image package logs a PT2 program of its model behind its normalization (raw pixels in),
+    a text package a pyfunc of its ONNX file behind its tokenizer (strings in); see the module
+    docstring. The package's files go with it.
+
+    Args:
+        name: the model's artifact name (distinct per run: ``trial-7``, ``compress-params-0.3``).
+        examples: real inputs, raw (`example_inputs(data)`): the input example and the signature.
+        tags: the model's tags (its objectives: `objective_tags`), also on its registered
+            version.
+        register: also register it as a version of the model named `study_name`.
+        description: the registered version's description (None: the package README's title
+            and table).
+
+    A command calls it after logging its run, e.g. `python -m tnsearch.compress`::
+
+        run_id = tracker.log_run(...)
+        log_package_model(out, tracking_uri=cfg["tracking"]["uri"], run_id=run_id,
+                          name=f"compress-{out.name}", examples=example_inputs(ready.datamodule),
+                          study_name=cfg["name"], tags=objective_tags(trial, metric),
+                          register=cfg["tracking"]["register"])
+    """
+    import logging
+    import os
+
+    import mlflow
+
+    from tnsearch.results.package import read_preprocessing
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    package = Path(package)
+    found = read_preprocessing(package)
+    mlflow.set_tracking_uri(tracking_uri)
+    tags = dict(tags)
+    with mlflow.start_run(run_id=run_id):
+        if found.get("kind") == "text":
+            info = _log_text(package, name, examples, tags)
+        else:
+            info = _log_tensor(package, name, examples, tags, trusted, batch_size)
+        mlflow.set_tag(MODEL_TAG, info.model_uri)
+    if register:
+        version = mlflow.register_model(info.model_uri, study_name, tags=tags)
         client = mlflow.MlflowClient(tracking_uri)
-        for key, value in _objective_tags(trial, metric).items():
-            client.set_model_version_tag(study_name, version.version, key, value)
+        client.update_model_version(study_name, version.version, description or _summary(package))
     return info.model_uri
+
+
+def _summary(package: Path) -> str:
+    """The package README up to its files: the title, the objectives, the tensorized layers."""
+    readme = (package / "README.md").read_text() if (package / "README.md").is_file() else ""
+    return readme.split("\n## ", 1)[0].strip()[:5000]
+
+
+def _package_files(package: Path) -> list[str]:
+    return [str(p) for p in sorted(package.iterdir()) if p.is_file()]
+
+
+def _log_text(package: Path, name: str, examples: Any, tags: Mapping[str, str]):
+    """A text package as a pyfunc of `tnsearch.results.mlflow_pyfunc`: strings in."""
+    import mlflow
+    import onnxruntime
+    import tokenizers
+    from mlflow.models import infer_signature
+
+    from tnsearch.results.mlflow_pyfunc import TextModel
+
+    if not (package / "model.onnx").is_file():
+        raise ValueError(f"{package}: no model.onnx (its export failed: see its README)")
+    sentences = [str(s) for s in examples][:EXAMPLE_ROWS]
+    signature = infer_signature(sentences, TextModel(package).predict(sentences))
+    return mlflow.pyfunc.log_model(
+        name=name,
+        loader_module="tnsearch.results.mlflow_pyfunc",
+        data_path=str(package),
+        signature=signature,
+        input_example=sentences,
+        pip_requirements=[
+            f"onnxruntime=={onnxruntime.__version__}",
+            f"tokenizers=={tokenizers.__version__}",
+            "numpy",
+        ],
+        tags=dict(tags),
+    )
+
+
+def _log_tensor(
+    package: Path,
+    name: str,
+    examples: Any,
+    tags: Mapping[str, str],
+    trusted: Sequence[str],
+    batch_size: int,
+):
+    """An image (one-tensor) package as a PT2 program of its model behind its normalization."""
+    import mlflow
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    from tnsearch.measure import onnx
+    from tnsearch.results import package_onnx
+    from tnsearch.results.package import read_preprocessing
+    from tnsearch.results.package_load import load
+
+    if isinstance(examples, dict):
+        raise TypeError("only models of one tensor input or of text are logged as MLflow models")
+    found = read_preprocessing(package)
+    model = load(package, trusted=trusted, raw=True)
+    x = torch.as_tensor(np.asarray(examples, dtype=np.float32)[:EXAMPLE_ROWS])
+    if x.shape[0] < 2:
+        x = x.repeat(2, *[1] * (x.dim() - 1))
+    plan = json.loads((package / "plan.json").read_text())
+    batch = package_onnx.example(plan, found, batch_size) if found.get("kind") == "image" else None
+    onnx.pin_paths(model, batch if batch is not None else x)  # the latency batch's paths
+    with torch.no_grad():
+        y = model(x)
+    return mlflow.pytorch.log_model(
+        model,
+        name=name,
+        serialization_format="pt2",
+        signature=infer_signature(x.numpy(), y.numpy()),
+        input_example=x.numpy(),
+        extra_files=_package_files(package),
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+        tags=dict(tags),
+    )
+
+
+def objective_tags(trial: Record, metric: str) -> dict[str, str]:
+    """A model's objectives as tags, rounded as people read them (`trial` the trial, or a
+    `Record` a command made for its model)."""
+    return _objective_tags(trial, metric)
 
 
 def _objective_tags(trial: Record, metric: str) -> dict[str, str]:

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tnsearch.tn._base import TNLayer
-from tnsearch.tn._contract import Plan, plan_contraction, run_plan
+from tnsearch.tn._contract import Plan, plan_contraction, planned_size, run_plan
 from tnsearch.tn._geometry import Geometry
 from tnsearch.tn._network import Network
 from tnsearch.tn._registry import topology_class
@@ -284,17 +284,21 @@ class TNEmbedding(nn.Module):
             y = torch.where(pad, y.detach(), y)
         return y.reshape(*idx.shape, d)
 
-    def _gather_plan(self, batch: int) -> Plan:
+    def _gather_plan(self, batch: int | torch.SymInt) -> Plan:
+        """The lookup's contraction, its order chosen for ``batch`` lookups; it runs on any
+        number (the batch index is dynamic: a symbolic ``batch`` of ``torch.export`` is read
+        as its example's size, without fixing the axis)."""
         net = self.layer.network
         if net is not self._net:  # the layer was replaced (e.g. truncated): new shapes
             self._plans.clear()
             self._net, self._gathers = net, _gathers(net)
+        batch = planned_size(batch)
         plan = self._plans.get(batch)
         if plan is None:
-            sizes = tuple(sorted({**dict(net.sizes), _BATCH: int(batch)}.items()))
+            sizes = tuple(sorted({**dict(net.sizes), _BATCH: batch}.items()))
             ops = tuple(g.indices for g in self._gathers)
             out = (_BATCH, *net.out_idx)
-            plan = plan_contraction(ops, sizes, out, ((_BATCH,), net.out_idx))
+            plan = plan_contraction(ops, sizes, out, ((_BATCH,), net.out_idx), dynamic=(_BATCH,))
             if not torch.compiler.is_compiling():
                 self._plans[batch] = plan
         return plan

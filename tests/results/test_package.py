@@ -1,0 +1,263 @@
+"""Packages that run elsewhere: a text model's package holds its config and tokenizer, loads
+where its model folder is gone, runs in onnxruntime alone, serves transformers and
+sentence-transformers, saves itself as a package; an image model's takes raw pixels; a text
+model in MLflow takes strings."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import tnsearch
+from tests.results.packages import embeddings
+
+transformers = pytest.importorskip("transformers")
+
+#: A text package takes a minute to make (its ONNX and the dense model's, timed): its tests are
+#: end-to-end; the image package's test below is the fast subset's.
+text = pytest.mark.slow
+
+#: Sentences no package test trained or tokenized before.
+UNSEEN = [
+    "The tensor network keeps the sentence in fewer numbers.",
+    "Nobody wrote this line in the Python documentation!",
+    "short",
+]
+
+
+def _files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def _ids(vocab: int, batch: int = 3, length: int = 9):
+    return torch.randint(5, vocab, (batch, length), generator=torch.Generator().manual_seed(1))
+
+
+@text
+def test_a_text_package_holds_its_config_and_tokenizer_and_no_path_of_this_machine(bert):
+    assert _files(bert.out) == [
+        "README.md",
+        "checksums.json",
+        "hf/config.json",
+        "hf/tokenizer.json",
+        "hf/tokenizer_config.json",
+        "model.onnx",
+        "model.safetensors",
+        "plan.json",
+        "preprocessing.json",
+    ]
+    for name in _files(bert.out):
+        data = (bert.out / name).read_bytes()
+        assert str(bert.root).encode() not in data, name  # nor the model folder under it
+    plan = json.loads((bert.out / "plan.json").read_text())
+    assert plan["model"] == {
+        "_target_": "tnsearch.models.from_pretrained",
+        "auto_class": "AutoModel",
+        "path": "hf",
+    }
+    record = json.loads((bert.out / "preprocessing.json").read_text())
+    assert record == {
+        "kind": "text",
+        "max_length": 16,
+        "inputs": ["input_ids", "attention_mask", "token_type_ids"],
+        "pad_token": "[PAD]",
+        "pad_id": 0,
+        "output": "last_hidden_state",
+        "pooling": "mean",
+    }
+    sums = json.loads((bert.out / "checksums.json").read_text())["sha256"]
+    assert sorted(sums) == [n for n in _files(bert.out) if n != "checksums.json"]
+
+
+@text
+def test_a_moved_package_loads_where_its_model_folder_is_gone(bert, tmp_path):
+    from tnsearch import plan as plans
+
+    original = json.loads((bert.root / "pkg" / "plan.json").read_text())
+    trained = plans.build({**original, "model": {**original["model"], "path": str(bert.folder)}})
+    trained.load_state_dict(torch.load(bert.root / "weights.pt", weights_only=True))
+    ids = _ids(trained.config.vocab_size)
+    with torch.no_grad():
+        expected = trained.eval()(input_ids=ids).last_hidden_state
+    moved = tmp_path / "elsewhere" / "pkg"
+    shutil.copytree(bert.out, moved)
+    hidden = bert.folder.with_name("gone")
+    bert.folder.rename(hidden)  # as on a machine without the model's folder
+    try:
+        model = tnsearch.load(moved)
+    finally:
+        hidden.rename(bert.folder)
+    assert isinstance(model, transformers.BertModel) and not model.training
+    assert model.config.hidden_size == 32 and model.config.model_type == "bert"
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).last_hidden_state, expected)
+
+
+@text
+def test_onnxruntime_alone_embeds_as_the_torch_model(bert):
+    """The README's onnxruntime lines, run as written in a process with neither torch nor
+    tnsearch, give the embeddings of `tnsearch.load`'s model on sentences it never saw."""
+    readme = (bert.out / "README.md").read_text()
+    (code,) = re.findall(
+        r"```python\n(import numpy as np, onnxruntime, tokenizers\n.*?)```", readme, re.S
+    )
+    code = code.replace("path/to/this/folder", str(bert.out))
+    shown = f"json.dumps([embed({UNSEEN!r}).tolist(), sorted(sys.modules)])"
+    code += f"\nimport json, sys\nprint({shown})\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    vectors, modules = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "torch" not in modules and "tnsearch" not in modules and "transformers" not in modules
+    model = tnsearch.load(bert.out)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(bert.out / "hf")
+    expected = embeddings(model, tokenizer, UNSEEN)
+    got = np.asarray(vectors)
+    cosine = (
+        (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    )
+    assert cosine.min() >= 0.9999, cosine
+
+
+@text
+def test_the_loaded_model_serves_a_transformers_pipeline(bert):
+    model = tnsearch.load(bert.out)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(bert.out / "hf")
+    run = transformers.pipeline("feature-extraction", model=model, tokenizer=tokenizer)
+    got = np.asarray(run(UNSEEN[0]))[0]  # (L, H)
+    with torch.no_grad():
+        expected = model(**tokenizer(UNSEEN[0], return_tensors="pt")).last_hidden_state[0]
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@text
+def test_the_loaded_model_is_a_sentence_transformers_module(bert):
+    """The README's sentence-transformers lines: the package's model in its Transformer."""
+    st = pytest.importorskip("sentence_transformers")
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    model = tnsearch.load(bert.out)
+
+    class Tensorized(Transformer):
+        def _load_model(self, *args, **kwargs):
+            return model
+
+    encoder = st.SentenceTransformer(
+        modules=[Tensorized(str(bert.out / "hf")), Pooling(model.config.hidden_size), Normalize()]
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(bert.out / "hf")
+    np.testing.assert_allclose(
+        encoder.encode(UNSEEN), embeddings(model, tokenizer, UNSEEN), rtol=1e-4, atol=1e-5
+    )
+
+
+@text
+def test_save_pretrained_writes_a_package_that_loads_back_and_never_a_trap(bert, tmp_path):
+    model = tnsearch.load(bert.out)
+    ids = _ids(model.config.vocab_size)
+    with torch.no_grad():
+        expected = model(input_ids=ids).last_hidden_state
+    model.save_pretrained(tmp_path / "saved")
+    # Hugging Face's own loader refuses the folder (no config.json there; no weights in hf/)
+    # instead of building the dense model with random layers where the tensorized ones are.
+    for folder in (tmp_path / "saved", tmp_path / "saved" / "hf"):
+        with pytest.raises((OSError, ValueError)):
+            transformers.AutoModel.from_pretrained(folder)
+    again = tnsearch.load(tmp_path / "saved")
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=ids).last_hidden_state, expected)
+    assert (tmp_path / "saved" / "hf" / "tokenizer.json").read_bytes() == (
+        bert.out / "hf" / "tokenizer.json"
+    ).read_bytes()
+    with pytest.raises(ValueError, match="^save_pretrained: a tensorized model is saved as"):
+        model.save_pretrained(tmp_path / "hub", push_to_hub=True)
+    assert not (tmp_path / "hub").exists()
+
+
+@text
+def test_a_truncated_copy_saves_itself_with_its_ranks(bert, tmp_path):
+    from tnsearch import tn
+
+    model = tnsearch.load(bert.out)
+    smaller = tnsearch.truncate(model, energy=0.6)
+    assert tn.n_params(smaller) < tn.n_params(model)
+    ids = _ids(model.config.vocab_size)
+    with torch.no_grad():
+        expected = smaller(input_ids=ids).last_hidden_state
+    smaller.save_pretrained(tmp_path / "smaller")  # the copy's own tensors, not the original's
+    again = tnsearch.load(tmp_path / "smaller")
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=ids).last_hidden_state, expected)
+    ranks = json.loads((tmp_path / "smaller" / "plan.json").read_text())["layers"]
+    assert ranks != json.loads((bert.out / "plan.json").read_text())["layers"]
+
+
+def test_an_image_package_takes_raw_pixels_and_normalizes_inside(digits):
+    import onnxruntime
+    from sklearn.datasets import load_digits
+
+    out, data = digits.out, digits.data
+    record = json.loads((out / "preprocessing.json").read_text())
+    assert record["normalize"] == {"mean": [float(data.mean[0])], "std": [float(data.std[0])]}
+    assert record["pixels"]["max"] == 16 and record["shape"] == [1, 8, 8]
+    normalized, _ = data.tensors("val")
+    raw = torch.from_numpy(load_digits().images[data.indices["val"]][:, None].astype(np.float32))
+    with torch.no_grad():
+        expected = tnsearch.load(out)(normalized)  # the model as trained
+        assert torch.equal(tnsearch.load(out, raw=True)(raw), expected)  # raw scikit-learn digits
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"))
+    (got,) = session.run(None, {"input": raw.numpy()})
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@text
+def test_a_text_model_in_mlflow_takes_strings_and_gives_one_embedding_each(bert, tmp_path):
+    import mlflow
+    import yaml
+    from mlflow import MlflowClient
+
+    from tnsearch.results import mlflow_models
+    from tnsearch.study.record import Record
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("bert", artifact_location=str(tmp_path / "artifacts"))
+    run = client.create_run(experiment).info.run_id
+    trial = Record(number=2, plan={}, quality=0.9, params=1000, mlflow_run_id=run)
+    model_uri = mlflow_models.log_trial_model(
+        trial,
+        None,
+        bert.data,
+        tracking_uri=uri,
+        study_name="bert",
+        metric="fidelity",
+        register=True,
+        package=bert.out,
+    )
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.pyfunc.load_model("models:/bert/1")
+    vectors = found.predict(UNSEEN)
+    assert vectors.shape == (len(UNSEEN), 32)
+    model = tnsearch.load(bert.out)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(bert.out / "hf")
+    cosine = (vectors * embeddings(model, tokenizer, UNSEEN)).sum(1)
+    assert cosine.min() >= 0.9999
+    version = client.get_model_version("bert", "1")
+    assert version.tags["trial"] == "2" and version.tags["fidelity"] == "0.9000"
+    assert version.description.startswith("# bert, trial 2")
+    # nothing in it runs code when loaded: tnsearch's installed loader reads data files
+    local = mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "dl"))
+    spec = yaml.safe_load(Path(local, "MLmodel").read_text())
+    assert spec["flavors"]["python_function"]["loader_module"] == "tnsearch.results.mlflow_pyfunc"
+    assert mlflow.get_logged_model(model_uri.rsplit("/", 1)[-1]).name == "trial-2"
+    stored = [p.suffix for p in Path(local).rglob("*") if p.is_file()]
+    assert not {".pkl", ".pickle", ".py", ".pt", ".bin"} & set(stored), stored
+    example = json.loads(Path(local, "input_example.json").read_text())
+    assert set(bert.data.raw_inputs("val", 2)) <= set(json.dumps(example).split('"'))

@@ -1,0 +1,106 @@
+"""A package's ``model.onnx``: the model as it runs in PyTorch, taking what the user has.
+
+An image model's graph takes raw pixels, input ``input`` float32 (batch, C, H, W), and
+normalizes them inside as the data module did in training (`preprocessing.json`), output
+``logits``. A token model's graph takes the tokenizer's outputs under the Hugging Face names
+(``input_ids``, ``attention_mask``, ``token_type_ids``, int64 (batch, sequence), both axes
+dynamic) and returns the output its task used (``last_hidden_state``, or ``logits``); its
+tensorized embedding is the lookup's gathers of factor slices, never the dense table. Each file
+is checked in onnxruntime against PyTorch on other shapes (`tnsearch.measure.onnx.export`), and
+timed there beside the dense model's ONNX, exported alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tnsearch.measure import onnx as onnx_export
+from tnsearch.measure.latency import PairedStats
+from tnsearch.measure.onnx import Exported, Inputs
+from tnsearch.results.package import raw_model
+
+__all__ = ["ONNX_PAIRS", "example", "speed", "write"]
+
+#: Timed pairs of the README's onnxruntime latency (model.onnx beside the dense model's ONNX).
+ONNX_PAIRS = 30
+
+
+def example(
+    plan: Mapping[str, Any],
+    record: Mapping[str, Any],
+    batch_size: int,
+    *,
+    data: Any = None,
+    tokenizer: Any = None,
+) -> Inputs | None:
+    """The batch the graph is traced on and timed with (the latency batch): random pixels of
+    the plan's image shape; for a token model the data's own example (`example_input`) or the
+    tokenizer's encoding of the embedded sentences, padded to ``max_length``. None: no batch
+    can be made (a token model without data or tokenizer)."""
+    inputs = plan["inputs"]
+    if record.get("kind") == "image":
+        shape = (inputs["in_channels"], inputs["image_size"], inputs["image_size"])
+        high = float((record.get("pixels") or {}).get("max", 1.0))
+        seeded = torch.Generator().manual_seed(0)  # leaves the global RNG alone
+        return torch.rand(batch_size, *shape, generator=seeded) * high
+    if data is not None and hasattr(data, "example_input"):
+        found = data.example_input(batch_size)
+        return dict(found) if isinstance(found, Mapping) else found
+    if tokenizer is None or record.get("kind") != "text":
+        return None
+    from tnsearch.data import embedded_sentences
+
+    sentences = list(embedded_sentences()[:batch_size])
+    encoded = tokenizer(
+        sentences,
+        padding="max_length",
+        truncation=True,
+        max_length=record["max_length"],
+        return_tensors="pt",
+    )
+    return {k: encoded[k].long() for k in record["inputs"]}
+
+
+def _graph(model: nn.Module, record: Mapping[str, Any]) -> nn.Module:
+    return raw_model(model, record)  # an image model behind its normalization
+
+
+def write(model: nn.Module, record: Mapping[str, Any], batch: Inputs, path: str | Path) -> Exported:
+    """Write `model` as ``path`` (checked against PyTorch); see the module docstring."""
+    if isinstance(batch, Mapping):
+        return onnx_export.export(model, batch, path, output_name=record["output"])
+    return onnx_export.export(_graph(model, record), batch, path)
+
+
+def speed(
+    plan: Mapping[str, Any],
+    record: Mapping[str, Any],
+    model_onnx: Path,
+    batch: Inputs,
+    *,
+    trusted: Collection[str] = (),
+    factory: Callable[..., nn.Module] | None = None,
+) -> PairedStats | None:
+    """onnxruntime's latency of `model_onnx` against the plan's dense model exported alike (its
+    default weights: timing does not depend on them); None without onnxruntime."""
+    from tnsearch import plan as plans
+
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    dense = model_onnx.with_name("dense.onnx")
+    try:
+        reference = plans.build_dense(plan, trusted=trusted, factory=factory).eval()
+        if isinstance(batch, Mapping):
+            onnx_export.export(reference, batch, dense, check=False, output_name=record["output"])
+        else:
+            onnx_export.export(_graph(reference, record), batch, dense, check=False)
+        return onnx_export.paired(model_onnx, dense, batch, pairs=ONNX_PAIRS, warmup=5)
+    finally:
+        dense.unlink(missing_ok=True)
