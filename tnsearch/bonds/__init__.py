@@ -27,25 +27,40 @@ For MPO, tree and Tucker layers a bond's spectrum is that of the weight matriciz
 bond (mixed-canonical form); for CP it is the component norms. Entropies are in nats.
 """
 
-from tnsearch.bonds._methods import BondMethod, ComponentBonds, TreeBonds, method
+from tnsearch.bonds._methods import BondMethod, ComponentBonds, Cut, TreeBonds, method
 from tnsearch.bonds._model import analyze, analyze_layer, truncate, truncate_layer, truncated_plan
 from tnsearch.bonds._network import TreeNetwork
+from tnsearch.bonds._quantities import (
+    QUANTITIES,
+    Spectrum,
+    SpectrumCache,
+    layer_quantities,
+    option_quantities,
+    unfolding_spectrum,
+)
 from tnsearch.bonds._spectrum import RTOL, Bond, LayerBonds, effective_rank, entropy
 
 __all__ = [
+    "QUANTITIES",
     "RTOL",
     "Bond",
     "BondMethod",
     "ComponentBonds",
+    "Cut",
     "LayerBonds",
+    "Spectrum",
+    "SpectrumCache",
     "TreeBonds",
     "TreeNetwork",
     "analyze",
     "analyze_layer",
     "effective_rank",
     "entropy",
+    "layer_quantities",
     "method",
+    "option_quantities",
     "truncate",
     "truncate_layer",
     "truncated_plan",
+    "unfolding_spectrum",
 ]

@@ -16,7 +16,7 @@ import abc
 import copy
 import math
 from collections.abc import Callable
-from typing import ClassVar, TypeVar
+from typing import ClassVar, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
@@ -25,15 +25,34 @@ from tnsearch.bonds._network import TreeNetwork
 from tnsearch.bonds._spectrum import RTOL, Bond, LayerBonds, effective_rank, normalize
 from tnsearch.tn import ComponentLayout, TNLayer, TreeLayout
 
-__all__ = ["BondMethod", "ComponentBonds", "TreeBonds", "method"]
+__all__ = ["BondMethod", "ComponentBonds", "Cut", "TreeBonds", "method"]
 
 _L = TypeVar("_L", TreeLayout, ComponentLayout)
+
+
+class Cut(NamedTuple):
+    """A matricization of the weight tensor whose rank a layer's bond bounds.
+
+    Attributes:
+        modes: the weight's modes on one side (``m0``, ``n0``, ``k``...), in the weight's order.
+        rank: the most the layer can hold across it (the bond's size).
+        position: the entry of ``layer.rank`` it comes from.
+    """
+
+    modes: tuple[str, ...]
+    rank: int
+    position: int
 
 
 class BondMethod(abc.ABC):
     """Analyzes and cuts the bonds of layers that declare one kind of bond layout."""
 
     kind: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def cuts(self, layer: TNLayer) -> tuple[Cut, ...]:
+        """The matricizations of the weight whose rank ``layer``'s bonds bound (read from its
+        layout and sizes alone: its factors' values do not matter)."""
 
     @abc.abstractmethod
     def analyze(self, layer: TNLayer, *, name: str, energy: float) -> LayerBonds:
@@ -97,6 +116,12 @@ def _params(tree: TreeNetwork, bond: str, k: int) -> int:
     return total
 
 
+def _weight_order(layer: TNLayer, modes) -> list[str]:
+    """``modes`` in the weight tensor's axis order ``(n.., m.., [k])``."""
+    net = layer.network
+    return [m for m in net.out_idx + net.in_idx + net.kernel_idx if m in modes]
+
+
 def _mode_order(layer: TNLayer) -> list[str]:
     # the weight's modes in the order a bond lists them: m0, n0, m1, n1, ..., then the kernel
     net = layer.network
@@ -131,6 +156,16 @@ class TreeBonds(BondMethod):
                 tree.rename(i, f"#{p}")
         tree.check_tree()
         return tree, root
+
+    def cuts(self, layer: TNLayer) -> tuple[Cut, ...]:
+        # one per bond: the modes on its side away from the root, at most its size across it
+        tree, root = self.network(layer)
+        order = _mode_order(layer)
+        out = []
+        for p in range(len(layer.rank)):
+            modes = {m for n in tree.side(f"#{p}", root) for m in tree.indices[n] if m in order}
+            out.append(Cut(tuple(_weight_order(layer, modes)), int(layer.rank[p]), p))
+        return tuple(out)
 
     def analyze(self, layer: TNLayer, *, name: str, energy: float) -> LayerBonds:
         tree, root = self.network(layer)
@@ -222,6 +257,11 @@ class ComponentBonds(BondMethod):
             f = f.detach().to("cpu", torch.float64).movedim(idx.index(index), 0)  # (R, ...)
             norms.append(f.reshape(f.shape[0], -1).norm(dim=1))
         return math.prod(norms[1:], start=norms[0])
+
+    def cuts(self, layer: TNLayer) -> tuple[Cut, ...]:
+        # a sum of R rank-one terms: every mode's unfolding has rank <= R (no bond splits them)
+        net, r = layer.network, int(layer.rank[0])
+        return tuple(Cut((m,), r, 0) for m in net.out_idx + net.in_idx + net.kernel_idx)
 
     def analyze(self, layer: TNLayer, *, name: str, energy: float) -> LayerBonds:
         w = self.weights(layer)

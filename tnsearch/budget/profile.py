@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tnsearch import bonds as bond_spectra
 from tnsearch import plan as plans
 from tnsearch import tn
 from tnsearch.budget import calibration
@@ -48,6 +49,8 @@ class Entry:
     error: float  # mean relative output error of its layers on the calibration inputs
     latency_ratio: float  # the group's layers: tensorized time / dense time (median of pairs)
     quality: float  # the model's quality with only this group tensorized
+    # its bond quantities (`bonds.option_quantities`; empty in profiles measured before them)
+    bonds: dict[str, float] = field(default_factory=dict)
 
     def loss(self, dense_quality: float, maximize: bool) -> float:
         """The quality this option loses (never negative), with the output error breaking
@@ -218,6 +221,7 @@ def build(
         group_params = sum(_dense_params(m) for m in originals.values())
         seen_ranks = set()
         dense_ms = None
+        spectra = bond_spectra.SpectrumCache()  # the group's options share their unfoldings
         for topology, order, rank, layers in plan[group]:
             done += 1
             shells = [  # random factors: only the sizes, to skip what cannot pay
@@ -235,6 +239,9 @@ def build(
                 if isinstance(m, tn.TNLayer):
                     m.freeze()  # the path of fewest MACs: no measuring of paths per option
             quality = evaluate(model)
+            quantities = bond_spectra.option_quantities(
+                tensorized, dict(zip(originals, dense_mods, strict=True)), stats, cache=spectra
+            )
             ratio, base = paired_ratio(dense_mods, list(tensorized.values()), xs)
             dense_ms = base * 1e3 if dense_ms is None else dense_ms
             _restore(model, originals)
@@ -248,6 +255,7 @@ def build(
                 error=float(statistics.fmean(errors.values())),
                 latency_ratio=float(ratio),
                 quality=float(quality),
+                bonds=quantities,
             )
             entries.append(entry)
             if progress is not None:
