@@ -27,9 +27,19 @@ For MPO, tree and Tucker layers a bond's spectrum is that of the weight matriciz
 bond (mixed-canonical form); for CP it is the component norms. Entropies are in nats.
 """
 
-from tnsearch.bonds._methods import BondMethod, ComponentBonds, Cut, TreeBonds, method
-from tnsearch.bonds._model import analyze, analyze_layer, truncate, truncate_layer, truncated_plan
+from tnsearch.bonds._methods import BondMethod, BondTerms, ComponentBonds, Cut, TreeBonds, method
+from tnsearch.bonds._model import (
+    METRIC_PREFIX,
+    analyze,
+    analyze_layer,
+    epoch_metrics,
+    tensorized_layers,
+    truncate,
+    truncate_layer,
+    truncated_plan,
+)
 from tnsearch.bonds._network import TreeNetwork
+from tnsearch.bonds._probe import bond_activations, bond_terms, probe
 from tnsearch.bonds._quantities import (
     QUANTITIES,
     Spectrum,
@@ -41,10 +51,12 @@ from tnsearch.bonds._quantities import (
 from tnsearch.bonds._spectrum import RTOL, Bond, LayerBonds, effective_rank, entropy
 
 __all__ = [
+    "METRIC_PREFIX",
     "QUANTITIES",
     "RTOL",
     "Bond",
     "BondMethod",
+    "BondTerms",
     "ComponentBonds",
     "Cut",
     "LayerBonds",
@@ -54,11 +66,16 @@ __all__ = [
     "TreeNetwork",
     "analyze",
     "analyze_layer",
+    "bond_activations",
+    "bond_terms",
     "effective_rank",
     "entropy",
+    "epoch_metrics",
     "layer_quantities",
     "method",
     "option_quantities",
+    "probe",
+    "tensorized_layers",
     "truncate",
     "truncate_layer",
     "truncated_plan",

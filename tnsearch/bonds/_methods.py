@@ -25,7 +25,7 @@ from tnsearch.bonds._network import TreeNetwork
 from tnsearch.bonds._spectrum import RTOL, Bond, LayerBonds, effective_rank, normalize
 from tnsearch.tn import ComponentLayout, TNLayer, TreeLayout
 
-__all__ = ["BondMethod", "ComponentBonds", "Cut", "TreeBonds", "method"]
+__all__ = ["BondMethod", "BondTerms", "ComponentBonds", "Cut", "TreeBonds", "method"]
 
 _L = TypeVar("_L", TreeLayout, ComponentLayout)
 
@@ -44,10 +44,34 @@ class Cut(NamedTuple):
     position: int
 
 
+class BondTerms(NamedTuple):
+    """A layer's weight tensor as a sum over one bond's index: ``W = sum_k s_k u_k (x) v_k``.
+
+    Attributes:
+        side: the weight's modes of ``u`` (one side of the bond), in the weight's order.
+        rest: the modes of ``v`` (the other side).
+        weights: ``s`` ``(K,)``, descending: the singular values of the weight matricized
+            across the bond (in that canonical basis each ``u_k``, ``v_k`` has norm 1); for CP
+            the component norms.
+        u: ``(K, *sizes of side)`` float64.
+        v: ``(K, *sizes of rest)`` float64.
+    """
+
+    side: tuple[str, ...]
+    rest: tuple[str, ...]
+    weights: Tensor
+    u: Tensor
+    v: Tensor
+
+
 class BondMethod(abc.ABC):
     """Analyzes and cuts the bonds of layers that declare one kind of bond layout."""
 
     kind: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def terms(self, layer: TNLayer, position: int) -> BondTerms:
+        """``layer``'s weight (padding included) as a sum over bond ``position``'s index."""
 
     @abc.abstractmethod
     def cuts(self, layer: TNLayer) -> tuple[Cut, ...]:
@@ -167,6 +191,18 @@ class TreeBonds(BondMethod):
             out.append(Cut(tuple(_weight_order(layer, modes)), int(layer.rank[p]), p))
         return tuple(out)
 
+    def terms(self, layer: TNLayer, position: int) -> BondTerms:
+        # the SVD of the weight matricized across the bond: its canonical basis, strongest first
+        cut = self.cuts(layer)[position]
+        labels = _weight_order(layer, set(_mode_order(layer)))
+        rest = tuple(m for m in labels if m not in cut.modes)
+        w = layer.weight_tensor().detach().to("cpu", torch.float64)
+        w = w.permute(*(labels.index(m) for m in cut.modes + rest))
+        a, b = w.shape[: len(cut.modes)], w.shape[len(cut.modes) :]
+        u, s, vh = torch.linalg.svd(w.reshape(math.prod(a), -1), full_matrices=False)
+        k = min(cut.rank, len(s))
+        return BondTerms(cut.modes, rest, s[:k], u[:, :k].T.reshape(k, *a), vh[:k].reshape(k, *b))
+
     def analyze(self, layer: TNLayer, *, name: str, energy: float) -> LayerBonds:
         tree, root = self.network(layer)
         index = _layout(layer, TreeLayout).bonds
@@ -263,6 +299,20 @@ class ComponentBonds(BondMethod):
         net, r = layer.network, int(layer.rank[0])
         return tuple(Cut((m,), r, 0) for m in net.out_idx + net.in_idx + net.kernel_idx)
 
+    def terms(self, layer: TNLayer, position: int) -> BondTerms:
+        # the components, strongest first: u over the input modes (and kernel), v over outputs
+        net = layer.network
+        index = _layout(layer, ComponentLayout).component
+        rows = {}
+        for f, idx in zip(layer.factors(), net.factors, strict=True):
+            (mode,) = [i for i in idx if i != index]
+            rows[mode] = f.detach().to("cpu", torch.float64).movedim(idx.index(index), 0)
+        side, rest = net.in_idx + net.kernel_idx, net.out_idx
+        u, v = _outer([rows[m] for m in side]), _outer([rows[m] for m in rest])  # (R, ...)
+        norms = u.flatten(1).norm(dim=1) * v.flatten(1).norm(dim=1)
+        order = norms.argsort(descending=True)
+        return BondTerms(side, rest, norms[order], _unit(u[order]), _unit(v[order]))
+
     def analyze(self, layer: TNLayer, *, name: str, energy: float) -> LayerBonds:
         w = self.weights(layer)
         index = _layout(layer, ComponentLayout).component
@@ -282,6 +332,20 @@ class ComponentBonds(BondMethod):
             for p, old, dim in zip(new.factors(), layer.factors(), dims, strict=True):
                 p.copy_(old.index_select(dim, keep))
         return new
+
+
+def _unit(t: Tensor) -> Tensor:
+    """Each ``t[k]`` scaled to norm 1 (a zero one left zero)."""
+    norms = t.flatten(1).norm(dim=1).clamp(min=1e-300)
+    return t / norms.view(-1, *[1] * (t.dim() - 1))
+
+
+def _outer(rows: list[Tensor]) -> Tensor:
+    """The outer products ``(R, n_1, .., n_j)`` of factor rows ``(R, n_i)``, component-wise."""
+    out = rows[0]
+    for r in rows[1:]:
+        out = out.unsqueeze(-1) * r.view(r.shape[0], *[1] * (out.dim() - 1), r.shape[1])
+    return out
 
 
 # the method of each kind of layout (see `method`)
