@@ -66,7 +66,7 @@ def test_the_section_reads_the_studys_profile(tmp_path):
     found.save(tmp_path / "s" / "profile" / "k.json")
     html = _bond_profile.render(data)
     assert "Best within groups: <b>discarded</b>, Spearman +1.000" in html
-    assert "reaches the goal of 0.7" in html and "<img" in html
+    assert "reaches the goal of |Spearman| &gt;= 0.7" in html and "<img" in html
     old = Profile.from_json({**found.to_json(), "entries": []})
     old.entries = [Entry(**{**e.__dict__, "bonds": {}}) for e in found.entries]
     old.save(tmp_path / "s" / "profile" / "k.json")

@@ -22,7 +22,8 @@ CASES = {
 }
 # The matricizations each topology's bonds bound, written out by hand (modes on one side), each
 # once: an order-2 tree's two edges under the root are one matricization ({m0 n0} | {m1 n1}),
-# as are a conv tree's channel and kernel edges; CP bounds each single mode's unfolding.
+# as are a conv tree's channel and kernel edges; CP's rank bounds every matricization: each
+# mode, each output-input pair, the chain's prefixes and outputs | inputs (the matrix).
 CUTS = {
     ("mpo", "linear"): [("n0", "m0")],
     ("mpo", "conv"): [("n0", "m0")],
@@ -33,9 +34,9 @@ CUTS = {
     ("tree", "linear"): [("m0",), ("n0",), ("n0", "m0"), ("m1",), ("n1",)],
     ("tree", "conv"): [("m0",), ("n0",), ("n0", "m0")],
     ("tree", "embedding"): [("m0",), ("n0",), ("n0", "m0"), ("m1",), ("n1",)],
-    ("cp", "linear"): [("n0",), ("n1",), ("m0",), ("m1",)],
+    ("cp", "linear"): [("n0",), ("n1",), ("m0",), ("m1",), ("n0", "m0"), ("n0", "n1")],
     ("cp", "conv"): [("n0",), ("m0",), ("k",)],
-    ("cp", "embedding"): [("n0",), ("n1",), ("m0",), ("m1",)],
+    ("cp", "embedding"): [("n0",), ("n1",), ("m0",), ("m1",), ("n0", "m0"), ("n0", "n1")],
 }
 RANK = 2
 

@@ -295,9 +295,17 @@ class ComponentBonds(BondMethod):
         return math.prod(norms[1:], start=norms[0])
 
     def cuts(self, layer: TNLayer) -> tuple[Cut, ...]:
-        # a sum of R rank-one terms: every mode's unfolding has rank <= R (no bond splits them)
+        # a sum of R rank-one terms has rank <= R across every matricization; these are the
+        # other topologies' cuts: each mode (Tucker's), each output-input pair (the tree's
+        # leaves' parents), the chain's prefixes (the MPO's), and outputs | inputs (the matrix)
         net, r = layer.network, int(layer.rank[0])
-        return tuple(Cut((m,), r, 0) for m in net.out_idx + net.in_idx + net.kernel_idx)
+        d = len(net.in_idx)
+        pairs = [(n, m) for n, m in zip(net.out_idx, net.in_idx, strict=True)]
+        sides = [(m,) for m in net.out_idx + net.in_idx + net.kernel_idx]
+        sides += pairs if d > 1 else []
+        sides += [sum(pairs[:j], ()) for j in range(2, d + bool(net.kernel_idx))]
+        sides.append(net.out_idx)
+        return tuple(Cut(tuple(_weight_order(layer, s)), r, 0) for s in dict.fromkeys(sides))
 
     def terms(self, layer: TNLayer, position: int) -> BondTerms:
         # the components, strongest first: u over the input modes (and kernel), v over outputs

@@ -2,7 +2,8 @@
 
 Each bond of a tensorized layer bounds the rank of one matricization of the weight tensor
 ``(n.., m.., [k])`` (:meth:`~tnsearch.bonds.BondMethod.cuts`: the modes on one side of an MPO or
-tree bond, a Tucker mode; for CP, whose rank bounds every single mode's unfolding, each mode).
+tree bond, a Tucker mode; CP's rank bounds every matricization, of which it takes the other
+topologies' cuts: each mode, each output-input pair, the chain's prefixes, outputs | inputs).
 The spectrum of that matricization of the *dense* weight says, before anything is built, what
 the bond's size leaves out; the spectra of the built layer's own bonds say how much of each bond
 it uses. :func:`option_quantities` gives, for a group's layers:
