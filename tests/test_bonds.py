@@ -317,7 +317,9 @@ def test_report_section_shows_spectra_and_truncation(tmp_path):
     (section,) = [s for s in SECTIONS if s.title == "Bonds"]
     text = build_report(study, cfg, sections=[section])
     checker = check_html(text)
-    assert len(checker.images) == 2 and "This section failed" not in text
+    # a spectra figure per trial, and the truncation curve of the most accurate one
+    assert len(checker.images) == 3 and "This section failed" not in text
+    assert "Truncation you can trust: trial 1" in text and "1 (as trained)" in text
     assert "Dense, so without bonds: trial 0" in text
     assert "params at 90%" in text and "Accuracies left out" not in text
     for name in ("fc1 (mpo)", "fc2 (tucker)", "fc1 (tree)", "fc2 (cp)"):
@@ -327,4 +329,4 @@ def test_report_section_shows_spectra_and_truncation(tmp_path):
     (tmp_path / "bonds" / "trials" / "2" / "weights.pt").unlink()
     text = build_report(study, cfg, sections=[section])
     assert "Accuracies left out" in text and "No trained weights found for trial 2" in text
-    assert len(check_html(text).images) == 1
+    assert len(check_html(text).images) == 2

@@ -12,6 +12,7 @@ import pytest
 import tnsearch
 from tests.helpers import FAST, val_accuracy
 from tnsearch import tn
+from tnsearch.budget.profile import Profile
 from tnsearch.data import DigitsDataModule
 from tnsearch.plan import build_dense
 
@@ -66,6 +67,14 @@ def test_the_profile_is_reused(compressed):
     assert "profiling" not in again.stdout  # read back, not measured again
     assert "| fc1 |" in again.stdout
     assert list((root / "mlp" / "profile").glob("*.json")) == cached
+    # every option carries its bond quantities; a larger rank leaves out less of the weight
+    found = Profile.load(cached[0])
+    assert all({"discarded", "discarded_white", "entropy"} <= set(e.bonds) for e in found.entries)
+    for e in found.entries:
+        for other in found.entries:
+            same = (other.group, other.topology, other.order) == (e.group, e.topology, e.order)
+            if same and other.rank > e.rank:
+                assert other.bonds["discarded"] <= e.bonds["discarded"] + 1e-12
 
 
 @pytest.mark.parametrize(

@@ -106,7 +106,9 @@ def test_report_of_a_real_study(tiny_study, monkeypatch, capsys):
         "parameter-importances",
         "layers",
         "sensitivity-profile",
+        "what-the-bonds-say",
         "bonds",
+        "bonds-over-training",
     ]
     assert len(checker.images) >= 1  # the static Pareto front
     assert "Plotly.newPlot" in text and "This section failed" not in text

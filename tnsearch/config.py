@@ -77,6 +77,7 @@ def check_basic(cfg: Mapping[str, Any]) -> None:
             f"must be one of {', '.join(LOG_MODELS)}, got {tracking.get('log_models')!r}",
         )
     _flag(tracking, "register", prefix="tracking.", null=True)
+    _flag(tracking, "bonds", prefix="tracking.", null=True)
     runtime = latency.get("runtime", "torch")
     if runtime not in RUNTIMES:
         raise ConfigError(

@@ -27,25 +27,57 @@ For MPO, tree and Tucker layers a bond's spectrum is that of the weight matriciz
 bond (mixed-canonical form); for CP it is the component norms. Entropies are in nats.
 """
 
-from tnsearch.bonds._methods import BondMethod, ComponentBonds, TreeBonds, method
-from tnsearch.bonds._model import analyze, analyze_layer, truncate, truncate_layer, truncated_plan
+from tnsearch.bonds._methods import BondMethod, BondTerms, ComponentBonds, Cut, TreeBonds, method
+from tnsearch.bonds._model import (
+    METRIC_PREFIX,
+    analyze,
+    analyze_layer,
+    epoch_metrics,
+    tensorized_layers,
+    truncate,
+    truncate_layer,
+    truncated_plan,
+)
 from tnsearch.bonds._network import TreeNetwork
+from tnsearch.bonds._probe import bond_activations, bond_terms, probe
+from tnsearch.bonds._quantities import (
+    QUANTITIES,
+    Spectrum,
+    SpectrumCache,
+    layer_quantities,
+    option_quantities,
+    unfolding_spectrum,
+)
 from tnsearch.bonds._spectrum import RTOL, Bond, LayerBonds, effective_rank, entropy
 
 __all__ = [
+    "METRIC_PREFIX",
+    "QUANTITIES",
     "RTOL",
     "Bond",
     "BondMethod",
+    "BondTerms",
     "ComponentBonds",
+    "Cut",
     "LayerBonds",
+    "Spectrum",
+    "SpectrumCache",
     "TreeBonds",
     "TreeNetwork",
     "analyze",
     "analyze_layer",
+    "bond_activations",
+    "bond_terms",
     "effective_rank",
     "entropy",
+    "epoch_metrics",
+    "layer_quantities",
     "method",
+    "option_quantities",
+    "probe",
+    "tensorized_layers",
     "truncate",
     "truncate_layer",
     "truncated_plan",
+    "unfolding_spectrum",
 ]

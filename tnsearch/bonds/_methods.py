@@ -16,7 +16,7 @@ import abc
 import copy
 import math
 from collections.abc import Callable
-from typing import ClassVar, TypeVar
+from typing import ClassVar, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
@@ -25,15 +25,58 @@ from tnsearch.bonds._network import TreeNetwork
 from tnsearch.bonds._spectrum import RTOL, Bond, LayerBonds, effective_rank, normalize
 from tnsearch.tn import ComponentLayout, TNLayer, TreeLayout
 
-__all__ = ["BondMethod", "ComponentBonds", "TreeBonds", "method"]
+__all__ = ["BondMethod", "BondTerms", "ComponentBonds", "Cut", "TreeBonds", "method"]
 
 _L = TypeVar("_L", TreeLayout, ComponentLayout)
+
+
+class Cut(NamedTuple):
+    """A matricization of the weight tensor whose rank a layer's bond bounds.
+
+    Attributes:
+        modes: the weight's modes on one side (``m0``, ``n0``, ``k``...), in the weight's order.
+        rank: the most the layer can hold across it (the bond's size).
+        position: the entry of ``layer.rank`` it comes from.
+    """
+
+    modes: tuple[str, ...]
+    rank: int
+    position: int
+
+
+class BondTerms(NamedTuple):
+    """A layer's weight tensor as a sum over one bond's index: ``W = sum_k s_k u_k (x) v_k``.
+
+    Attributes:
+        side: the weight's modes of ``u`` (one side of the bond), in the weight's order.
+        rest: the modes of ``v`` (the other side).
+        weights: ``s`` ``(K,)``, descending: the singular values of the weight matricized
+            across the bond (in that canonical basis each ``u_k``, ``v_k`` has norm 1); for CP
+            the component norms.
+        u: ``(K, *sizes of side)`` float64.
+        v: ``(K, *sizes of rest)`` float64.
+    """
+
+    side: tuple[str, ...]
+    rest: tuple[str, ...]
+    weights: Tensor
+    u: Tensor
+    v: Tensor
 
 
 class BondMethod(abc.ABC):
     """Analyzes and cuts the bonds of layers that declare one kind of bond layout."""
 
     kind: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def terms(self, layer: TNLayer, position: int) -> BondTerms:
+        """``layer``'s weight (padding included) as a sum over bond ``position``'s index."""
+
+    @abc.abstractmethod
+    def cuts(self, layer: TNLayer) -> tuple[Cut, ...]:
+        """The matricizations of the weight whose rank ``layer``'s bonds bound (read from its
+        layout and sizes alone: its factors' values do not matter)."""
 
     @abc.abstractmethod
     def analyze(self, layer: TNLayer, *, name: str, energy: float) -> LayerBonds:
@@ -97,6 +140,12 @@ def _params(tree: TreeNetwork, bond: str, k: int) -> int:
     return total
 
 
+def _weight_order(layer: TNLayer, modes) -> list[str]:
+    """``modes`` in the weight tensor's axis order ``(n.., m.., [k])``."""
+    net = layer.network
+    return [m for m in net.out_idx + net.in_idx + net.kernel_idx if m in modes]
+
+
 def _mode_order(layer: TNLayer) -> list[str]:
     # the weight's modes in the order a bond lists them: m0, n0, m1, n1, ..., then the kernel
     net = layer.network
@@ -131,6 +180,28 @@ class TreeBonds(BondMethod):
                 tree.rename(i, f"#{p}")
         tree.check_tree()
         return tree, root
+
+    def cuts(self, layer: TNLayer) -> tuple[Cut, ...]:
+        # one per bond: the modes on its side away from the root, at most its size across it
+        tree, root = self.network(layer)
+        order = _mode_order(layer)
+        out = []
+        for p in range(len(layer.rank)):
+            modes = {m for n in tree.side(f"#{p}", root) for m in tree.indices[n] if m in order}
+            out.append(Cut(tuple(_weight_order(layer, modes)), int(layer.rank[p]), p))
+        return tuple(out)
+
+    def terms(self, layer: TNLayer, position: int) -> BondTerms:
+        # the SVD of the weight matricized across the bond: its canonical basis, strongest first
+        cut = self.cuts(layer)[position]
+        labels = _weight_order(layer, set(_mode_order(layer)))
+        rest = tuple(m for m in labels if m not in cut.modes)
+        w = layer.weight_tensor().detach().to("cpu", torch.float64)
+        w = w.permute(*(labels.index(m) for m in cut.modes + rest))
+        a, b = w.shape[: len(cut.modes)], w.shape[len(cut.modes) :]
+        u, s, vh = torch.linalg.svd(w.reshape(math.prod(a), -1), full_matrices=False)
+        k = min(cut.rank, len(s))
+        return BondTerms(cut.modes, rest, s[:k], u[:, :k].T.reshape(k, *a), vh[:k].reshape(k, *b))
 
     def analyze(self, layer: TNLayer, *, name: str, energy: float) -> LayerBonds:
         tree, root = self.network(layer)
@@ -223,6 +294,33 @@ class ComponentBonds(BondMethod):
             norms.append(f.reshape(f.shape[0], -1).norm(dim=1))
         return math.prod(norms[1:], start=norms[0])
 
+    def cuts(self, layer: TNLayer) -> tuple[Cut, ...]:
+        # a sum of R rank-one terms has rank <= R across every matricization; these are the
+        # other topologies' cuts: each mode (Tucker's), each output-input pair (the tree's
+        # leaves' parents), the chain's prefixes (the MPO's), and outputs | inputs (the matrix)
+        net, r = layer.network, int(layer.rank[0])
+        d = len(net.in_idx)
+        pairs = [(n, m) for n, m in zip(net.out_idx, net.in_idx, strict=True)]
+        sides = [(m,) for m in net.out_idx + net.in_idx + net.kernel_idx]
+        sides += pairs if d > 1 else []
+        sides += [sum(pairs[:j], ()) for j in range(2, d + bool(net.kernel_idx))]
+        sides.append(net.out_idx)
+        return tuple(Cut(tuple(_weight_order(layer, s)), r, 0) for s in dict.fromkeys(sides))
+
+    def terms(self, layer: TNLayer, position: int) -> BondTerms:
+        # the components, strongest first: u over the input modes (and kernel), v over outputs
+        net = layer.network
+        index = _layout(layer, ComponentLayout).component
+        rows = {}
+        for f, idx in zip(layer.factors(), net.factors, strict=True):
+            (mode,) = [i for i in idx if i != index]
+            rows[mode] = f.detach().to("cpu", torch.float64).movedim(idx.index(index), 0)
+        side, rest = net.in_idx + net.kernel_idx, net.out_idx
+        u, v = _outer([rows[m] for m in side]), _outer([rows[m] for m in rest])  # (R, ...)
+        norms = u.flatten(1).norm(dim=1) * v.flatten(1).norm(dim=1)
+        order = norms.argsort(descending=True)
+        return BondTerms(side, rest, norms[order], _unit(u[order]), _unit(v[order]))
+
     def analyze(self, layer: TNLayer, *, name: str, energy: float) -> LayerBonds:
         w = self.weights(layer)
         index = _layout(layer, ComponentLayout).component
@@ -242,6 +340,20 @@ class ComponentBonds(BondMethod):
             for p, old, dim in zip(new.factors(), layer.factors(), dims, strict=True):
                 p.copy_(old.index_select(dim, keep))
         return new
+
+
+def _unit(t: Tensor) -> Tensor:
+    """Each ``t[k]`` scaled to norm 1 (a zero one left zero)."""
+    norms = t.flatten(1).norm(dim=1).clamp(min=1e-300)
+    return t / norms.view(-1, *[1] * (t.dim() - 1))
+
+
+def _outer(rows: list[Tensor]) -> Tensor:
+    """The outer products ``(R, n_1, .., n_j)`` of factor rows ``(R, n_i)``, component-wise."""
+    out = rows[0]
+    for r in rows[1:]:
+        out = out.unsqueeze(-1) * r.view(r.shape[0], *[1] * (out.dim() - 1), r.shape[1])
+    return out
 
 
 # the method of each kind of layout (see `method`)

@@ -12,7 +12,19 @@ from tnsearch import tn
 from tnsearch.bonds._methods import method
 from tnsearch.bonds._spectrum import LayerBonds, check_energy
 
-__all__ = ["analyze", "analyze_layer", "truncate", "truncate_layer", "truncated_plan"]
+__all__ = [
+    "METRIC_PREFIX",
+    "analyze",
+    "analyze_layer",
+    "epoch_metrics",
+    "tensorized_layers",
+    "truncate",
+    "truncate_layer",
+    "truncated_plan",
+]
+
+#: The first part of the name of every per-epoch bond metric (``bonds/<layer>/entropy_<k>``).
+METRIC_PREFIX = "bonds"
 
 
 def analyze_layer(layer: tn.TNLayer, *, name: str = "", energy: float = 0.99) -> LayerBonds:
@@ -42,6 +54,41 @@ def analyze(model: nn.Module, *, energy: float = 0.99) -> dict[str, LayerBonds]:
         for name, layer in model.named_modules()
         if isinstance(layer, tn.TNLayer) and method(layer) is not None
     }
+
+
+def tensorized_layers(model: nn.Module) -> dict[str, tn.TNLayer]:
+    """``model``'s analyzable tensorized layers by module name; an embedding's inner layer is
+    named as the embedding itself (``embeddings.word_embeddings``, not ``....layer``), and a
+    compiled model (``torch.compile``) as the model it wraps."""
+    model = getattr(model, "_orig_mod", model)
+    inner = {
+        f"{name}.layer" if name else "layer": name
+        for name, m in model.named_modules()
+        if isinstance(m, tn.TNEmbedding)
+    }
+    return {
+        inner.get(name, name): layer
+        for name, layer in model.named_modules()
+        if isinstance(layer, tn.TNLayer) and method(layer) is not None
+    }
+
+
+def epoch_metrics(model: nn.Module, *, energy: float = 0.99) -> dict[str, float]:
+    """The bond spectrum summary of ``model``'s tensorized layers as flat metrics, e.g. for
+    MLflow: ``bonds/<layer>/entropy_<k>`` (nats) and ``bonds/<layer>/effective_rank_<k>`` (at
+    ``energy``) for each bond ``k`` (its place in ``layer.rank``; CP: its one component index).
+
+    Computed from the factors (canonical form by QR of the cores, then one small SVD per bond;
+    CP: component norms): no dense weight is built.
+    """
+    energy = check_energy(energy)
+    out: dict[str, float] = {}
+    for name, layer in tensorized_layers(model).items():
+        for bond in analyze_layer(layer, name=name, energy=energy).bonds:
+            key = f"{METRIC_PREFIX}/{name}/"
+            out[f"{key}entropy_{bond.position}"] = bond.entropy
+            out[f"{key}effective_rank_{bond.position}"] = float(bond.effective_rank)
+    return out
 
 
 def truncate_layer(layer: tn.TNLayer, *, energy: float = 0.99) -> tn.TNLayer:

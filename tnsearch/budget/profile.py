@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tnsearch import bonds as bond_spectra
 from tnsearch import plan as plans
 from tnsearch import tn
 from tnsearch.budget import calibration, predict
@@ -271,6 +272,7 @@ class Profiler:
             g: {n: calibration._module_for(model, n) for n in originals}
             for g, originals in self.originals.items()
         }
+        self._bond_spectra: dict[str, bond_spectra.SpectrumCache] = {}
 
     def dense(self) -> dict[str, Any]:
         """The dense reference: quality, whole-model latency (ms per batch) and each group."""
@@ -341,6 +343,12 @@ class Profiler:
             quality = self.evaluate(self.model)
             dense_mods = list(self.dense_modules[option.group].values())
             ratio, _ = self._ratio(dense_mods, list(tensorized.values()), option.group)
+            quantities = bond_spectra.option_quantities(  # the group's options share unfoldings
+                tensorized,
+                self.dense_modules[option.group],
+                self.stats,
+                cache=self._bond_spectra.setdefault(option.group, bond_spectra.SpectrumCache()),
+            )
         finally:
             _restore(self.model, originals)
         return Entry(
@@ -355,6 +363,7 @@ class Profiler:
             quality=float(quality),
             measured=True,
             predicted_error=option.predicted_error,
+            bonds=quantities,
         )
 
     def _ratio(self, dense: list[nn.Module], other: list[nn.Module], group: str):

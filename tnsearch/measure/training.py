@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,8 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tnsearch import bonds
+
 #: Epoch metrics handed to the epoch callback: {"epoch": int, "train_loss": float, "val_acc": float}
 EpochSink = Callable[[dict[str, float]], None]
+#: Bond metrics handed to the bond callback: (epochs trained, {"bonds/<layer>/entropy_<k>": ...}).
+BondSink = Callable[[int, dict[str, float]], None]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -242,6 +247,38 @@ class EpochEnd(pl.Callback):
         )
 
 
+class BondsPerEpoch(pl.Callback):
+    """Hands the bond spectrum summary of `model`'s tensorized layers (`bonds.epoch_metrics`:
+    entropy and effective rank per bond, from the factors) to `sink` as training starts (step 0,
+    the layers as decomposed or initialized) and after each epoch (step = epochs trained), so
+    that the bonds can be followed as the model trains or heals.
+
+    Args:
+        model: the trained model (not a compiled wrapper: its parameters are the same).
+        sink: called with (step, metrics); nothing when the model has no tensorized layer.
+
+    Attributes:
+        seconds: the time spent on the summaries so far.
+    """
+
+    def __init__(self, model: nn.Module, sink: BondSink) -> None:
+        self._model, self._sink = model, sink
+        self.seconds = 0.0
+
+    def _emit(self, step: int) -> None:
+        start = time.perf_counter()
+        metrics = bonds.epoch_metrics(self._model)
+        self.seconds += time.perf_counter() - start
+        if metrics:
+            self._sink(step, metrics)
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._emit(0)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._emit(trainer.current_epoch + 1)
+
+
 @dataclass
 class TrainResult:
     """What training gave: the final qualities (accuracy, fidelity, ...) and the learning curve."""
@@ -284,12 +321,15 @@ def fit(
     on_epoch: EpochSink | None = None,
     on_zero_shot: Callable[[float], None] | None = None,
     metric: str = "accuracy",
+    callbacks: Sequence[pl.Callback] = (),
 ) -> TrainResult:
     """Train `module` for `epochs` (validating after each), then measure val and test accuracy.
 
     With epochs == 0 the model is only evaluated (e.g. a trained model). With `on_zero_shot`, the
     validation accuracy before any training (a decomposed trained model) is measured too and
-    handed to it at once, so a trial pruned later still keeps it.
+    handed to it at once, so a trial pruned later still keeps it. `callbacks` are called before
+    the one that hands on each epoch's metrics (which may stop training: a pruned trial), e.g.
+    `BondsPerEpoch`.
     """
     quiet_lightning()
     history: list[dict[str, float]] = []
@@ -304,7 +344,7 @@ def fit(
         accelerator=trainer_cfg.get("accelerator", "auto"),
         precision=trainer_cfg.get("precision", "32-true"),
         gradient_clip_val=trainer_cfg.get("gradient_clip_val"),
-        callbacks=[EpochEnd(sink, metric)],
+        callbacks=[*callbacks, EpochEnd(sink, metric)],
     )
     if epochs > 0:
         if on_zero_shot is not None:

@@ -1,10 +1,11 @@
 """The report's bond section: the spectra of the Pareto-optimal trials' tensorized layers, and
-what truncating every bond to its effective rank (`tnsearch.truncate`) does to size and accuracy.
+what truncating every bond to its effective rank (`tnsearch.truncate`) does to size and accuracy;
+for the most accurate of them, accuracy and parameters against the energy kept (0.9 to 0.9999).
 
 The trials' trained weights are read from ``${root}/${name}/trials/<n>/weights.pt`` into
 `tnsearch.plan.build(plan)`; accuracy is measured on the validation split of the study's data
 (CPU, eval mode). Options (``report.bonds``, all optional): ``max_trials`` (5, the smallest
-Pareto-optimal trials), ``energy`` (0.99).
+Pareto-optimal trials), ``energy`` (0.99), ``energies`` (`ENERGIES`, the truncation curve's).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
     from torch import nn
 
     from tnsearch.bonds import LayerBonds
+
+
+#: The energies of the truncation curve.
+ENERGIES = (0.9, 0.95, 0.99, 0.995, 0.999, 0.9999)
 
 
 @dataclass
@@ -106,6 +111,80 @@ def study_bonds(
         out.accuracy = accuracy(model, *data)
         out.accuracy_after = accuracy(small, *data)
     return out
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """The model truncated at one energy: its parameters and accuracy (None without data)."""
+
+    energy: float
+    params: int
+    accuracy: float | None
+
+
+def truncation_curve(
+    trial: Record,
+    path: Path,
+    energies: Collection[float],
+    data: tuple | None,
+    trusted: Collection[str] = (),
+) -> tuple[CurvePoint, list[CurvePoint]]:
+    """The trial's model as trained (energy 1.0: nothing cut) and truncated at each energy."""
+    from tnsearch import bonds, tn
+
+    model = load_model(trial, path, trusted)
+
+    def point(energy: float, m: nn.Module) -> CurvePoint:
+        return CurvePoint(energy, tn.n_params(m), None if data is None else accuracy(m, *data))
+
+    full = point(1.0, model)
+    cut = [point(e, _frozen(bonds.truncate(model, energy=e))) for e in sorted(energies)]
+    return full, cut
+
+
+def curve_png(trial: Record, full: CurvePoint, cut: list[CurvePoint]) -> bytes:
+    """Accuracy (left) and parameters (right) against the energy kept, on a log scale of the
+    energy left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), constrained_layout=True)
+    lost = [1 - p.energy for p in cut]
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xticks(lost, [f"{p.energy:g}" for p in cut], fontsize=7)
+    ax.minorticks_off()
+    ax.set_xlabel("energy kept per bond")
+    if full.accuracy is not None:
+        ax.plot(lost, [p.accuracy for p in cut], "o-", color="#1f77b4", label="val accuracy")
+        ax.axhline(full.accuracy, color="#1f77b4", lw=0.8, ls="--", label="as trained")
+        ax.set_ylabel("validation accuracy", color="#1f77b4")
+    right = ax.twinx()
+    right.plot(lost, [p.params for p in cut], "s-", color="#d62728", label="parameters")
+    right.axhline(full.params, color="#d62728", lw=0.8, ls="--")
+    right.set_ylabel("parameters", color="#d62728")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"trial {trial.number}: truncation at each energy, no retraining", fontsize=10)
+    return _figures._png(fig)
+
+
+def curve_table(full: CurvePoint, cut: list[CurvePoint]) -> str:
+    rows = [
+        [
+            esc(f"{p.energy:g}") if p is not full else "1 (as trained)",
+            f"{p.params:,}",
+            f"{1 - p.params / max(full.params, 1):.1%}",
+            _acc(p.accuracy),
+            "-"
+            if p.accuracy is None or full.accuracy is None
+            else f"{p.accuracy - full.accuracy:+.4f}",
+        ]
+        for p in [full, *cut]
+    ]
+    header = ["energy kept", "params", "params saved", "val acc", "change"]
+    return table(header, rows, numeric=range(1, 5))
 
 
 def spectra_png(result: TrialBonds, energy: float) -> bytes:
@@ -252,6 +331,22 @@ def render(data: ReportData) -> str:
         study_bonds(t, p, energy, None if isinstance(val, str) else val, trusted) for t, p in ready
     ]
     parts.append(truncation_table(results, energy))
+    top = max(ready, key=lambda tp: (tp[0].quality or 0.0, -tp[0].number))
+    energies = [float(e) for e in options.get("energies", ENERGIES)]
+    full, cut = truncation_curve(
+        top[0], top[1], energies, None if isinstance(val, str) else val, trusted
+    )
+    parts.append(f"<h3>Truncation you can trust: trial {top[0].number}</h3>")
+    parts.append(
+        note(
+            "The most accurate of these trials truncated at each energy (every bond cut to the "
+            "fewest singular values keeping that share of its energy; CP: its components), "
+            "measured on the validation split without retraining, next to the parameters it "
+            "saves."
+        )
+    )
+    parts.append(png(curve_png(top[0], full, cut), "accuracy against the energy kept"))
+    parts.append(curve_table(full, cut))
     for result in results:
         parts.append(f"<h3>Trial {result.trial.number}</h3>")
         if not result.found:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from tnsearch import __version__, tn
-from tnsearch.report import _bonds, _figures, _importance, _profile
+from tnsearch.report import _bond_profile, _bond_training, _bonds, _figures, _importance, _profile
 from tnsearch.report._data import ReportData
 from tnsearch.report._html import (
     PALETTE,
@@ -332,5 +332,7 @@ SECTIONS: list[Section] = [
     Section("Parameter importances", importances),
     Section("Layers", layers),
     Section("Sensitivity profile", _profile.render),
+    Section("What the bonds say", _bond_profile.render),
     Section("Bonds", _bonds.render),
+    Section("Bonds over training", _bond_training.render),
 ]

@@ -27,6 +27,7 @@ from tnsearch.ui import console
 
 ROLE_TAG = "tnsearch_role"
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
+_METRICS = 1000  # ... and at most 1000 metrics
 
 
 def _quiet() -> None:
@@ -208,8 +209,8 @@ class Tracker:
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
-        if batch:
-            self.client.log_batch(run_id, metrics=batch)
+        for i in range(0, len(batch), _METRICS):
+            self.client.log_batch(run_id, metrics=batch[i : i + _METRICS])
 
     @_safe
     def end_trial(

@@ -368,6 +368,7 @@ class _Trial:
             self.update(zero_shot_quality=value)
             judge(pruning.ZERO_SHOT, value)
 
+        spectra = self.bond_logger(model)
         result = training.fit(
             module,
             setup.datamodule,
@@ -376,7 +377,10 @@ class _Trial:
             on_epoch=on_epoch,
             metric=setup.metric,
             on_zero_shot=on_zero_shot if warm and self.plan["layers"] else None,
+            callbacks=[spectra] if spectra is not None else [],
         )
+        if spectra is not None:
+            self.tracker.log_metrics(self.run_id, {"bonds_seconds": spectra.seconds})
         self.update(
             trained=True,
             quality=result.val_acc,
@@ -387,6 +391,19 @@ class _Trial:
         with atomic_path(self.folder / "weights.pt") as tmp:  # never half a file
             torch.save(model.state_dict(), tmp)
         self.end(Outcome.COMPLETE, values=self.rec.values_for(cfg["objectives"]))
+
+    def bond_logger(self, model: torch.nn.Module) -> training.BondsPerEpoch | None:
+        """With `tracking.bonds` (and a tensorized layer, a tracker): each epoch's bond spectrum
+        summary goes to the trial's MLflow run, step = epochs trained (0: before training)."""
+        if not (self.plan["layers"] and self.tracker.enabled):
+            return None
+        if (self.cfg.get("tracking") or {}).get("bonds") is False:
+            return None
+
+        def sink(step: int, metrics: dict[str, float]) -> None:
+            self.tracker.log_metrics(self.run_id, metrics, step=step)
+
+        return training.BondsPerEpoch(model, sink)
 
     # -- endings ----------------------------------------------------------------------------
     def end(

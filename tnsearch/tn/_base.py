@@ -278,6 +278,13 @@ class TNLayer(nn.Module, abc.ABC):
         b = self.bias.to(y.dtype)
         return y + (b.view(-1, *([1] * (y.dim() - channel_dim - 1))) if channel_dim != -1 else b)
 
+    def weight_tensor(self) -> torch.Tensor:
+        """The tensor ``(n_1..n_d, m_1..m_d[, kh*kw])`` the factors represent, padding included
+        (its matricization across a bond has at most the bond's size as rank)."""
+        w = run_plan(self._wplan, self.factors())  # (N, M[, K])
+        kernel = (self.geometry.kernel,) if self.geometry.conv else ()
+        return w.reshape(*self.out_modes, *self.in_modes, *kernel)
+
     def dense_weight(self) -> torch.Tensor:
         """The dense weight ``(out, in[, kh, kw])`` the factors represent."""
         g = self.geometry

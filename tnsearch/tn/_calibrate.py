@@ -82,6 +82,24 @@ class InputStats:
             c = c - torch.outer(mu, mu)
         return c
 
+    def whitening(self, *, centered: bool) -> torch.Tensor:
+        """What the weight is multiplied by so that its Frobenius norm is the output energy that
+        :func:`fit_to_inputs` weighs: ``W S`` with ``S = C^(1/2)`` ``(F, F)``, symmetric, from
+        the (damped, as in the fit) covariance; for an embedding the ``(V,)`` scales of the
+        table's rows, ``sqrt(count + UNSEEN)`` (the table ``(V, D)`` as ``diag(s) T``), float64.
+
+        ``centered``: the covariance about the mean (a layer with a bias: the fit corrects the
+        mean output through it), else ``E[x x^T]``.
+        """
+        if self.count == 0 or self.first is None:
+            raise ValueError("stats: no calibration inputs were recorded for this layer")
+        if self.second is None:
+            return (self.first.double() + UNSEEN).sqrt()
+        c = self.covariance(centered=centered)
+        c = c + DAMPING * c.diagonal().mean().clamp(min=1e-12) * torch.eye(c.shape[0]).double()
+        values, vectors = torch.linalg.eigh(c)
+        return (vectors * values.clamp(min=0.0).sqrt()) @ vectors.T
+
 
 def _rows(module: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if isinstance(module, nn.Conv2d):
