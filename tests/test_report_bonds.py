@@ -28,7 +28,7 @@ def test_spearman_is_scipys_with_ties():
 
 
 def entry(group: str, rank: int, quality: float, bonds: dict[str, float]) -> Entry:
-    return Entry(group, "mpo", 2, rank, {}, 100 * rank, 0.01 / rank, 1.0, quality, bonds)
+    return Entry(group, "mpo", 2, rank, {}, 100 * rank, 0.01 / rank, 1.0, quality, bonds=bonds)
 
 
 def profile() -> Profile:

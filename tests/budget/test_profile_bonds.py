@@ -6,7 +6,7 @@ import torch
 
 from tnsearch import bonds
 from tnsearch.budget import calibration
-from tnsearch.budget.profile import Profile, build
+from tnsearch.budget.profile import Profile, Profiler, assemble
 from tnsearch.models import MLP
 from tnsearch.space import Space
 
@@ -30,17 +30,12 @@ def test_each_option_holds_the_quantities_of_its_layers_as_built():
     space = Space.from_config(SPACE, model)
     x = torch.randn(32, 1, 4, 4)
     stats = calibration.collect(model, [x], [layer.name for layer in space.layers])
-    found = build(
-        model,
-        space,
-        stats,
-        lambda m: float((m(x).argmax(1) == 0).float().mean()),
-        x[:8],
-        metric="accuracy",
-        maximize=True,
-        steps=3,
-        key="k",
+    profiler = Profiler(
+        model, space, stats, lambda m: float((m(x).argmax(1) == 0).float().mean()), x[:8], steps=3
     )
+    menu = [o for g in space.groups for o in profiler.menu(g)]
+    measured = {o.key: profiler.measure(o) for o in menu}  # every option measured
+    found = assemble(profiler.dense(), menu, measured, key="k", metric="accuracy", maximize=True)
     assert found.entries
     for e in found.entries:
         # the same layers built again the same way give the same quantities
