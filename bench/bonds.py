@@ -37,7 +37,7 @@ def profile(root: Path, name: str, overrides: list[str], run: bool) -> Path:
     """The model's profile file (measured first unless `run` is False)."""
     if run:
         args = [sys.executable, "-m", "tnsearch.profile", f"root={root}", *overrides]
-        args.append("tracking.enabled=false")
+        args += ["tracking.enabled=false", "profile.measure=all"]  # every option, measured
         start = time.perf_counter()
         done = subprocess.run(args, capture_output=True, text=True)
         if done.returncode != 0:
@@ -45,6 +45,7 @@ def profile(root: Path, name: str, overrides: list[str], run: bool) -> Path:
         print(f"{name}: profile in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     study = next(o.split("=", 1)[1] for o in overrides if o.startswith("study="))
     found = sorted((root / study / "profile").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    found = [p for p in found if p.parent.name == "profile"]  # not the per-option cache files
     if not found:
         sys.exit(f"{name}: no profile in {root / study / 'profile'}")
     return found[-1]
