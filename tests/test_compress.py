@@ -67,13 +67,13 @@ def test_the_profile_is_reused(compressed):
     assert "profiling" not in again.stdout  # read back, not measured again
     assert "| fc1 |" in again.stdout
     assert list((root / "mlp" / "profile").glob("*.json")) == cached
-    # every option carries its bond quantities; a larger rank leaves out less of the weight
+    # every measured option carries its bond quantities; a larger rank leaves out less
     found = Profile.load(cached[0])
     assert found.measured and all(  # the measured options (the others are predicted)
         {"discarded", "discarded_white", "entropy"} <= set(e.bonds) for e in found.measured
     )
-    for e in found.entries:
-        for other in found.entries:
+    for e in found.measured:
+        for other in found.measured:
             same = (other.group, other.topology, other.order) == (e.group, e.topology, e.order)
             if same and other.rank > e.rank:
                 assert other.bonds["discarded"] <= e.bonds["discarded"] + 1e-12
