@@ -183,7 +183,8 @@ def tensorize(model: nn.Module, plan: Mapping[str, Any], *, init: str = "random"
 
 def tensorize_module(module: nn.Module, spec: Mapping[str, Any], *, init: str) -> nn.Module:
     """The tensorized version of one layer (a Hugging Face Conv1D as the Linear it computes)
-    as a plan's layer `spec` says."""
+    as a plan's layer `spec` says (its ``path``, when it gives one: an export package's plan
+    names the path each layer's ONNX graph follows; else ``auto``)."""
     if is_conv1d(module):
         module = as_linear(module)
     return tn.tensorize(
@@ -194,6 +195,7 @@ def tensorize_module(module: nn.Module, spec: Mapping[str, Any], *, init: str) -
         in_modes=spec["in_modes"],
         out_modes=spec["out_modes"],
         init=init,
+        path=spec.get("path", "auto"),
     )
 
 

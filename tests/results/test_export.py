@@ -54,7 +54,10 @@ def package(tiny_study, tmp_path_factory):
 def test_package_files(tiny_study, package):
     trial, out = package
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
-    assert plans.load(out / "plan.json") == trial.plan
+    stored = plans.load(out / "plan.json")  # the trial's, each layer's ONNX path added
+    for spec in stored["layers"].values():
+        assert spec.pop("path") in tn.TOPOLOGIES[spec["topology"]].available_paths(False)
+    assert stored == trial.plan
     readme = (out / "README.md").read_text()
     assert f"trial {trial.number}" in readme and "onnxruntime matches PyTorch" in readme
     # onnxruntime's latency of model.onnx beside the dense model's ONNX, on the latency batch

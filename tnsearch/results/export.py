@@ -152,7 +152,6 @@ def write_package(
         tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         meta = {"format": "pt", "study": study_name, "trial": source or str(trial.number)}
         save_file(tensors, work / "model.safetensors", metadata=meta)
-        plans.save(stored, work / "plan.json")
         batch = package_onnx.example(plan, record, batch_size, data=data, tokenizer=tokenizer)
         exported = speed = None
         no_onnx = "" if batch is not None else "no example input (a token model without data)"
@@ -171,6 +170,10 @@ def write_package(
                 no_onnx = f"the export failed ({type(exc).__name__}: {text})"
                 warn(f"{out}: model.onnx not written: {no_onnx}")
                 (work / "model.onnx").unlink(missing_ok=True)
+        for name, path in (exported.paths if exported is not None else {}).items():
+            if name in stored["layers"]:  # load runs the path the ONNX graph follows
+                stored["layers"][name]["path"] = path
+        plans.save(stored, work / "plan.json")
         if exported is not None and timed:
             speed = package_onnx.speed(
                 stored,

@@ -22,6 +22,8 @@ says it was (continuing a study logs only the trials that are new on the front).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -321,7 +323,8 @@ def log_package_model(
             info = _log_tensor(package, name, examples, tags, trusted, batch_size)
         mlflow.set_tag(MODEL_TAG, info.model_uri)
     if register:
-        version = mlflow.register_model(info.model_uri, study_name, tags=tags)
+        with contextlib.redirect_stderr(io.StringIO()):  # "Successfully registered model ..."
+            version = mlflow.register_model(info.model_uri, study_name, tags=tags)
         client = mlflow.MlflowClient(tracking_uri)
         client.update_model_version(study_name, version.version, description or _summary(package))
     return info.model_uri

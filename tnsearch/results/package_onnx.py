@@ -74,7 +74,12 @@ def write(model: nn.Module, record: Mapping[str, Any], batch: Inputs, path: str 
     """Write `model` as ``path`` (checked against PyTorch); see the module docstring."""
     if isinstance(batch, Mapping):
         return onnx_export.export(model, batch, path, output_name=record["output"])
-    return onnx_export.export(_graph(model, record), batch, path)
+    graph = _graph(model, record)
+    exported = onnx_export.export(graph, batch, path)
+    if graph is model:
+        return exported
+    paths = {name.removeprefix("1."): p for name, p in exported.paths.items()}  # (Normalize, model)
+    return Exported(paths, exported.error)
 
 
 def speed(

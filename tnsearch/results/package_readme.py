@@ -67,8 +67,9 @@ def _output_text(record: Mapping[str, Any], plan: Mapping[str, Any]) -> str:
     if record.get("kind") == "text":
         if record.get("pooling") == "mean":
             return (
-                f"`{record['output']}` (batch, sequence, hidden): mean-pooled over the attention "
-                "mask and L2-normalized, the sentence embedding the fidelity measured"
+                f"`{record['output']}` (batch, sequence, hidden), which the lines below mean-pool "
+                "over the attention mask and L2-normalize: the sentence embedding the fidelity "
+                "measured"
             )
         return f"`{record['output']}`"
     classes = plan["inputs"].get("num_classes")
