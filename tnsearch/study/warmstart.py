@@ -136,14 +136,15 @@ def check_pretrained(study_dir: Path, cfg: Mapping[str, Any]) -> None:
     (ConfigError naming the file, or the first differing key, and what to do)."""
     target = Path(study_dir) / PRETRAINED
     if cfg["pretrain"]["epochs"] and target.exists():
-        _check_saved(target, read_pretrained(target), cfg)
+        _check_saved(target, read_pretrained(target, mmap=True), cfg)
 
 
-def read_pretrained(path: Path) -> dict[str, Any]:
+def read_pretrained(path: Path, *, mmap: bool = False) -> dict[str, Any]:
     """The saved pretrained weights and what they were trained with (ConfigError naming the
-    file when it does not read back: truncated, emptied, not a torch file)."""
+    file when it does not read back: truncated, emptied, not a torch file). `mmap`: map the
+    tensors instead of reading them (a check that needs only the record)."""
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         if not isinstance(saved, Mapping) or not isinstance(saved.get("state_dict"), Mapping):
             raise ValueError("no state_dict in it")
     except Exception as exc:  # noqa: BLE001 - truncated, emptied or overwritten
