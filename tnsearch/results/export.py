@@ -20,15 +20,16 @@ from tnsearch.config import ConfigError
 from tnsearch.measure.onnx import ONNX_TOLERANCE
 from tnsearch.results import package_onnx
 from tnsearch.results.package import (
-    CHECKSUMS,
+    FILES,
     HF,
+    HF_TARGET,
     PackageError,
     check_out,
     factory_of,
     portable_plan,
     staging,
 )
-from tnsearch.results.package_load import load
+from tnsearch.results.package_load import build_checked, load
 from tnsearch.results.package_readme import onnx_section, package_readme
 from tnsearch.study import record
 from tnsearch.study.record import Record
@@ -37,23 +38,12 @@ from tnsearch.ui.console import short_name
 
 __all__ = ["FILES", "ONNX_TOLERANCE", "PackageError", "export", "load", "write_package"]
 
-#: The files of a package (besides `hf/`, a Hugging Face or text model's config and tokenizer).
-FILES = (
-    "model.safetensors",
-    "plan.json",
-    "preprocessing.json",
-    "model.onnx",
-    "README.md",
-    CHECKSUMS,
-)
-_HF_TARGET = "tnsearch.models.from_pretrained"
-
 
 def _tokenizer(plan: Mapping[str, Any], data: Any) -> Any:
     """The tokenizer of a text model: the data's, else its Hugging Face folder's (if any)."""
     if data is not None and hasattr(data, "hf_tokenizer"):
         return data.hf_tokenizer
-    if plan["model"].get("_target_") != _HF_TARGET:
+    if plan["model"].get("_target_") != HF_TARGET:
         return None
     folder = Path(str(plan["model"].get("path", "")))
     if not any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
@@ -85,8 +75,6 @@ def _built(
 ) -> torch.nn.Module:
     """The trained model, rebuilt as `load` will rebuild it from the package being written (a
     Hugging Face model from the package's own config, not from the folder it came from)."""
-    from tnsearch.results.package_load import build_checked
-
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     model = build_checked(plan, work, trusted, factory_of(work, plan), shapes)
     model.load_state_dict(state, strict=True)
@@ -141,7 +129,7 @@ def write_package(
     tokenizer = _tokenizer(plan, data)
     with staging(out) as work:
         stored = portable_plan(plan)
-        if plan["model"].get("_target_") == _HF_TARGET:
+        if plan["model"].get("_target_") == HF_TARGET:
             (work / HF).mkdir()
             hf.config(plan["model"]["path"], "model.path").save_pretrained(str(work / HF))
         if tokenizer is not None:
@@ -222,15 +210,15 @@ def _data(cfg: Mapping[str, Any], plan: Mapping[str, Any]) -> Any:
     """The study's data module, set up (its preprocessing and examples go into the package)."""
     from hydra.utils import instantiate
 
-    from tnsearch.study.setup import _root_cause
-
     try:
         data = instantiate(cfg["data"], _convert_="all")
         data.setup("fit")
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - Hydra wraps the data module's own errors
-        cause = _root_cause(exc)
+        cause = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
         if isinstance(cause, ConfigError):
             raise cause from None
         raise ConfigError.from_exception(cause, "data") from None

@@ -41,7 +41,9 @@ from tnsearch.ui import warn
 
 __all__ = [
     "CHECKSUMS",
+    "FILES",
     "HF",
+    "HF_TARGET",
     "PackageError",
     "check_out",
     "factory_of",
@@ -58,7 +60,7 @@ __all__ = [
 CHECKSUMS = "checksums.json"
 #: The package's Hugging Face folder (config.json, tokenizer files; no weights).
 HF = "hf"
-#: A package's files, besides hf/ (checksums.json last).
+#: A package's files, besides `hf/` (a Hugging Face or text model's config and tokenizer).
 FILES = (
     "model.safetensors",
     "plan.json",
@@ -67,7 +69,8 @@ FILES = (
     "README.md",
     CHECKSUMS,
 )
-_HF_TARGET = "tnsearch.models.from_pretrained"
+#: The plan constructor of a Hugging Face model (its folder: `hf/` in a package).
+HF_TARGET = "tnsearch.models.from_pretrained"
 
 
 class PackageError(ConfigError):
@@ -162,7 +165,7 @@ def _inside(folder: Path, file: Path) -> bool:
 def portable_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
     """The plan as a package stores it: a Hugging Face model's folder is the package's ``hf/``."""
     plan = json.loads(json.dumps(plan))  # a deep, JSON-able copy
-    if plan["model"].get("_target_") == _HF_TARGET:
+    if plan["model"].get("_target_") == HF_TARGET:
         plan["model"]["path"] = HF
     return plan
 
@@ -212,7 +215,7 @@ def _hf_folder(folder: Path, plan: Mapping[str, Any]) -> Path:
 def factory_of(folder: Path, plan: Mapping[str, Any]) -> Callable[..., nn.Module] | None:
     """How a package's plan is built: a Hugging Face model from its config alone (the
     package's weights are loaded afterwards); None: the plan's own constructor."""
-    if plan["model"].get("_target_") != _HF_TARGET:
+    if plan["model"].get("_target_") != HF_TARGET:
         return None
     from tnsearch.models import from_pretrained
 

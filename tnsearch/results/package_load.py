@@ -26,6 +26,7 @@ from torch import nn
 from tnsearch.results.package import (
     CHECKSUMS,
     HF,
+    HF_TARGET,
     PackageError,
     check_out,
     factory_of,
@@ -41,7 +42,6 @@ __all__ = ["build_checked", "load", "save_package"]
 
 #: What the model may hold beyond its weights (buffers a checkpoint does not store).
 _SLACK_BYTES = 256 * 2**20
-_HF_TARGET = "tnsearch.models.from_pretrained"
 
 
 # ---- building within bounds -----------------------------------------------------------------
@@ -84,7 +84,7 @@ def build_checked(
                 raise
             except (ValueError, TypeError, KeyError, AttributeError, ImportError) as exc:
                 text = " ".join(str(exc).split())[:300]
-                what = "with hf/config.json " if plan["model"].get("_target_") == _HF_TARGET else ""
+                what = "with hf/config.json " if plan["model"].get("_target_") == HF_TARGET else ""
                 raise PackageError(
                     folder, "plan.json", f"does not build a model {what}({text})"
                 ) from None
@@ -188,7 +188,7 @@ def load(
     listed = verify_checksums(folder, needed=["plan.json", "model.safetensors"]) if verify else None
     plan = read_plan(folder)
     config = f"{HF}/config.json"
-    if listed is not None and plan["model"].get("_target_") == _HF_TARGET and config not in listed:
+    if listed is not None and plan["model"].get("_target_") == HF_TARGET and config not in listed:
         raise PackageError(folder, CHECKSUMS, f"does not list {config}")
     if factory is None:  # a plan naming code nobody trusts: refused before anything is read
         plans.check_model(plan["model"], trusted)

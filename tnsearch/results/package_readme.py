@@ -8,6 +8,7 @@ from typing import Any
 
 from tnsearch.measure.latency import PairedStats
 from tnsearch.measure.onnx import Exported
+from tnsearch.results.package import HF_TARGET
 from tnsearch.study.record import Record
 
 __all__ = ["onnx_section", "package_readme"]
@@ -126,7 +127,7 @@ vectors = embed(["A class definition is an executable statement.", "Any other se
 
 
 def _python_use(record: Mapping[str, Any], plan: Mapping[str, Any]) -> str:
-    if plan["model"].get("_target_") != "tnsearch.models.from_pretrained":
+    if plan["model"].get("_target_") != HF_TARGET:
         raw = (
             '\nraw = tnsearch.load("path/to/this/folder", raw=True)   # takes raw pixels, as '
             "model.onnx"
@@ -146,14 +147,35 @@ model = tnsearch.load("path/to/this/folder")      # the transformers class, tens
 tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder/hf")
 run = pipeline("{task}", model=model, tokenizer=tokenizer)
 model.save_pretrained("elsewhere")                # a package again (tnsearch.load reads it)
-```
+```{_sentence_transformers(record)}
 `hf/` holds the model's `config.json` and tokenizer but no weights: `AutoModel.from_pretrained`
 cannot read the tensorized layers, so it refuses the folder rather than build the dense model
 with random layers."""
 
 
+def _sentence_transformers(record: Mapping[str, Any]) -> str:
+    if record.get("pooling") != "mean":
+        return ""
+    return """
+In sentence-transformers (6), as its `Transformer` module:
+```python
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+
+class Tensorized(Transformer):                    # its model is the package's
+    def _load_model(self, *args, **kwargs):
+        return model
+
+
+encoder = SentenceTransformer(modules=[Tensorized("path/to/this/folder/hf"),
+                                       Pooling(model.config.hidden_size), Normalize()])
+vectors = encoder.encode(["A sentence.", "Another one."])
+```"""
+
+
 def _files(record: Mapping[str, Any], plan: Mapping[str, Any], onnx: str) -> str:
-    hf = plan["model"].get("_target_") == "tnsearch.models.from_pretrained"
+    hf = plan["model"].get("_target_") == HF_TARGET
     lines = [
         "- `model.safetensors`: the trained weights, the state_dict of "
         "`tnsearch.plan.build(plan)`.",
@@ -245,10 +267,11 @@ def onnx_section(
     axes = "dynamic batch and sequence axes" if record.get("kind") == "text" else "a dynamic batch"
     return f"""
 ## ONNX
-`model.onnx` takes {_inputs_text(record, plan)} ({axes}) and returns
-{_output_text(record, plan)}. Each tensorized layer's graph is the path it runs in PyTorch on a
-batch of {batch_size}: its factors and their sequence of small contractions (a tensorized
-embedding gathers slices of its factors; it never holds the dense table).
+`model.onnx` takes {_inputs_text(record, plan)} ({axes}) and returns {_output_text(record, plan)}.
+
+Each tensorized layer's graph is the path it runs in PyTorch on a batch of {batch_size} (the path
+plan.json names, which `tnsearch.load` runs too): its factors and their sequence of small
+contractions; a tensorized embedding gathers slices of its factors, never the dense table.
 {_checked_text(exported)}
 {speed_text(speed, batch_size)}
 
