@@ -139,3 +139,27 @@ def test_heal_epochs_and_an_out_folder_under_a_file_stop_first(tmp_path, args, k
         compress(cfg)
     assert found.value.key == key and re.search(expected, str(found.value)), str(found.value)
     assert not (tmp_path / "mlp").exists()
+
+
+@pytest.mark.slow
+def test_compress_logs_its_model_to_mlflow_and_says_where_to_look(tmp_path, capsys):
+    import mlflow
+
+    from tests.helpers import compose_cfg
+    from tnsearch.cli import resolve
+    from tnsearch.results.compress import compress
+
+    args = [a for a in BASE if a != "tracking.enabled=false"]
+    out = compress(resolve(compose_cfg([f"root={tmp_path}", "budget.params=0.3", *args])))
+    printed = capsys.readouterr().out
+    assert "MLflow model: models:/" in printed and "\nNext:\n  mlflow ui" in printed
+    assert f'tnsearch.load("{out}")' in printed
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        "tags.`tnsearch.role` = 'compress'",
+    )
+    assert run.data.tags["mlflow.note.content"].startswith("# mlp, compressed to budget.params=0.3")
+    assert run.data.metrics["compression"] == round(run.data.metrics["compression"], 2)
+    model = mlflow.pyfunc.load_model(printed.split("MLflow model: ")[1].split()[0])
+    assert model.metadata.signature is not None

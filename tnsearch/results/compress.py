@@ -201,10 +201,11 @@ def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
             readme=readme,
             source=source,
             batch_size=int((cfg.get("latency") or {}).get("batch_size") or 64),
+            data=ready.datamodule,  # the package records its preprocessing or tokenizer
         )
     console.say(f"written {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     tracker = tracking.from_config(cfg["tracking"], cfg["name"])
-    tracker.log_run(
+    run_id = tracker.log_run(
         source,
         params={
             **{f"budget.{k}": v for k, v in budget.items()},
@@ -218,13 +219,56 @@ def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
             f"test_{metric}": test_quality,
             f"dense_{metric}": dense_quality,
             "param_count": params,
-            "compression": dense_params / params,
-            "latency_ratio": ratio,
+            "compression": round(dense_params / params, 2),  # as a study's runs show them
+            "latency_ratio": round(ratio, 3),
         },
         files=sorted(p for p in out.iterdir() if p.is_file()),
-        tags={"tnsearch.role": "compress"},
+        tags={"tnsearch.role": "compress", "mlflow.note.content": readme},
     )
+    if run_id is not None and cfg["tracking"]["enabled"]:
+        _log_model(cfg, ready, out, run_id, trial.replace(latency_ratio=ratio), metric, console)
+    console.say(_next_lines(cfg, out, getattr(tracker, "experiment_id", None)))
     return out
+
+
+def _log_model(cfg, ready, out: Path, run_id: str, trial: Record, metric: str, console) -> None:
+    """The package as an MLflow model on the compress run (registered under the study's name
+    when `tracking.register`); MLflow trouble is a warning, never the command's end."""
+    from tnsearch.results import mlflow_models
+    from tnsearch.ui import warn
+
+    try:
+        uri = mlflow_models.log_package_model(
+            out,
+            tracking_uri=cfg["tracking"]["uri"],
+            run_id=run_id,
+            name="compress-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in out.name),
+            examples=mlflow_models.example_inputs(ready.datamodule),
+            study_name=cfg["name"],
+            tags=mlflow_models.objective_tags(trial, metric),
+            register=bool(cfg["tracking"].get("register")),
+            trusted=plans.trusted_models(cfg),
+            batch_size=int(cfg["latency"]["batch_size"]),
+        )
+        console.say(f"MLflow model: {uri}")
+    except Exception as exc:  # noqa: BLE001 - tracking never stops a command
+        warn(f"the package was not logged to MLflow as a model: {' '.join(str(exc).split())[:300]}")
+
+
+def _next_lines(cfg, out: Path, experiment_id: str | None) -> str:
+    """Where to look next: the run in MLflow's runs view, and the package in Python."""
+    import shlex
+
+    lines = ["", "Next:"]
+    if experiment_id is not None:
+        lines.append(f"  mlflow ui --backend-store-uri {shlex.quote(str(cfg['tracking']['uri']))}")
+        lines.append(
+            f"    then http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
+            "?workflowType=machine_learning"
+        )
+    code = f'import tnsearch; print(tnsearch.load("{out}"))'
+    lines.append(f"  python -c {shlex.quote(code)}")
+    return "\n".join(lines)
 
 
 def _readme(name, asked, plan, lines, heal, errors) -> str:
