@@ -231,9 +231,13 @@ def export(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
     from tnsearch import plan as plans
     from tnsearch.results.selection import open_existing, select
 
+    from tnsearch.study import tracking
+
     console = console or Console()
     if cfg.get("out"):
         check_out(cfg["out"], "out")  # before any work
+    if (cfg.get("tracking") or {}).get("enabled"):
+        tracking.check_server(cfg["tracking"])  # an unreachable MLflow server: one line, now
     study = open_existing(cfg["storage"], cfg["name"])
     trial = select(study, cfg["trial"])
     study_dir = Path(cfg["root"]) / cfg["name"]
