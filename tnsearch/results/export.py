@@ -230,7 +230,6 @@ def export(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
     """Select the trial the resolved config names and write its package; return the folder."""
     from tnsearch import plan as plans
     from tnsearch.results.selection import open_existing, select
-
     from tnsearch.study import tracking
 
     console = console or Console()
