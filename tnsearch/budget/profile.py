@@ -230,6 +230,24 @@ class Option:
     def name(self) -> str:
         return f"{self.group} {self.topology} o{self.order} r{self.rank}"
 
+    def entry(self, *, error: float, latency_ratio: float, quality: float, measured: bool,
+              bonds: dict[str, float] | None = None) -> Entry:  # fmt: skip
+        """This option's profile entry with these figures (measured, or predicted)."""
+        return Entry(
+            group=self.group,
+            topology=self.topology,
+            order=self.order,
+            rank=self.rank,
+            layers=copy.deepcopy(self.layers),
+            params=self.params,
+            error=float(error),
+            latency_ratio=float(latency_ratio),
+            quality=float(quality),
+            measured=measured,
+            predicted_error=self.predicted_error,
+            bonds=dict(bonds or {}),
+        )
+
 
 class Profiler:
     """Predicts and measures the options of `space` on the trained `model` (left as it was).
@@ -351,18 +369,11 @@ class Profiler:
             )
         finally:
             _restore(self.model, originals)
-        return Entry(
-            group=option.group,
-            topology=option.topology,
-            order=option.order,
-            rank=option.rank,
-            layers=copy.deepcopy(option.layers),
-            params=option.params,
-            error=float(statistics.fmean(errors.values())),
-            latency_ratio=float(ratio),
-            quality=float(quality),
+        return option.entry(
+            error=statistics.fmean(errors.values()),
+            latency_ratio=ratio,
+            quality=quality,
             measured=True,
-            predicted_error=option.predicted_error,
             bonds=quantities,
         )
 
@@ -522,18 +533,11 @@ def assemble(
         scale = math.exp(statistics.fmean(math.log(t / max(m, 1e-9)) for m, t in times)) if (
             times) else 1.0  # fmt: skip
         entries.append(
-            Entry(
-                group=option.group,
-                topology=option.topology,
-                order=option.order,
-                rank=option.rank,
-                layers=option.layers,
-                params=option.params,
+            option.entry(
                 error=error,
                 latency_ratio=scale * option.macs_ratio,
                 quality=q0 - loss if maximize else q0 + loss,
                 measured=False,
-                predicted_error=option.predicted_error,
             )
         )
     return Profile(
