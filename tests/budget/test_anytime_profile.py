@@ -48,6 +48,7 @@ def loss(found, e) -> float:
     return e.loss(found.dense_quality, found.maximize)
 
 
+@pytest.mark.slow  # a pretrained LeNet-300-100 and its whole profile: ~20 s
 def test_the_spectra_rank_the_measured_losses_within_a_topology(full):
     """The predictor's ranking of one topology's options against their measured zero-shot loss
     (what the allocation needs to find the group's hull), on a trained LeNet-300-100."""
@@ -60,6 +61,7 @@ def test_the_spectra_rank_the_measured_losses_within_a_topology(full):
         assert spearmanr([e.error for e in entries], [loss(found, e) for e in entries])[0] > 0.6
 
 
+@pytest.mark.slow  # a pretrained LeNet-300-100 and its whole profile: ~20 s
 def test_the_anytime_profile_measures_a_fraction_and_allocates_as_well(full, tmp_path):
     from tnsearch.study import budgets
 
@@ -81,6 +83,7 @@ def test_the_anytime_profile_measures_a_fraction_and_allocates_as_well(full, tmp
     assert picked <= best.loss + 0.02, (picked, best.loss)
 
 
+@pytest.mark.slow  # a pretrained LeNet-300-100 and its whole profile: ~20 s
 def test_each_measured_option_is_a_file_and_a_rerun_measures_none(full):
     from tnsearch.study import budgets
 
@@ -95,6 +98,7 @@ def test_each_measured_option_is_a_file_and_a_rerun_measures_none(full):
     assert [e.quality for e in again.entries] == [e.quality for e in found.entries]
 
 
+@pytest.mark.slow  # a pretrained LeNet-300-100 and its whole profile: ~20 s
 def test_a_damaged_entry_is_set_aside_with_one_warning_and_measured_again(full, capsys):
     from tnsearch.study import budgets
 
@@ -206,6 +210,7 @@ def test_two_processes_on_one_study_split_the_options(full, tmp_path):
     assert min(int(f[2]) for f in found) > 0  # both did some
 
 
+@pytest.mark.slow  # a pretrained LeNet-300-100 and its whole profile: ~20 s
 def test_the_ladder_has_a_latency_rung(full):
     """`search.latency`: the plan that loses least within a fraction of the dense latency."""
     import optuna
