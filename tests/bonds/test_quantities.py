@@ -217,3 +217,21 @@ def test_a_large_unfolding_gets_its_leading_values(monkeypatch):
     assert part.effective_rank() == full.effective_rank()
     with pytest.raises(ValueError, match="rank"):
         part.left_out(39)
+
+
+def test_a_diverged_layer_is_left_out_of_the_epoch_metrics():
+    """Training that diverges (NaN factors) is failed by the loss check, not by a bond SVD."""
+    import torch
+    from torch import nn
+
+    from tnsearch import bonds, tn
+
+    model = nn.Sequential(
+        tn.tensorize(nn.Linear(16, 16), topology="mpo", rank=2, order=2),
+        tn.tensorize(nn.Linear(16, 16), topology="tucker", rank=2, order=2),
+    )
+    assert any(k.startswith("bonds/0/") for k in bonds.epoch_metrics(model))
+    with torch.no_grad():
+        model[0].factors()[0].fill_(float("nan"))
+    found = bonds.epoch_metrics(model)
+    assert found and not any(k.startswith("bonds/0/") for k in found)

@@ -6,6 +6,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from tnsearch import tn
@@ -84,6 +85,8 @@ def epoch_metrics(model: nn.Module, *, energy: float = 0.99) -> dict[str, float]
     energy = check_energy(energy)
     out: dict[str, float] = {}
     for name, layer in tensorized_layers(model).items():
+        if not all(bool(torch.isfinite(p).all()) for p in layer.factors()):
+            continue  # a diverged layer has no spectrum (training fails the trial for it)
         for bond in analyze_layer(layer, name=name, energy=energy).bonds:
             key = f"{METRIC_PREFIX}/{name}/"
             out[f"{key}entropy_{bond.position}"] = bond.entropy
