@@ -23,7 +23,8 @@ from tnsearch.study import record
 pytestmark = pytest.mark.slow
 
 EPOCHS = 2
-STUDY = [*TINY, "pretrain.epochs=1", "trials=3", f"epochs={EPOCHS}", "pruning.enabled=false"]
+STUDY = [*TINY, "pretrain.epochs=1", "trials=3", f"epochs={EPOCHS}", "pruning.enabled=false",
+         "tracking.bonds=true"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ FAST = [
     "latency.noisy=1000",
     "search.budgets=[]",
     "tracking.log_models=none",  # logging models is tested on its own (tests/results)
+    "tracking.bonds=false",  # so are the bonds per epoch (tests/test_bonds_study.py)
 ]
 #: The quick study, shrunk: a ResNet-8 of width 8.
 QUICK = ["model.depth=8", "model.width=8", *FAST]
