@@ -2,15 +2,19 @@
 and Pareto-aware pruning.
 
 Arms, each with the same budget (`timeout`, pretraining and profiling included) and seeds:
-  (a) RandomSampler from scratch        (b) the default sampler (TPE) from scratch
+  (a) RandomSampler from scratch        (n) NSGA-II from scratch
+  (b) the default sampler (TPE) from scratch
   (c) (b) + warm start (pretrain.epochs) (d) (c) + Pareto-aware pruning
-  (e) (d) + the budget ladder (search.budgets: the profile's budget plans first)
+  (e) (d) + the budget ladder (search.budgets: the profile's budget plans first): the default
+
+`--parallel 2` runs two arms at a time, each on its own CPU (`threads=1`): every arm runs under
+the same condition, and the bench takes half the time on a 2-core machine.
 
 For each run: the hypervolume of the front over time (normalized space, see
 tnsearch.results.pareto.REFERENCE), the time (d) needs to reach (a)'s final hypervolume, and the
 largest compression among trials within 1 point of the dense model's accuracy.
 
-    python bench/search.py [--studies mlp lenet] [--seeds 0 1 2] [--budget 150]
+    python bench/search.py [--studies mlp lenet] [--seeds 0 1 2] [--budget 150] [--parallel 2]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from tnsearch.study import record
 
 ARMS = {
     "a random": ["sampler=random", "pruning.enabled=false", "pretrain.epochs=0"],
+    "n nsga2": ["sampler=nsga2", "pruning.enabled=false", "pretrain.epochs=0"],
     "b tpe": ["pruning.enabled=false", "pretrain.epochs=0"],
     "c tpe+warm": ["pretrain.epochs={epochs}", "pruning.enabled=false", "search.budgets=[]"],
     "d tpe+warm+prune": ["pretrain.epochs={epochs}", "pruning.enabled=true", "search.budgets=[]"],
@@ -41,11 +46,14 @@ ARMS = {
 }
 
 
-def run_arm(study: str, arm: str, seed: int, args, root: Path) -> dict:
+def launch(study: str, arm: str, seed: int, args, root: Path) -> tuple[subprocess.Popen, float]:
+    """Start one arm's study; returns the process and when it started."""
     overrides = [o.format(epochs=args.epochs) for o in ARMS[arm]]
+    if args.parallel > 1:
+        overrides.append("threads=1")
     name = f"{study}-{arm.split()[0]}-{seed}"
     launched = time.time()
-    subprocess.run(
+    process = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -61,10 +69,18 @@ def run_arm(study: str, arm: str, seed: int, args, root: Path) -> dict:
             "tracking.enabled=false",
             *overrides,
         ],
-        check=True,
-        capture_output=True,
-        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=(root / f"{name}.stderr").open("w"),  # a file: a full pipe would stall the run
     )
+    return process, launched
+
+
+def collect(study: str, arm: str, seed: int, root: Path, process, launched: float) -> dict:
+    """One finished arm's curve and summary."""
+    name = f"{study}-{arm.split()[0]}-{seed}"
+    if process.wait() != 0:
+        err = (root / f"{name}.stderr").read_text()
+        sys.exit(f"{name} failed ({process.returncode}):\n{err[-3000:]}")
     loaded = optuna.load_study(
         study_name=name,
         storage=JournalStorage(JournalFileBackend(str(root / name / "optuna.journal"))),
@@ -94,10 +110,11 @@ def time_to(curve: list[tuple[float, float]], level: float) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", nargs="+", default=["mlp", "lenet"])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), help="e.g. 'a random'")
+    parser.add_argument("--arms", nargs="+", default=["a", "n", "b", "e"], help="e.g. a n b c d e")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget", type=float, default=150.0, help="seconds per run")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--parallel", type=int, default=1, help="arms run at a time (threads=1)")
     args = parser.parse_args()
     print(
         f"budget {args.budget:.0f} s per run, {args.epochs} epochs per trial, seeds {args.seeds}",
@@ -107,34 +124,44 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for study in args.studies:
             arms = [a for a in ARMS if a in args.arms or a.split()[0] in args.arms]
-            results = {arm: [] for arm in arms}
-            for seed in args.seeds:
-                for arm in arms:
-                    results[arm].append(run_arm(study, arm, seed, args, Path(tmp)))
-                    r = results[arm][-1]
-                    print(
-                        f"  {study} {arm} seed {seed}: hv {r['final']:.4f}, "
-                        f"{r['trials']} trials ({r['pruned']} pruned), best compression "
-                        f"within 1 pt {r['compression']:.1f}x",
-                        flush=True,
-                    )
+            results = {arm: {} for arm in arms}
+            jobs = [(seed, arm) for seed in args.seeds for arm in arms]
+            running: list = []
+            while jobs or running:
+                while jobs and len(running) < args.parallel:
+                    seed, arm = jobs.pop(0)
+                    running.append((seed, arm, *launch(study, arm, seed, args, Path(tmp))))
+                seed, arm, process, launched = running.pop(0)
+                r = collect(study, arm, seed, Path(tmp), process, launched)
+                results[arm][seed] = r
+                print(
+                    f"  {study} {arm} seed {seed}: hv {r['final']:.4f}, "
+                    f"{r['trials']} trials ({r['pruned']} pruned), best compression "
+                    f"within 1 pt {r['compression']:.1f}x",
+                    flush=True,
+                )
             for arm in arms:
-                runs = results[arm]
-                finals = [r["final"] for r in runs]
+                runs = [results[arm][seed] for seed in args.seeds]
+                bases = [results["a random"][seed] for seed in args.seeds]
                 reach = [
-                    time_to(r["curve"], base["final"])
-                    for r, base in zip(runs, results["a random"], strict=True)
+                    (time_to(r["curve"], base["final"]), time_to(base["curve"], base["final"]))
+                    for r, base in zip(runs, bases, strict=True)
                 ]
+                finals = [r["final"] for r in runs]
                 rows.append((study, arm, finals, reach, runs))
     print()
     print(
-        "| study | arm | final hypervolume (mean ± sd) | time to (a)'s final hv (s, per seed) "
+        "| study | arm | final hypervolume (mean ± sd) | time to (a)'s final hv, s "
+        "(as a fraction of (a)'s own), per seed "
         "| trials (pruned) per run | best compression within 1 pt (per seed) |"
     )
     print("|---|---|---|---|---|---|")
     for study, arm, finals, reach, runs in rows:
         sd = statistics.stdev(finals) if len(finals) > 1 else 0.0
-        reach_text = ", ".join("never" if r is None else f"{r:.0f}" for r in reach)
+        reach_text = ", ".join(
+            "never" if r is None else f"{r:.0f} ({r / own:.2f})" if own else f"{r:.0f}"
+            for r, own in reach
+        )
         trials = ", ".join(f"{r['trials']} ({r['pruned']})" for r in runs)
         comp = ", ".join(f"{r['compression']:.1f}x" for r in runs)
         print(

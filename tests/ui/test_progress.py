@@ -82,7 +82,8 @@ def _read(fd: int) -> str:
         chunks.append(os.read(fd, 65536))
 
 
-def test_on_a_terminal_the_line_is_redrawn_in_place_under_other_output():
+def test_on_a_terminal_the_line_is_redrawn_in_place_under_other_output(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")  # the width it draws to (xdist: 80)
     master, slave = pty.openpty()
     with os.fdopen(slave, "w") as stream:
         bar = Progress(5, stream=stream, refresh=0)
