@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tnsearch.study import mlflow_store
-from tnsearch.study.tracking import Tracker
+from tnsearch.study.tracking import MlflowTracker
 
 MARKER = "<<torch is being imported>>"
 
@@ -118,8 +118,9 @@ def _round_trip(uri: str, artifacts: Path, name: str) -> None:
     import optuna
     from mlflow import MlflowClient
 
-    tracker = Tracker(uri, str(artifacts), name)
-    parent = tracker.attach(optuna.create_study(study_name=name))
+    tracker = MlflowTracker(uri, str(artifacts), name)
+    tracker.attach(optuna.create_study(study_name=name))
+    parent = tracker.parent_id
     run_id = tracker.start_trial(0, {"layers": {}}, {"epochs": 1})
     tracker.end_trial(run_id, state="COMPLETE", metrics={"accuracy": 0.5})
     tracker.finish_parent()

@@ -337,3 +337,56 @@ def test_a_repeated_plan_is_never_offered_as_a_best_trial():
     assert repeat.values == study.trials[0].values and repeat.user_attrs["trained"] is False
     assert [t.number for t in study.best_trials] == [0]
     assert repeat.constraints == {UNTRAINED: 1.0}
+
+
+# -- optuna_internals.reseed: a sampler it cannot seed is refused ---------------------------------
+UNSEEDED = '''
+import numpy as np
+import optuna
+
+
+class Sampler(optuna.samplers.BaseSampler):
+    """Random, with its state in a numpy Generator: nothing tnsearch knows how to seed."""
+
+    def __init__(self, seed=None):
+        self.generator = np.random.default_rng(seed)
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, name, distribution):
+        fresh = optuna.samplers.RandomSampler(int(self.generator.integers(2**31)))
+        return fresh.sample_independent(study, trial, name, distribution)
+'''
+
+
+def test_reseed_counts_the_random_states_it_seeded():
+    from tnsearch.study.optuna_internals import reseed
+
+    assert reseed(optuna.samplers.TPESampler(seed=1), 5) >= 1
+    assert reseed(optuna.samplers.NSGAIISampler(seed=1), 5) >= 2  # its own and its random one
+    namespace: dict = {}
+    exec(UNSEEDED, namespace)  # noqa: S102 - the test's own source
+    assert reseed(namespace["Sampler"](seed=1), 5) == 0
+
+
+@pytest.mark.slow
+def test_a_seeded_study_refuses_a_sampler_it_cannot_seed(tmp_path):
+    from tests.helpers import TINY, run_cli
+
+    (tmp_path / "unseeded.py").write_text(UNSEEDED)
+    args = [f"root={tmp_path}", *TINY, "trials=1", "sampler=random"]
+    done = run_cli([*args, "sampler._target_=unseeded.Sampler"], cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: sampler.seed: Sampler keeps no random state tnsearch can seed")
+    ), done.stderr[-2000:]
+    assert not (tmp_path / "mlp").exists()
+    unseeded = run_cli([*args, "sampler._target_=unseeded.Sampler", "sampler.seed=null"],
+                       cwd=tmp_path)  # fmt: skip
+    assert unseeded.returncode == 0, unseeded.stderr[-2000:]

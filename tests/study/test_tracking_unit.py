@@ -21,7 +21,8 @@ from optuna.trial import TrialState
 
 from tnsearch.study import liveness, record
 from tnsearch.study.background_tracking import BackgroundTracker
-from tnsearch.study.tracking import ROLE_TAG, NullTracker, Tracker, from_config
+from tnsearch.study.tracker import Tracker
+from tnsearch.study.tracking import ROLE_TAG, MlflowTracker, NullTracker, from_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -32,7 +33,7 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root}/mlflow.db"
     artifacts = str(root / "artifacts")
-    Tracker(uri, artifacts, "warm-up")  # runs the migrations once
+    MlflowTracker(uri, artifacts, "warm-up")  # runs the migrations once
     return uri, artifacts
 
 
@@ -42,22 +43,22 @@ def experiment() -> str:
 
 
 @pytest.fixture
-def tracker(store, experiment) -> Tracker:
+def tracker(store, experiment) -> MlflowTracker:
     uri, artifacts = store
-    return Tracker(uri, artifacts, experiment)
+    return MlflowTracker(uri, artifacts, experiment)
 
 
 def _study(name: str) -> optuna.Study:
     return optuna.create_study(study_name=name)
 
 
-def _runs(tracker: Tracker, filter_string: str = "") -> list:
+def _runs(tracker: MlflowTracker, filter_string: str = "") -> list:
     return tracker.client.search_runs([tracker.experiment_id], filter_string=filter_string)
 
 
 def test_tracker_makes_the_experiment_once(store, tracker, experiment):
     uri, artifacts = store
-    again = Tracker(uri, artifacts, experiment)
+    again = MlflowTracker(uri, artifacts, experiment)
     assert again.experiment_id == tracker.experiment_id
     found = tracker.client.get_experiment(tracker.experiment_id)
     assert found.name == experiment
@@ -68,8 +69,9 @@ def test_tracker_makes_the_experiment_once(store, tracker, experiment):
 def test_attach_creates_one_parent_run_and_stores_its_id(store, tracker, experiment):
     study = _study(experiment)
     assert record.parent_run(study) is None
-    run_id = tracker.attach(study)
-    assert tracker.parent_id == run_id
+    assert tracker.attach(study) is None  # as every tracker's: the run is `parent_id`
+    run_id = tracker.parent_id
+    assert run_id is not None
     assert record.parent_run(study) == run_id
     run = tracker.client.get_run(run_id)
     assert run.info.experiment_id == tracker.experiment_id
@@ -81,8 +83,8 @@ def test_attach_creates_one_parent_run_and_stores_its_id(store, tracker, experim
     tracker.finish_parent()
     assert tracker.client.get_run(run_id).info.status == "FINISHED"
     uri, artifacts = store
-    other = Tracker(uri, artifacts, experiment)
-    assert other.attach(study) == run_id
+    other = MlflowTracker(uri, artifacts, experiment)
+    other.attach(study)
     assert other.parent_id == run_id
     assert tracker.client.get_run(run_id).info.status == "RUNNING"
     assert [r.info.run_id for r in _runs(tracker, f"tags.{ROLE_TAG} = 'parent'")] == [run_id]
@@ -91,7 +93,8 @@ def test_attach_creates_one_parent_run_and_stores_its_id(store, tracker, experim
 def test_start_trial_makes_a_nested_run_with_params_and_plan(tracker, experiment):
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-    parent = tracker.attach(_study(experiment))
+    tracker.attach(_study(experiment))
+    parent = tracker.parent_id
     plan = {"version": 1, "layers": {"fc1": {"topology": "cp", "rank": 4}}, "params": 123}
     params = {"epochs": 3, "seed": 10, "optimizer.lr": 0.01, "long": "x" * 7000}
     params.update({f"p{i}": i for i in range(150)})  # more than one log_batch of params
@@ -159,7 +162,8 @@ def test_log_metrics_per_step(tracker, experiment):
 
 
 def test_log_parent_files_and_params(tracker, experiment, tmp_path):
-    parent = tracker.attach(_study(experiment))
+    tracker.attach(_study(experiment))
+    parent = tracker.parent_id
     table = tmp_path / "pareto.csv"
     table.write_text("a,b\n1,2\n")
     tracker.log_parent(files=[table], params={"trials": 10})
@@ -210,7 +214,7 @@ def test_from_config(store, experiment):
     uri, artifacts = store
     assert isinstance(from_config({"enabled": False}, experiment), NullTracker)
     found = from_config({"enabled": True, "uri": uri, "artifacts": artifacts}, experiment)
-    assert isinstance(found, Tracker) and found.enabled
+    assert isinstance(found, MlflowTracker) and found.enabled
     assert found.client.get_experiment(found.experiment_id).name == experiment
 
 
@@ -221,7 +225,7 @@ def test_artifacts_land_in_the_folder_named_after_the_study(store, suffix):
     uri, artifacts = store
     stem = f"odd-{uuid.uuid4().hex[:8]}"
     name = stem + suffix  # config.name allows any name without "/"
-    tracker = Tracker(uri, artifacts, name)
+    tracker = MlflowTracker(uri, artifacts, name)
     tracker.attach(_study(name))
     tracker.start_trial(0, {"layers": {}}, {})
     folders = [p.parent.parent.parent.name for p in Path(artifacts).glob("*/*/artifacts/plan.json")]
@@ -241,9 +245,9 @@ def test_background_calls_land_in_order_by_close(store, experiment, tmp_path, mo
     uri, artifacts = store
     gate = threading.Event()  # a store that takes its time to open: nothing is made meanwhile
 
-    def slow_open() -> Tracker:
+    def slow_open() -> MlflowTracker:
         gate.wait(30)
-        return Tracker(uri, artifacts, experiment)
+        return MlflowTracker(uri, artifacts, experiment)
 
     tracker = BackgroundTracker(slow_open, uri=uri)
     study = _study(experiment)
@@ -349,3 +353,33 @@ def test_background_tracker_of_an_unreachable_store(monkeypatch, tmp_path, capsy
     assert tracker.experiment_id is None and tracker.parent_id is None and run.id is None
     assert capsys.readouterr().err.count("cannot open the store") == 1
     assert record.parent_run(study) is None
+
+
+@pytest.mark.parametrize("cls", [MlflowTracker, BackgroundTracker, NullTracker])
+def test_every_tracker_is_a_tracker_with_its_signatures(cls):
+    """The three trackers make the same calls: each method of the `Tracker` protocol exists on
+    each, with the protocol's parameters (names, kinds, whether optional) and no others."""
+    import inspect
+
+    for name, member in vars(Tracker).items():
+        if name.startswith("_") or not callable(member):
+            continue
+        want = inspect.signature(member)
+        have = inspect.signature(getattr(cls, name))
+        pairs = zip(have.parameters.values(), want.parameters.values(), strict=False)
+        assert len(have.parameters) == len(want.parameters), (cls.__name__, name, have)
+        for a, b in pairs:
+            optional = (a.default is a.empty, b.default is b.empty)
+            assert (a.name, a.kind) == (b.name, b.kind) and len(set(optional)) == 1, (cls, name, a)
+
+
+def test_the_trackers_pass_the_runtime_check(tracker):
+    """Each tracker has every member of the protocol, its attributes included."""
+    background = BackgroundTracker(NullTracker, uri="none")
+    try:
+        for found in (tracker, background, NullTracker()):
+            assert isinstance(found, Tracker), type(found).__name__
+            assert found.parent_id is None and isinstance(found.enabled, bool)
+    finally:
+        background.close()
+    assert not isinstance(object(), Tracker)

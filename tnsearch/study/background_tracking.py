@@ -13,14 +13,12 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from tnsearch.study.tracker import Tracker
 from tnsearch.ui import console
 
-if TYPE_CHECKING:
-    from tnsearch.study.tracking import NullTracker, Tracker
-
-    Inner = Tracker | NullTracker
+Inner = Tracker  # the tracker whose calls the thread makes (`tracking.MlflowTracker`)
 
 __all__ = ["CLOSE_TIMEOUT_S", "RUN_WAIT_S", "BackgroundTracker", "Run"]
 
@@ -154,9 +152,17 @@ class BackgroundTracker:
     def attach(self, study) -> None:
         self._queue("attach", lambda tracker: tracker.attach(study))
 
-    def log_parent(self, *, files: Iterable[str | Path] = (), **kwargs: Any) -> None:
-        files = list(files)
-        self._queue("log_parent", lambda tracker: tracker.log_parent(files=files, **kwargs))
+    def log_parent(
+        self,
+        *,
+        files: Iterable[str | Path] = (),
+        params: Mapping[str, Any] = (),
+        metrics: Mapping[str, float] = (),
+        description: str | None = None,
+    ) -> None:
+        kwargs = {"files": list(files), "params": dict(params), "metrics": dict(metrics)}
+        kwargs["description"] = description
+        self._queue("log_parent", lambda tracker: tracker.log_parent(**kwargs))
 
     def finish_parent(self, status: str = "FINISHED") -> None:
         self._queue("finish_parent", lambda tracker: tracker.finish_parent(status))
@@ -197,20 +203,20 @@ class BackgroundTracker:
         return run
 
     def log_metrics(
-        self, run: Run | str | None, metrics: Mapping[str, float], step: int = 0
+        self, run_id: Run | str | None, metrics: Mapping[str, float], step: int = 0
     ) -> None:
-        metrics = dict(metrics)
+        run, metrics = run_id, dict(metrics)
         self._queue("log_metrics", lambda tracker: tracker.log_metrics(_run_id(run), metrics, step))
 
     def end_trial(
         self,
-        run: Run | str | None,
+        run_id: Run | str | None,
         *,
         state: str,
         metrics: Mapping[str, float] = (),
         tags: Mapping[str, str] = (),
     ) -> None:
-        metrics, tags = dict(metrics), dict(tags)
+        run, metrics, tags = run_id, dict(metrics), dict(tags)
 
         def end(tracker: Inner) -> None:
             tracker.end_trial(_run_id(run), state=state, metrics=metrics, tags=tags)

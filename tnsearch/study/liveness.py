@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -123,12 +123,19 @@ def retry(study: optuna.Study, number: int, retries: int) -> None:
 
 
 def reap(
-    study: optuna.Study, tracker=None, *, grace: float = GRACE_S, retries: int = 0
+    study: optuna.Study,
+    tracker=None,
+    *,
+    grace: float = GRACE_S,
+    retries: int = 0,
+    found: Sequence[record.Record] | None = None,
 ) -> list[int]:
     """Fail every RUNNING trial whose worker is dead (and queue it again under `retries`);
-    return their numbers."""
+    return their numbers. `found`: the study's records as just read (None: read them)."""
     reaped = []
-    for trial in record.records(study, (TrialState.RUNNING,)):
+    if found is None:
+        found = record.records(study, (TrialState.RUNNING,))
+    for trial in (r for r in found if r.state == TrialState.RUNNING):
         reason = dead_reason(trial, grace=grace)
         if reason is None:
             continue

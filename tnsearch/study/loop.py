@@ -7,6 +7,7 @@ trial failed or was a repeat; `pretrain` trains the dense model once per study f
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import optuna
 import torch
@@ -14,7 +15,7 @@ from optuna.trial import TrialState
 
 from tnsearch import plan as plans
 from tnsearch.study import budgets, liveness, optuna_internals, record, warmstart, workers
-from tnsearch.study.record import Outcome
+from tnsearch.study.record import Outcome, Record
 from tnsearch.study.setup import Setup, seed_for
 from tnsearch.study.trial import run_trial
 from tnsearch.ui import Progress, Snapshot, warn
@@ -59,18 +60,23 @@ def work(setup: Setup, study: optuna.Study, tracker, *, show_status: bool | None
         with status:
             status.update(snapshot(study, target, status.elapsed, workers=status.workers))
             while True:
-                liveness.reap(study, tracker, retries=setup.cfg["retries"])
-                if record.counted(study) >= target:
+                # One read of the trials before the ask (again only when a dead worker's trial
+                # was reaped), one after it: another worker may have asked meanwhile.
+                found = record.records(study)
+                if liveness.reap(study, tracker, retries=setup.cfg["retries"], found=found):
+                    found = record.records(study)
+                if sum(r.counts for r in found) >= target:
                     break
                 if timeout is not None and time.monotonic() - started > timeout:
                     console.say(f"timeout: {timeout} s passed, no new trial started")
                     break
-                if _ahead(study, None) >= target:  # the running trials make up the rest
+                if _ahead(found, None) >= target:  # the running trials make up the rest
                     break
                 trial = study.ask()
                 seed = seed_for(setup.cfg, trial.number)
-                if seed is not None:  # before the first suggestion: relative sampling is lazy
-                    optuna_internals.reseed(study.sampler, seed)
+                # before the first suggestion: relative sampling is lazy
+                if seed is not None and not optuna_internals.reseed(study.sampler, seed):
+                    raise RuntimeError(f"{type(study.sampler).__name__}: no random state to seed")
                 if _surplus(study, trial, target):  # another worker asked meanwhile
                     reason = "surplus: the study reached its target meanwhile (not a failure)"
                     record.write_fields(trial, fail_reason=reason, surplus=True)
@@ -88,11 +94,12 @@ def work(setup: Setup, study: optuna.Study, tracker, *, show_status: bool | None
 def snapshot(study: optuna.Study, target: int, elapsed: float, *, workers: int = 1) -> Snapshot:
     """What the status line shows; the ETA is the mean trial time times the trials left, over
     `workers`."""
-    counted = [r for r in record.records(study, record.COUNTED) if r.counts]
+    found = record.records(study, record.COUNTED)
+    counted = [r for r in found if r.counts]
     spans = [
         (r.completed - r.started).total_seconds()
-        for r in record.records(study, (TrialState.COMPLETE,))
-        if r.started and r.completed
+        for r in found
+        if r.state == TrialState.COMPLETE and r.started and r.completed
     ]
     left = max(0, target - len(counted))
     eta = sum(spans) / len(spans) * left / max(1, workers) if spans else None
@@ -177,19 +184,20 @@ def pretrain(setup: Setup) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-def _ahead(study: optuna.Study, number: int | None) -> int:
-    """Trials (before trial `number`, if given) that count or may still count: finished and
-    trained, or running."""
+def _ahead(found: Sequence[Record], number: int | None) -> int:
+    """Trials of `found` (before trial `number`, if given) that count or may still count:
+    finished and trained, or running."""
+    states = (*record.COUNTED, TrialState.RUNNING)
     return sum(
         1
-        for r in record.records(study, (*record.COUNTED, TrialState.RUNNING))
-        if (number is None or r.number < number) and r.is_trained
+        for r in found
+        if r.state in states and (number is None or r.number < number) and r.is_trained
     )
 
 
 def _surplus(study: optuna.Study, trial: optuna.Trial, target: int) -> bool:
     """True when earlier trials (counted or still running) already make up the target."""
-    return _ahead(study, trial.number) >= target
+    return _ahead(record.records(study), trial.number) >= target
 
 
 def running(study: optuna.Study) -> int:

@@ -225,9 +225,17 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
             "pretrain.epochs, or a model with pretrained weights (model=hf)",
         )
     try:
-        instantiate(cfg["sampler"])
+        sampler = instantiate(cfg["sampler"])
     except Exception as exc:  # noqa: BLE001
         raise ConfigError.from_exception(_root_cause(exc), "sampler") from None
+    from tnsearch.study.optuna_internals import reseed
+
+    if cfg["sampler"].get("seed") is not None and not reseed(sampler, 0):
+        raise ConfigError(
+            "sampler.seed",
+            f"{type(sampler).__name__} keeps no random state tnsearch can seed for each trial: "
+            "sampler.seed=null runs it unseeded",
+        )
     from tnsearch.study.storage import check_reachable
     from tnsearch.study.tracking import check_server
 

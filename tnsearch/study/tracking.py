@@ -5,10 +5,10 @@ study's user attributes, the one place all workers already share.
 
 MLflow is kept out of a worker's way: a new SQLite store is a copy of an empty one
 (`mlflow_store`), not MLflow's seconds of schema migrations; and the study command's tracker is a
-`BackgroundTracker`, which makes a `Tracker`'s calls on a thread of its own, in order, so that a
-trial waits for its run to be made and for nothing else (params, artifacts, metrics, a slow
-store). A plain `Tracker` makes its calls at once: for commands that log one run at their end,
-and for tests.
+`BackgroundTracker`, which makes an `MlflowTracker`'s calls on a thread of its own, in order, so
+that a trial waits for its run to be made and for nothing else (params, artifacts, metrics, a slow
+store). A plain `MlflowTracker` makes its calls at once: for commands that log one run at their
+end, and for tests. All three trackers (with `NullTracker`) are a `tracker.Tracker`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,12 @@ from typing import Any
 
 from tnsearch.study import mlflow_store, record
 from tnsearch.study.background_tracking import BackgroundTracker
+from tnsearch.study.tracker import Tracker
 from tnsearch.ui import console
+
+__all__ = [
+    "ROLE_TAG", "MlflowTracker", "NullTracker", "Tracker", "check_server", "from_config"
+]  # fmt: skip
 
 ROLE_TAG = "tnsearch_role"
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
@@ -55,8 +60,8 @@ def _safe(method):
     return guarded
 
 
-class Tracker:
-    """Logs a study to an MLflow tracking store.
+class MlflowTracker:
+    """Logs a study to an MLflow tracking store (a `Tracker`).
 
     Every method that talks to MLflow is guarded (`_safe`): a store that is gone, locked or
     unreachable costs its runs a few figures, never the study.
@@ -109,9 +114,9 @@ class Tracker:
 
     # -- the study's parent run -------------------------------------------------------------
     @_safe
-    def attach(self, study) -> str:
-        """Find (or create, once per study) the parent run and mark it running; a parent run
-        the store no longer has (a new or restored store) is made anew."""
+    def attach(self, study) -> None:
+        """Find (or create, once per study) the parent run and mark it running (`parent_id`); a
+        parent run the store no longer has (a new or restored store) is made anew."""
         run_id = record.parent_run(study)
         if run_id is not None and not self._exists(run_id):
             console.warn(
@@ -132,7 +137,6 @@ class Tracker:
         else:
             self.client.update_run(run_id, status="RUNNING")
         self.parent_id = run_id
-        return run_id
 
     def _exists(self, run_id: str) -> bool:
         from mlflow.exceptions import MlflowException
@@ -272,7 +276,7 @@ class Tracker:
 
 
 class NullTracker:
-    """Stands in for Tracker when `tracking.enabled=false`: records nothing."""
+    """No tracking (`tracking.enabled=false`): a `Tracker` whose calls do nothing."""
 
     enabled = False
     parent_id = None
@@ -281,34 +285,61 @@ class NullTracker:
     def attach(self, study) -> None:
         return None
 
-    def log_parent(self, **kwargs: Any) -> None:
+    def log_parent(
+        self,
+        *,
+        files: Iterable[str | Path] = (),
+        params: Mapping[str, Any] = (),
+        metrics: Mapping[str, float] = (),
+        description: str | None = None,
+    ) -> None:
         return None
 
     def finish_parent(self, status: str = "FINISHED") -> None:
         return None
 
     def start_trial(
-        self, number: int, plan: Mapping[str, Any], params: Mapping[str, Any], **kwargs: Any
+        self,
+        number: int,
+        plan: Mapping[str, Any],
+        params: Mapping[str, Any],
+        *,
+        on_run_id: Callable[[str], object] | None = None,
     ) -> None:
         return None
 
     def log_metrics(self, run_id: Any, metrics: Mapping[str, float], step: int = 0) -> None:
         return None
 
-    def log_run(self, name: str, **kwargs: Any) -> None:
+    def end_trial(
+        self,
+        run_id: Any,
+        *,
+        state: str,
+        metrics: Mapping[str, float] = (),
+        tags: Mapping[str, str] = (),
+    ) -> None:
         return None
 
-    def end_trial(self, run_id: Any, **kwargs: Any) -> None:
+    def log_run(
+        self,
+        name: str,
+        *,
+        params: Mapping[str, Any] = (),
+        metrics: Mapping[str, float] = (),
+        files: Iterable[str | Path] = (),
+        tags: Mapping[str, str] = (),
+    ) -> None:
         return None
 
     def close(self, timeout: float | None = None) -> None:
         return None
 
 
-def _open(uri: str, artifacts: str, experiment: str) -> Tracker | NullTracker:
-    """A Tracker on the store, or (said once) a NullTracker when the store cannot be opened."""
+def _open(uri: str, artifacts: str, experiment: str) -> MlflowTracker | NullTracker:
+    """An MlflowTracker on the store, or (said once) a NullTracker when it cannot be opened."""
     try:
-        return Tracker(uri, artifacts, experiment)
+        return MlflowTracker(uri, artifacts, experiment)
     except Exception as exc:  # noqa: BLE001 - tracking is never the reason a study stops
         console.warn(
             f"MLflow ({uri}): cannot open the store: {type(exc).__name__}: "
@@ -350,7 +381,7 @@ def check_server(tracking_cfg: Mapping[str, Any], *, timeout: float = PROBE_S) -
 
 def from_config(
     tracking_cfg: Mapping[str, Any], experiment: str, *, background: bool = False
-) -> Tracker | BackgroundTracker | NullTracker:
+) -> Tracker:
     """The tracker the `tracking.*` config asks for (`background`: a BackgroundTracker, which
     opens the store on its thread)."""
     if not tracking_cfg["enabled"]:

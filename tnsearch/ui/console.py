@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, TextIO
+from typing import Protocol, TextIO
 
-if TYPE_CHECKING:
-    from tnsearch.ui.progress import Progress
+
+class StatusLine(Protocol):
+    """A live line at the bottom of the console (e.g. the study's `ui.progress.Progress`)."""
+
+    enabled: bool
+
+    def print_above(self, text: str) -> None: ...
 
 
 class Console:
@@ -22,7 +27,7 @@ class Console:
     def __init__(self, tag: str = "", *, stream: TextIO | None = None) -> None:
         self.tag = tag
         self.stream = stream
-        self.status: Progress | None = None
+        self.status: StatusLine | None = None
 
     def say(self, text: str) -> None:
         """Print `text` (each of its lines with the tag)."""
