@@ -258,3 +258,17 @@ def test_describe_and_freeze_paths_handle_embeddings():
     chosen = tn.freeze_paths(model, idx)
     assert set(chosen) == {"2"}
     assert model(idx).shape == (4, 10)
+
+
+def test_an_order_1_mpo_of_a_large_table_is_its_one_core(monkeypatch):
+    """An order-1 MPO has no bond: its one core is the table. A table above RANDOMIZED_FROM
+    (MiniLM's word embedding) failed there with `max() arg is an empty sequence`."""
+    from tnsearch.tn import _mpo
+
+    monkeypatch.setattr(_mpo, "RANDOMIZED_FROM", 0)  # this small table takes the large path
+    torch.manual_seed(0)
+    dense = nn.Embedding(40, 6)
+    emb = tn.tensorize(dense, topology="mpo", rank=8, order=1)
+    assert tuple(emb.layer.rank) == ()
+    idx = torch.arange(40)
+    assert rel(emb(idx), dense(idx)) < 1e-5

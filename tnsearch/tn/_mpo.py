@@ -59,8 +59,9 @@ def mpo_decompose(
     from tensorly.decomposition import tensor_train_matrix
 
     # A large table (an embedding's) with small bonds: a randomized SVD of each unfolding
-    # takes a second where the full one takes a minute.
-    method = "randomized_svd" if t.size > RANDOMIZED_FROM and max(rank) <= 256 else "truncated_svd"
+    # takes a second where the full one takes a minute. (Order 1 has no bond: one core.)
+    small = max(rank, default=0) <= 256
+    method = "randomized_svd" if t.size > RANDOMIZED_FROM and small else "truncated_svd"
     with tl.backend_context("numpy", local_threadsafe=True):
         cores = tensor_train_matrix(tl.tensor(t), [1, *rank, 1], svd=method, random_state=0).factors
     bonds, out = [1, *rank, 1], []
