@@ -105,3 +105,30 @@ def test_bad_bonds_and_layers_are_named():
     model = nn.Sequential(layer, nn.Linear(6, 2))
     with pytest.raises(ValueError, match=r"layer: '1' is not a tensorized layer"):
         bonds.probe(model, "1", 0, lambda: None)
+
+
+def test_the_intermediates_stay_within_the_chunk_for_either_side(monkeypatch):
+    """Each bond of a wide layer (an output-side Tucker bond took 22 GB on MiniLM's 384 -> 1536
+    layers): every einsum's result fits CHUNK entries, and the activations are still right."""
+    from tnsearch.bonds import _probe
+
+    torch.manual_seed(0)
+    layer = tn.tensorize(nn.Linear(6, 40).double(), topology="tucker", rank=3, order=1)
+    x = torch.randn(50, 6, dtype=torch.float64)
+    sizes: list[int] = []
+    einsum = torch.einsum
+
+    def spy(*args):
+        out = einsum(*args)
+        sizes.append(out.numel())
+        return out
+
+    monkeypatch.setattr(_probe, "CHUNK", 3 * 40)  # one row's per-index outputs
+    monkeypatch.setattr(_probe.torch, "einsum", spy)
+    for position in range(len(layer.rank)):
+        terms = bonds.bond_terms(layer, position)
+        found = bonds.bond_activations(layer, x, position, terms=terms)
+        parts = [term_weight(layer, terms, k) for k in range(len(terms.weights))]
+        expect = torch.stack([by_hand(layer, layer, w, x) for w in parts], dim=-1)
+        assert torch.allclose(found, expect, atol=1e-9, rtol=1e-7)
+    assert sizes and max(sizes) <= 3 * 40

@@ -110,12 +110,20 @@ def _dense_rows(layer: tn.TNLayer, rows: Tensor, terms: BondTerms) -> Tensor:
     x = rows.reshape(rows.shape[0], *(size[m] for m in modes))
     x = x.permute(0, *(1 + modes.index(m) for m in a_in + b_in)).reshape(rows.shape[0], -1)
     x = x.reshape(rows.shape[0], math.prod(size[m] for m in a_in), -1)  # (R, |A_in|, |B_in|)
-    k, n = len(terms.weights), math.prod(size[m] for m in a_out + b_out)
-    step = max(1, CHUNK // max(k * n, 1))
+    k, (p, a), (q, b) = len(terms.weights), u.shape[1:], v.shape[1:]
+    # One side contracted with the input first: the smaller intermediate of the two, (R, K, P,
+    # |B_in|) or (R, K, |A_in|, Q). (An output-side bond of a wide layer, e.g. MiniLM's
+    # 384 -> 1536 Tucker, made the first one (R, 128, 1536, 384): 22 GB for 21 rows.)
+    a_first = p * b <= a * q
+    step = max(1, CHUNK // max(k * max(p * q, min(p * b, a * q)), 1))
     out = []
     for i in range(0, x.shape[0], step):
-        t = torch.einsum("kpa,rab->rkpb", u, x[i : i + step])
-        y = torch.einsum("rkpb,kqb->rkpq", t, v) * terms.weights.view(1, -1, 1, 1)
+        rows_x = x[i : i + step]
+        if a_first:
+            y = torch.einsum("rkpb,kqb->rkpq", torch.einsum("kpa,rab->rkpb", u, rows_x), v)
+        else:
+            y = torch.einsum("kpa,rkaq->rkpq", u, torch.einsum("rab,kqb->rkaq", rows_x, v))
+        y = y * terms.weights.view(1, -1, 1, 1)
         out.append(_crop(layer, y, a_out, b_out, size).norm(dim=-1))
     return torch.cat(out)
 
