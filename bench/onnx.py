@@ -92,7 +92,7 @@ def main() -> None:
         files = {name: Path(tmp) / f"{name}.onnx" for name in ("model", "dense", "old")}
         exported = onnx_export.export(model, example, files["model"])
         onnx_export.export(dense, example, files["dense"], check=False)
-        ort = onnx_export.paired(files["model"], files["dense"], example, pairs=opts.pairs)
+        ort = onnx_export.paired(files["model"], files["dense"], example, repeats=opts.pairs)
         counts = f"{nodes(files['model'])} vs {nodes(files['dense'])} nodes"
         rows.append(row("onnxruntime (`latency.paired_calls`)", ort, ONNX_TARGET, counts))
         if opts.reconstruct:
@@ -101,7 +101,7 @@ def main() -> None:
                 if isinstance(layer, tn.TNLayer):
                     layer.path = "reconstruct"
             onnx_export.export(old, example, files["old"], check=False)
-            before = onnx_export.paired(files["old"], files["dense"], example, pairs=opts.pairs)
+            before = onnx_export.paired(files["old"], files["dense"], example, repeats=opts.pairs)
             note = f"{nodes(files['old'])} nodes"
             rows.append(row("onnxruntime, all `reconstruct` (the old export)", before, None, note))
     after = " ".join(f"{x:.2f}" for x in os.getloadavg())

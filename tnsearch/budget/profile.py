@@ -34,13 +34,18 @@ from tnsearch import plan as plans
 from tnsearch import tn
 from tnsearch.budget import calibration, predict
 from tnsearch.files import write_text
+from tnsearch.measure import latency
 from tnsearch.space import Space
 from tnsearch.tn import shapes
 
 VERSION = 2
 #: Paired latency measurements per option (each: the dense layers, then the tensorized ones,
-#: in alternating order).
+#: in alternating order): the profile times many options, so it takes fewer pairs, fewer
+#: warm-up calls and one attempt; the rest of its timing (threads, device, dtype, noise) is the
+#: study's `latency.*` (`setup.timing`).
 PAIRS = 9
+#: What the profile changes of the study's timing (`latency.Timing.but`).
+TIMING = {"repeats": PAIRS, "warmup": 2, "attempts": 1}
 
 
 @dataclass(frozen=True)
@@ -175,29 +180,20 @@ def paired_ratio(
     dense: Sequence[nn.Module],
     other: Sequence[nn.Module],
     inputs: Sequence[torch.Tensor],
-    *,
-    threads: int | None = None,
-    pairs: int = PAIRS,
-    warmup: int = 2,
-    attempts: int = 1,
-    **timing: Any,
+    timing: latency.Timing | None = None,
 ) -> tuple[float, float]:
     """(median of the paired time ratios other / dense, dense seconds): the two are timed in
     turn on the same inputs, the order alternating, so that a busy moment hits both
-    (`latency.paired_calls`; `threads`: torch's CPU threads meanwhile, as `latency.threads`)."""
-    from tnsearch.measure import latency
-
-    had = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        ratios, _, base, _, _ = latency.paired_calls(
-            lambda: _run(other, inputs), lambda: _run(dense, inputs), pairs=pairs,
-            warmup=warmup, attempts=attempts, **timing,
+    (`latency.paired_calls`), as `timing` says (default: `latency.Timing` with the profile's
+    TIMING; its threads, dtype and noise handling as a trial's)."""
+    timing = timing or latency.Timing().but(**TIMING)
+    device = inputs[0].device if inputs else torch.device("cpu")
+    with latency.applied(timing, device):
+        calls = latency.paired_calls(
+            lambda: _run(other, inputs), lambda: _run(dense, inputs), pairs=timing.repeats,
+            warmup=timing.warmup, attempts=timing.attempts, spread=timing.spread,
         )  # fmt: skip
-    finally:
-        torch.set_num_threads(had)
-    return statistics.median(ratios), statistics.median(base) / 1e3
+    return statistics.median(calls.ratios), statistics.median(calls.theirs) / 1e3
 
 
 def layer_inputs(model: nn.Module, example: Any, names: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -260,8 +256,8 @@ class Profiler:
             metric is maximized); called with the model as it is (layers swapped in place).
         example: one input batch for the latency measurements (`latency.batch_size`).
         steps: L-BFGS steps of each layer's data-aware fit.
-        timing: keyword arguments of `latency.paired_calls` (pairs, warmup, attempts...).
-        threads: torch's CPU threads while timing (None: as they are).
+        timing: how its latencies are timed (default: `latency.Timing` with TIMING; a study's
+            is `setup.timing.but(**TIMING)`).
     """
 
     def __init__(
@@ -273,13 +269,11 @@ class Profiler:
         example: Any,
         *,
         steps: int,
-        timing: Mapping[str, Any] | None = None,
-        threads: int | None = None,
+        timing: latency.Timing | None = None,
     ) -> None:
         self.model, self.space, self.stats = model.eval(), space, stats
         self.evaluate, self.example, self.steps = evaluate, example, steps
-        self.timing = {"pairs": PAIRS, "warmup": 2, "attempts": 1, **(timing or {})}
-        self.threads = threads
+        self.timing = timing or latency.Timing().but(**TIMING)
         names = [layer.name for layer in space.layers]
         self.inputs = layer_inputs(model, example, names)
         self.originals = {
@@ -294,11 +288,8 @@ class Profiler:
 
     def dense(self) -> dict[str, Any]:
         """The dense reference: quality, whole-model latency (ms per batch) and each group."""
-        from tnsearch.measure import latency
-
         quality = self.evaluate(self.model)
-        whole = latency.measure(self.model, self.example, warmup=3, repeats=15,
-                                threads=self.threads)  # fmt: skip
+        whole = latency.measure(self.model, self.example, self.timing)
         groups = {}
         for g, originals in self.originals.items():
             mods = list(self.dense_modules[g].values())
@@ -379,7 +370,7 @@ class Profiler:
 
     def _ratio(self, dense: list[nn.Module], other: list[nn.Module], group: str):
         xs = [self.inputs[n] for n in self.originals[group]]
-        return paired_ratio(dense, other, xs, threads=self.threads, **self.timing)
+        return paired_ratio(dense, other, xs, self.timing)
 
 
 def _rank(module: nn.Module) -> tuple[int, ...]:

@@ -16,7 +16,8 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -93,52 +94,35 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(
-    model: nn.Module,
-    example: torch.Tensor,
-    *,
-    warmup: int = 10,
-    repeats: int = 50,
-    device: str | torch.device | None = None,
-    dtype: str = "float32",
-    threads: int | None = None,
+    model: nn.Module, example: torch.Tensor, timing: Timing | None = None, **changes: Any
 ) -> LatencyStats:
-    """Time `model` on `example` (one batch) in eval mode.
+    """Time `model` on `example` (one batch) in eval mode, alone, as `timing` says (default
+    `Timing()`; `changes`: fields of it changed, e.g. `repeats=5`).
 
     Args:
-        model: the model; it is moved to `device` and put in eval mode, then restored.
+        model: the model; it is moved to the timing's device (default: where the model's
+            parameters are) and put in eval mode, then restored.
         example: one input batch: a tensor (B, ...), or a dict of tensors (B, ...) passed as
             keyword arguments (e.g. a tokenized batch: input_ids, attention_mask); B is the
             measured batch size.
-        warmup: untimed runs first.
-        repeats: timed runs; the statistics are over these.
-        device: where to measure (default: where the model's parameters are).
-        dtype: "float32", or "bfloat16" for autocast in bfloat16.
-        threads: torch's CPU threads while measuring (None: as they are).
+        timing: warmup (untimed runs first), repeats (timed runs; the statistics are over
+            these), device, dtype, threads (see `Timing`).
 
     Returns:
         LatencyStats in milliseconds per batch.
     """
+    timing = (timing or Timing()).but(**changes)
+    warmup, repeats, dtype = timing.warmup, timing.repeats, timing.dtype
     if repeats < 1:
         raise ValueError(f"latency.repeats: must be >= 1, got {repeats}")
-    if device is None:
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else torch.device("cpu")
-    device = torch.device(device)
+    device = _device(timing, model)
     was_training = model.training
     model.to(device).eval()
     example = to_device(example, device)
     call = (lambda: model(**example)) if isinstance(example, Mapping) else (lambda: model(example))
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if dtype == "bfloat16"
-        else contextlib.nullcontext()
-    )
     times: list[float] = []
-    had = torch.get_num_threads()
-    if threads is not None and device.type == "cpu":
-        torch.set_num_threads(threads)
     try:
-        with torch.inference_mode(), autocast:
+        with applied(timing, device):
             for _ in range(warmup):
                 call()
             _sync(device)
@@ -149,7 +133,6 @@ def measure(
                 times.append((time.perf_counter() - start) * 1e3)
         name = device_name(device)
     finally:
-        torch.set_num_threads(had)
         model.train(was_training)
     times.sort()
     return LatencyStats(
@@ -173,6 +156,82 @@ ATTEMPTS = 3
 #: study beside two busy processes: each plan's objective within 0.1-5.6% of a quiet run at 0.5
 #: ms, 0-19% at 2 ms; bench/RESULTS.md).
 SAMPLE_MS = 0.5
+
+
+#: A compiled model runs slowly for its first few calls after compiling (measured: 3-4 calls on
+#: CPU), whatever latency.warmup says: it is warmed up this many times at least.
+COMPILED_WARMUP = 10
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How a model is timed: the one settings object of every latency measurement (a trial's
+    objective, the profile, compress, the benchmarks), read from `latency.*` by `of`.
+
+    Attributes:
+        warmup: untimed calls of each model first (tensorized layers choose their paths then).
+        repeats: timed calls (`measure`), or timed pairs (`paired`).
+        device: where to time (None: where the model's parameters are).
+        dtype: "float32", or "bfloat16" for autocast in bfloat16.
+        threads: torch's (and onnxruntime's) CPU threads while timing (None: as they are).
+        spread, attempts: a measurement whose paired ratios spread wider than `spread`
+            (p90 / p10) is made again, up to `attempts` in all, then called noisy.
+        batch_size: the examples per timed batch (`example_batch`).
+        runtime: "torch", or "onnxruntime" (the exported ONNX on the CPU).
+        compile: torch.compile mode of the timed models ("none": eager).
+    """
+
+    warmup: int = 10
+    repeats: int = 50
+    device: str | None = None
+    dtype: str = "float32"
+    threads: int | None = None
+    spread: float = NOISY_SPREAD
+    attempts: int = ATTEMPTS
+    batch_size: int = 64
+    runtime: str = "torch"
+    compile: str = "none"
+
+    @classmethod
+    def of(cls, latency_cfg: Mapping[str, Any], *, device: str | None = None) -> Timing:
+        """The `latency.*` section as a Timing (`device`: where the trial runs, for
+        `latency.device=null`); a compiled model is warmed up COMPILED_WARMUP times at least."""
+        compiled = str(latency_cfg.get("compile") or "none")
+        warmup = int(latency_cfg["warmup"])
+        return cls(
+            warmup=max(warmup, COMPILED_WARMUP) if compiled != "none" else warmup,
+            repeats=int(latency_cfg["repeats"]),
+            device=latency_cfg.get("device") or device,
+            dtype=str(latency_cfg.get("dtype") or "float32"),
+            threads=latency_cfg.get("threads"),
+            spread=float(latency_cfg.get("noisy", NOISY_SPREAD)),
+            attempts=int(latency_cfg.get("attempts", ATTEMPTS)),
+            batch_size=int(latency_cfg.get("batch_size", 64)),
+            runtime=str(latency_cfg.get("runtime") or "torch"),
+            compile=compiled,
+        )
+
+    def but(self, **changes: Any) -> Timing:
+        """The same settings with `changes` (e.g. fewer pairs for the profile)."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Calls:
+    """What `paired_calls` measured: one value per pair, each list sorted."""
+
+    ratios: list[float]  # call ms / reference ms
+    mine: list[float]  # the call, ms
+    theirs: list[float]  # the reference, ms
+    attempts: int  # measurements made (more than one: the first ones spread too widely)
+    noisy: bool  # the kept measurement still spread wider than asked
+
+    def stats(self, device: str) -> PairedStats:
+        """Their statistics, on `device` (its name)."""
+        return PairedStats.of(
+            self.ratios, self.mine, self.theirs, attempts=self.attempts, noisy=self.noisy,
+            device=device,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -239,8 +298,31 @@ class PairedStats:
         """p90 / p10 of the paired ratios (1.0: every pair agreed)."""
         return self.ratio_p90 / max(self.ratio_p10, 1e-12)
 
+    def fields(self) -> dict[str, Any]:
+        """The latency fields of a trial's record (`study.record.Record`), by name: the one
+        list of them (`FIELDS`)."""
+        return {name: getattr(self, attr) for name, attr in _FIELD_ATTRS.items()}
+
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+#: A trial record's latency fields (`study.record.Record`) and the PairedStats attribute each is.
+_FIELD_ATTRS = {
+    "latency_ratio": "ratio",
+    "latency_ratio_p10": "ratio_p10",
+    "latency_ratio_p90": "ratio_p90",
+    "latency_ms": "latency_ms",
+    "latency_p10_ms": "latency_p10_ms",
+    "latency_p90_ms": "latency_p90_ms",
+    "dense_latency_ms": "reference_ms",
+    "latency_device": "device",
+    "latency_noisy": "noisy",
+}
+#: Their names.
+FIELDS = tuple(_FIELD_ATTRS)
+#: Those that are not figures: MLflow tags, not metrics.
+TAG_FIELDS = ("latency_device", "latency_noisy")
 
 
 def paired_calls(
@@ -253,15 +335,11 @@ def paired_calls(
     spread: float = NOISY_SPREAD,
     attempts: int = ATTEMPTS,
     sample_ms: float = SAMPLE_MS,
-) -> tuple[list[float], list[float], list[float], int, bool]:
+) -> Calls:
     """Time `call` and `reference` in turn (the order alternating), `pairs` times.
 
     A measurement whose ratios spread wider than `spread` (p90 / p10) is repeated, up to
-    `attempts` in all; the one that spread least is kept.
-
-    Returns:
-        (ratios call / reference, call ms, reference ms: one per pair, sorted; the attempts
-        made; whether the kept one still spread wider than `spread`).
+    `attempts` in all; the one that spread least is kept (`Calls`).
     """
     if pairs < 1:
         raise ValueError(f"latency.repeats: must be >= 1, got {pairs}")
@@ -298,7 +376,7 @@ def paired_calls(
             best = (ratios, mine, theirs)
         if _spread(best[0]) <= spread:
             break
-    return (*best, made, _spread(best[0]) > spread)
+    return Calls(*best, attempts=made, noisy=_spread(best[0]) > spread)
 
 
 def _spread(sorted_ratios: list[float]) -> float:
@@ -309,26 +387,18 @@ def paired(
     model: nn.Module,
     reference: nn.Module,
     example,
-    *,
-    warmup: int = 10,
-    repeats: int = 50,
-    device: str | torch.device | None = None,
-    dtype: str = "float32",
-    spread: float = NOISY_SPREAD,
-    attempts: int = ATTEMPTS,
-    threads: int | None = None,
+    timing: Timing | None = None,
+    **changes: Any,
 ) -> PairedStats:
-    """`model`'s latency as a ratio to `reference`'s, both timed in turn on `example`.
+    """`model`'s latency as a ratio to `reference`'s, both timed in turn on `example`, as
+    `timing` says (default `Timing()`; `changes`: fields of it changed, e.g. `repeats=20`).
 
     Args:
-        model, reference: moved to `device` and put in eval mode, then restored.
+        model, reference: moved to the timing's device and put in eval mode, then restored.
         example: one input batch (a tensor, or a dict of tensors passed as keyword arguments).
-        warmup: untimed runs of each first (tensorized layers choose their paths then).
-        repeats: timed pairs.
-        device: where to measure (default: where the model's parameters are).
-        dtype: "float32", or "bfloat16" for autocast in bfloat16.
-        spread, attempts: see `paired_calls`.
-        threads: torch's CPU threads while measuring (None: as they are). On a shared CPU, one
+        timing: warmup (untimed runs of each first), repeats (timed pairs), device, dtype,
+            spread and attempts (see `paired_calls`), and threads: torch's CPU threads while
+            measuring (None: as they are). On a shared CPU, one
             thread is what makes ratios repeatable: with more, every operator waits for its
             slowest thread at the end of its parallel region, so a busy neighbour slows a model
             of many small operators (a tensor network) more than one of a few large ones (its
@@ -336,39 +406,55 @@ def paired(
             MPO layers against dense: 2.3x when quiet, 2.8-5.6x when busy with two threads;
             1.72x and 1.74-1.77x with one (bench/RESULTS.md, issue 15).
     """
-    if device is None:
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else torch.device("cpu")
-    device = torch.device(device)
+    timing = (timing or Timing()).but(**changes)
+    device = _device(timing, model)
     example = to_device(example, device)
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if dtype == "bfloat16"
-        else contextlib.nullcontext()
-    )
     modes = [(m, m.training) for m in (model, reference)]
     for m in (model, reference):
         m.to(device).eval()
-    had = torch.get_num_threads()
-    if threads is not None and device.type == "cpu":
-        torch.set_num_threads(threads)
     try:
-        with torch.inference_mode(), autocast:
-            ratios, mine, theirs, made, noisy = paired_calls(
+        with applied(timing, device):
+            calls = paired_calls(
                 _caller(model, example),
                 _caller(reference, example),
-                pairs=repeats,
-                warmup=warmup,
+                pairs=timing.repeats,
+                warmup=timing.warmup,
                 sync=lambda: _sync(device),
-                spread=spread,
-                attempts=attempts,
+                spread=timing.spread,
+                attempts=timing.attempts,
             )
         name = device_name(device)
     finally:
-        torch.set_num_threads(had)
         for m, training in modes:
             m.train(training)
-    return PairedStats.of(ratios, mine, theirs, attempts=made, noisy=noisy, device=name)
+    return calls.stats(name)
+
+
+def _device(timing: Timing, model: nn.Module) -> torch.device:
+    """Where `timing` times `model`: its device, or where the model's parameters are."""
+    if timing.device is not None:
+        return torch.device(timing.device)
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def applied(timing: Timing, device: torch.device):
+    """No autograd, autocast as `timing.dtype` says, and torch's CPU threads as `timing.threads`
+    says while the block runs (restored after)."""
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if timing.dtype == "bfloat16"
+        else contextlib.nullcontext()
+    )
+    had = torch.get_num_threads()
+    if timing.threads is not None and device.type == "cpu":
+        torch.set_num_threads(timing.threads)
+    try:
+        with torch.inference_mode(), autocast:
+            yield
+    finally:
+        torch.set_num_threads(had)
 
 
 def _caller(model: nn.Module, example) -> Callable[[], object]:

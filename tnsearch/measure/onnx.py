@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -297,24 +297,21 @@ def paired(
     model: str | Path,
     reference: str | Path,
     example: Inputs,
-    *,
-    pairs: int = 50,
-    warmup: int = 10,
-    spread: float = latency.NOISY_SPREAD,
-    attempts: int = latency.ATTEMPTS,
-    threads: int | None = None,
+    timing: latency.Timing | None = None,
+    **changes: Any,
 ) -> latency.PairedStats:
     """The onnxruntime latency of the ONNX file `model` as a ratio to `reference`'s, both timed
-    in turn on `example` (`latency.paired_calls`), each in its own `session` of `threads`
+    in turn on `example` (`latency.paired_calls`) as `timing` says (its pairs, warmup, spread and
+    attempts; `changes`: fields of it changed), each in its own `session` of `timing.threads`
     intra-op threads (None: torch's)."""
-    threads = threads or torch.get_num_threads()
-    ratios, mine, theirs, made, noisy = latency.paired_calls(
+    timing = (timing or latency.Timing()).but(**changes)
+    threads = timing.threads or torch.get_num_threads()
+    calls = latency.paired_calls(
         runner(session(model, threads=threads), example),
         runner(session(reference, threads=threads), example),
-        pairs=pairs,
-        warmup=warmup,
-        spread=spread,
-        attempts=attempts,
+        pairs=timing.repeats,
+        warmup=timing.warmup,
+        spread=timing.spread,
+        attempts=timing.attempts,
     )
-    device = f"onnxruntime on {latency.cpu_name()} ({threads} threads)"
-    return latency.PairedStats.of(ratios, mine, theirs, attempts=made, noisy=noisy, device=device)
+    return calls.stats(f"onnxruntime on {latency.cpu_name()} ({threads} threads)")

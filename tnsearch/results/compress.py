@@ -97,7 +97,6 @@ def out_folder(cfg: Mapping[str, Any], budget: Mapping[str, float | None]) -> Pa
 
 def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
     """Compress the study's trained model to `budget.*`; return the package folder."""
-    from tnsearch.budget.profile import paired_ratio
     from tnsearch.measure import latency, training
     from tnsearch.results.export import write_package
     from tnsearch.study import tracking
@@ -158,8 +157,11 @@ def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
         model = model.cpu().eval()
     dense_test = test()
     test_quality = budgets.evaluator(ready, model, examples=None, split="test")()
-    example = latency.example_batch(ready.datamodule, cfg["latency"]["batch_size"])
-    ratio, dense_s = paired_ratio([dense], [model], [example])
+    timing = ready.timing  # as a trial's objective is measured
+    example = latency.example_batch(ready.datamodule, timing.batch_size)
+    timed = latency.paired(model, dense, example, timing)
+    model, dense = model.cpu(), dense.cpu()  # timed where trials are; written from the CPU
+    ratio, dense_s = timed.ratio, timed.reference_ms / 1e3
     params, dense_params = tn.n_params(model), tn.n_params(dense)
     plan = {**plans.make(cfg["model"], ready.inputs, chosen.layers), "params": params}
     metric = ready.metric

@@ -106,6 +106,6 @@ def speed(
             onnx_export.export(reference, batch, dense, check=False, output_name=record["output"])
         else:
             onnx_export.export(_graph(reference, record), batch, dense, check=False)
-        return onnx_export.paired(model_onnx, dense, batch, pairs=ONNX_PAIRS, warmup=5)
+        return onnx_export.paired(model_onnx, dense, batch, repeats=ONNX_PAIRS, warmup=5)
     finally:
         dense.unlink(missing_ok=True)

@@ -186,10 +186,11 @@ def profile(
     _, stats = calibrated(setup)
     evaluate = evaluator(setup, model)
     cfg = setup.cfg
-    example = latency.example_batch(setup.datamodule, cfg["latency"]["batch_size"])
+    timing = setup.timing.but(**profiles.TIMING)
+    example = latency.example_batch(setup.datamodule, timing.batch_size)
     profiler = profiles.Profiler(
         model, setup.space, stats, evaluate, example, steps=cfg["profile"]["steps"],
-        threads=cfg["latency"].get("threads"),
+        timing=timing,
     )  # fmt: skip
     with cache.hold(("dense", "", 0, 0)):  # one process measures the reference, others wait
         dense = cache.dense()

@@ -19,6 +19,7 @@ from tnsearch import plan as plans
 from tnsearch import tn
 from tnsearch.cli import quiet
 from tnsearch.config import ConfigError, check_basic
+from tnsearch.measure import latency
 from tnsearch.space import Space
 from tnsearch.study import identity, pruning, record, warmstart
 from tnsearch.study.pruning import ParetoPruner
@@ -64,6 +65,12 @@ class Setup:
             dense.load_state_dict(self.pretrained)
             self._teacher = dense.eval()
         return self._teacher
+
+    @property
+    def timing(self) -> latency.Timing:
+        """How every latency of the study is measured: `latency.*`, on the trial's device
+        unless `latency.device` says otherwise."""
+        return latency.Timing.of(self.cfg["latency"], device=str(trial_device(self.cfg)))
 
     def latency_reference(self) -> torch.nn.Module:
         """The dense model every trial's latency is timed beside (built once per worker, with

@@ -24,22 +24,8 @@ from tnsearch.interrupts import Interrupted
 from tnsearch.measure import latency, training
 from tnsearch.study import budgets, liveness, pruning, record
 from tnsearch.study.record import Outcome, Record
-from tnsearch.study.setup import Setup, trial_device
+from tnsearch.study.setup import Setup
 from tnsearch.ui.console import short_name, test_name
-
-#: What a trial's latency measurement records (a repeat of a plan takes them from the first).
-LATENCY_FIELDS = (
-    "latency_ratio",
-    "latency_ratio_p10",
-    "latency_ratio_p90",
-    "latency_ms",
-    "latency_p10_ms",
-    "latency_p90_ms",
-    "dense_latency_ms",
-    "latency_device",
-    "latency_noisy",
-)
-
 
 #: The constraint a repeated plan's trial violates: it holds no trained model of its own.
 UNTRAINED = "untrained"
@@ -157,7 +143,7 @@ class _Trial:
             plan=earlier.plan,
             params=earlier.params,
             compression=earlier.compression,
-            **{name: getattr(earlier, name) for name in LATENCY_FIELDS},
+            **{name: getattr(earlier, name) for name in latency.FIELDS},
             trained=False,
             duplicate_of=earlier.number,
             quality=earlier.quality,
@@ -213,65 +199,44 @@ class _Trial:
     def measure(self, model: torch.nn.Module) -> None:
         """Latency of the whole model in eval mode, as a ratio to the dense model timed beside
         it on the same inputs: in torch, compiled as `latency.compile` says
-        (`latency.paired`), or as exported ONNX in onnxruntime (`latency.runtime`)."""
-        cfg = self.cfg["latency"]
-        example = latency.example_batch(self.setup.datamodule, cfg["batch_size"])
-        if not self.plan["layers"] and cfg["runtime"] == "torch":
-            stats = self.measure_dense(model, example)
-        elif cfg["runtime"] == "onnxruntime":
-            stats = self.measure_onnx(model, example)
+        (`latency.paired`), or as exported ONNX in onnxruntime (`latency.runtime`); all as the
+        study's `latency.Timing` says."""
+        timing = self.setup.timing
+        example = latency.example_batch(self.setup.datamodule, timing.batch_size)
+        if not self.plan["layers"] and timing.runtime == "torch":
+            stats = self.measure_dense(model, example, timing)
+        elif timing.runtime == "onnxruntime":
+            stats = self.measure_onnx(model, example, timing)
         else:
-            stats = self.measure_torch(model, example)
-        self.update(
-            latency_ratio=stats.ratio,
-            latency_ratio_p10=stats.ratio_p10,
-            latency_ratio_p90=stats.ratio_p90,
-            latency_ms=stats.latency_ms,
-            latency_p10_ms=stats.latency_p10_ms,
-            latency_p90_ms=stats.latency_p90_ms,
-            dense_latency_ms=stats.reference_ms,
-            latency_device=stats.device,
-            latency_noisy=stats.noisy,
-        )
+            stats = self.measure_torch(model, example, timing)
+        self.update(**stats.fields())
 
-    def measure_dense(self, model: torch.nn.Module, example) -> latency.PairedStats:
+    def measure_dense(
+        self, model: torch.nn.Module, example, timing: latency.Timing
+    ) -> latency.PairedStats:
         """The dense plan is the reference itself: its ratio is 1 by definition, and timing it
         alone gives its milliseconds in half the time of the pairs (a worker's first trial)."""
-        cfg = self.cfg["latency"]
-        if cfg["compile"] != "none":
+        if timing.compile != "none":
             torch._dynamo.reset()
-            model = _compile(model, cfg["compile"])
-        return latency.PairedStats.itself(latency.measure(model, example, **self.timing()))
+            model = _compile(model, timing.compile)
+        return latency.PairedStats.itself(latency.measure(model, example, timing))
 
-    def timing(self) -> dict[str, Any]:
-        """How `latency.*` says a model is timed in torch (alone or in pairs)."""
-        cfg = self.cfg["latency"]
-        return {
-            # A compiled model runs slowly for its first few calls after compiling (measured:
-            # 3-4 calls on CPU), whatever latency.warmup says.
-            "warmup": max(cfg["warmup"], 10 if cfg["compile"] != "none" else 0),
-            "repeats": cfg["repeats"],
-            "device": torch.device(cfg["device"] or trial_device(self.cfg)),
-            "dtype": cfg["dtype"],
-            "threads": cfg["threads"],
-        }
-
-    def measure_torch(self, model: torch.nn.Module, example) -> latency.PairedStats:
-        cfg = self.cfg["latency"]
-        timing = self.timing()
+    def measure_torch(
+        self, model: torch.nn.Module, example, timing: latency.Timing
+    ) -> latency.PairedStats:
         reference = self.setup.latency_reference()
-        if cfg["compile"] != "none" or self.cfg["trainer"]["compile"] != "none":
+        if timing.compile != "none" or self.cfg["trainer"]["compile"] != "none":
             # Every trial is a new model behind the same forward functions: start Dynamo
             # afresh, or its per-function recompile limit turns compilation off after 8 trials.
             torch._dynamo.reset()
-            self.freeze_paths(model, timing["device"])
-        if cfg["compile"] != "none":
-            model, reference = _compile(model, cfg["compile"]), _compile(reference, cfg["compile"])
-        return latency.paired(
-            model, reference, example, spread=cfg["noisy"], attempts=cfg["attempts"], **timing
-        )
+            self.freeze_paths(model, torch.device(timing.device))
+        if timing.compile != "none":
+            model, reference = _compile(model, timing.compile), _compile(reference, timing.compile)
+        return latency.paired(model, reference, example, timing)
 
-    def measure_onnx(self, model: torch.nn.Module, example) -> latency.PairedStats:
+    def measure_onnx(
+        self, model: torch.nn.Module, example, timing: latency.Timing
+    ) -> latency.PairedStats:
         """The trial's exported ONNX (each layer on the path it takes for `example`) timed in
         onnxruntime beside the dense model's, on the CPU: what a deployment runs."""
         import tempfile
@@ -279,21 +244,11 @@ class _Trial:
 
         from tnsearch.measure import onnx
 
-        cfg = self.cfg["latency"]
         reference = self.setup.latency_reference_onnx(example)
         with tempfile.TemporaryDirectory(prefix="tnsearch-latency-") as tmp:
             path = Path(tmp) / "model.onnx"
             onnx.export(model.cpu(), example, path, check=False)
-            return onnx.paired(
-                path,
-                reference,
-                example,
-                pairs=cfg["repeats"],
-                warmup=cfg["warmup"],
-                spread=cfg["noisy"],
-                attempts=cfg["attempts"],
-                threads=cfg["threads"],
-            )
+            return onnx.paired(path, reference, example, timing)
 
     def freeze_paths(self, model: torch.nn.Module, device: torch.device) -> None:
         """Choose every tensorized layer's path for the shapes it will see, then fix them, so
@@ -517,13 +472,7 @@ def _final_metrics(rec: Record, metric: str) -> dict[str, float]:
         "zero_shot_quality": f"zero_shot_{metric}",
         "params": "param_count",
         "compression": "compression",
-        "latency_ratio": "latency_ratio",
-        "latency_ratio_p10": "latency_ratio_p10",
-        "latency_ratio_p90": "latency_ratio_p90",
-        "latency_ms": "latency_ms",
-        "latency_p10_ms": "latency_p10_ms",
-        "latency_p90_ms": "latency_p90_ms",
-        "dense_latency_ms": "dense_latency_ms",
+        **{name: name for name in latency.FIELDS if name not in latency.TAG_FIELDS},
     }
     return {
         name: _rounded(name, float(getattr(rec, k)))
@@ -547,12 +496,12 @@ def _rounded(name: str, value: float) -> float:
 def _latency_tags(rec: Record) -> dict[str, str]:
     """MLflow tags of a trial's latency measurement: the device's name, and whether it was
     noisy (ratios are compared within one device only)."""
-    tags = {}
-    if rec.latency_device is not None:
-        tags["latency_device"] = rec.latency_device
-    if rec.latency_noisy is not None:
-        tags["latency_noisy"] = str(bool(rec.latency_noisy)).lower()
-    return tags
+    values = {name: getattr(rec, name) for name in latency.TAG_FIELDS}
+    return {
+        name: str(bool(value)).lower() if name == "latency_noisy" else str(value)
+        for name, value in values.items()
+        if value is not None
+    }
 
 
 def _instantiate(node: Mapping[str, Any]):
