@@ -187,6 +187,7 @@ def test_the_threads_key_is_checked_and_applied(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # the second process must start while the first still measures
 def test_two_processes_on_one_study_split_the_options(full, tmp_path):
     """Workers (or machines) on one study measure each option once between them."""
     _, root = full

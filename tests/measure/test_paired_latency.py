@@ -13,6 +13,8 @@ from torch import nn
 
 from tnsearch.measure import latency
 
+pytestmark = pytest.mark.serial  # ratios of timings: alone, not beside another test
+
 
 def _mlp() -> nn.Module:
     torch.manual_seed(0)
