@@ -180,13 +180,11 @@ def paired_ratio(
     dense: Sequence[nn.Module],
     other: Sequence[nn.Module],
     inputs: Sequence[torch.Tensor],
-    timing: latency.Timing | None = None,
+    timing: latency.Timing,
 ) -> tuple[float, float]:
     """(median of the paired time ratios other / dense, dense seconds): the two are timed in
     turn on the same inputs, the order alternating, so that a busy moment hits both
-    (`latency.paired_calls`), as `timing` says (default: `latency.Timing` with the profile's
-    TIMING; its threads, dtype and noise handling as a trial's)."""
-    timing = timing or latency.Timing().but(**TIMING)
+    (`latency.paired_calls`), as `timing` says (the Profiler's)."""
     device = inputs[0].device if inputs else torch.device("cpu")
     with latency.applied(timing, device):
         calls = latency.paired_calls(

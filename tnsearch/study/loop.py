@@ -62,9 +62,9 @@ def work(setup: Setup, study: optuna.Study, tracker, *, show_status: bool | None
             while True:
                 # One read of the trials before the ask (again only when a dead worker's trial
                 # was reaped), one after it: another worker may have asked meanwhile.
-                found = record.records(study)
+                found = record.records(study, LIVE)
                 if liveness.reap(study, tracker, retries=setup.cfg["retries"], found=found):
-                    found = record.records(study)
+                    found = record.records(study, LIVE)
                 if sum(r.counts for r in found) >= target:
                     break
                 if timeout is not None and time.monotonic() - started > timeout:
@@ -184,20 +184,23 @@ def pretrain(setup: Setup) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
+#: The states of the trials that count or may still count: the loop reads only these.
+LIVE = (*record.COUNTED, TrialState.RUNNING)
+
+
 def _ahead(found: Sequence[Record], number: int | None) -> int:
     """Trials of `found` (before trial `number`, if given) that count or may still count:
     finished and trained, or running."""
-    states = (*record.COUNTED, TrialState.RUNNING)
     return sum(
         1
         for r in found
-        if r.state in states and (number is None or r.number < number) and r.is_trained
+        if r.state in LIVE and (number is None or r.number < number) and r.is_trained
     )
 
 
 def _surplus(study: optuna.Study, trial: optuna.Trial, target: int) -> bool:
     """True when earlier trials (counted or still running) already make up the target."""
-    return _ahead(record.records(study), trial.number) >= target
+    return _ahead(record.records(study, LIVE), trial.number) >= target
 
 
 def running(study: optuna.Study) -> int:
