@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tnsearch.tn._autopath import PathKey, measure_paths, path_key
-from tnsearch.tn._contract import Plan, planned_size, run_plan
+from tnsearch.tn._contract import Contraction, contracted_size, run_contraction
 from tnsearch.tn._geometry import Geometry
-from tnsearch.tn._network import BondLayout, Network, network_plan, stage_plan
+from tnsearch.tn._network import BondLayout, Network, network_contraction, stage_contraction
 
 __all__ = ["TNLayer"]
 
@@ -68,9 +68,9 @@ class TNLayer(nn.Module, abc.ABC):
         self.bias = nn.Parameter(bias) if geometry.bias else None
         self._path = "auto"
         self._chosen: dict[PathKey, str] = {}
-        self._plans: dict[tuple, Plan] = {}
+        self._contractions: dict[tuple, Contraction] = {}
         self._frozen = False
-        self._weight_plan: Plan | None = None  # made on first use (`_wplan`)
+        self._weight_cache: Contraction | None = None  # made on first use (`_weight_contraction`)
         self.reset_parameters()
 
     # --- what a topology provides -------------------------------------------------------------
@@ -199,12 +199,12 @@ class TNLayer(nn.Module, abc.ABC):
         return self._chosen.get(path_key(x)) or self._fewest(tuple(x.shape))
 
     @property
-    def _wplan(self) -> Plan:
-        """The contraction plan that rebuilds the dense weight, made on first use (planning
+    def _weight_contraction(self) -> Contraction:
+        """The contraction that rebuilds the dense weight, made on first use (planning
         takes tens of milliseconds, and a layer built only for its size never needs it)."""
-        if self._weight_plan is None:
-            self._weight_plan = network_plan(self.network, "weight")
-        return self._weight_plan
+        if self._weight_cache is None:
+            self._weight_cache = network_contraction(self.network, "weight")
+        return self._weight_cache
 
     def freeze(self, frozen: bool = True) -> None:
         """Stop (or resume) measuring: unseen keys then take the path with the fewest MACs."""
@@ -244,17 +244,19 @@ class TNLayer(nn.Module, abc.ABC):
         self._chosen[key] = name
         return name
 
-    def _plan(self, kind: str, batch: int | torch.SymInt, spatial: int = 1) -> Plan:
-        batch = planned_size(batch)  # a plan runs on any batch; its order is chosen for this one
+    def _contraction(self, kind: str, batch: int | torch.SymInt, spatial: int = 1) -> Contraction:
+        batch = contracted_size(
+            batch
+        )  # a contraction runs on any batch; its order is chosen for this one
         key = (kind, batch, spatial)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = network_plan(self.network, kind, batch, spatial)
+        contraction = self._contractions.get(key)
+        if contraction is None:
+            contraction = network_contraction(self.network, kind, batch, spatial)
             if not torch.compiler.is_compiling():
-                self._plans[key] = plan
-        return plan
+                self._contractions[key] = contraction
+        return contraction
 
-    def _stage_plan(
+    def _stage_contraction(
         self,
         tag: str,
         t_shape: tuple[int, ...],
@@ -262,15 +264,17 @@ class TNLayer(nn.Module, abc.ABC):
         factor_names: tuple[str, ...],
         out_idx: tuple[str, ...],
         dims: tuple[tuple[str, int], ...],
-    ) -> Plan:
-        """Cached :func:`~tnsearch.tn._network.stage_plan` (e.g. a channel stage)."""
+    ) -> Contraction:
+        """Cached :func:`~tnsearch.tn._network.stage_contraction` (e.g. a channel stage)."""
         key = (tag, dims, t_shape)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = stage_plan(self.network, t_shape, t_idx, factor_names, out_idx, dims)
+        contraction = self._contractions.get(key)
+        if contraction is None:
+            contraction = stage_contraction(
+                self.network, t_shape, t_idx, factor_names, out_idx, dims
+            )
             if not torch.compiler.is_compiling():
-                self._plans[key] = plan
-        return plan
+                self._contractions[key] = contraction
+        return contraction
 
     def _bias_add(self, y: torch.Tensor, channel_dim: int) -> torch.Tensor:
         if self.bias is None:
@@ -281,14 +285,14 @@ class TNLayer(nn.Module, abc.ABC):
     def weight_tensor(self) -> torch.Tensor:
         """The tensor ``(n_1..n_d, m_1..m_d[, kh*kw])`` the factors represent, padding included
         (its matricization across a bond has at most the bond's size as rank)."""
-        w = run_plan(self._wplan, self.factors())  # (N, M[, K])
+        w = run_contraction(self._weight_contraction, self.factors())  # (N, M[, K])
         kernel = (self.geometry.kernel,) if self.geometry.conv else ()
         return w.reshape(*self.out_modes, *self.in_modes, *kernel)
 
     def dense_weight(self) -> torch.Tensor:
         """The dense weight ``(out, in[, kh, kw])`` the factors represent."""
         g = self.geometry
-        w = run_plan(self._wplan, self.factors())  # (N, M[, K])
+        w = run_contraction(self._weight_contraction, self.factors())  # (N, M[, K])
         if w.shape[0] != g.out_features or w.shape[1] != g.in_features:
             w = w[: g.out_features, : g.in_features]
         return w.reshape(g.out_features, g.in_features, *g.kernel_size) if g.conv else w
@@ -307,11 +311,13 @@ class TNLayer(nn.Module, abc.ABC):
             x2 = x.reshape(-1, g.in_features)  # (B, I)
             if m > g.in_features:
                 x2 = F.pad(x2, (0, m - g.in_features))
-            plan = self._plan("linear", x2.shape[0])
-            if plan.fusable and n == g.out_features and self.bias is not None:  # bias in the addmm
-                y = run_plan(plan, (x2, *self.factors()), self.bias)  # (B, N)
+            contraction = self._contraction("linear", x2.shape[0])
+            if (
+                contraction.fusable and n == g.out_features and self.bias is not None
+            ):  # bias in the addmm
+                y = run_contraction(contraction, (x2, *self.factors()), self.bias)  # (B, N)
                 return y.reshape(*lead, g.out_features)
-            y = run_plan(plan, (x2, *self.factors()))  # (B, N)
+            y = run_contraction(contraction, (x2, *self.factors()))  # (B, N)
             if n > g.out_features:
                 y = y[:, : g.out_features]
             return self._bias_add(y, -1).reshape(*lead, g.out_features)
@@ -320,7 +326,9 @@ class TNLayer(nn.Module, abc.ABC):
             x = F.pad(x, (0, 0, 0, 0, 0, m - g.in_features))
         ho, wo = g.out_hw(h, w)
         cols = F.unfold(x, g.kernel_size, g.dilation, g.padding, g.stride)  # (B, M*K, L)
-        y = run_plan(self._plan("conv", b, ho * wo), (cols, *self.factors()))  # (B, N, L)
+        y = run_contraction(
+            self._contraction("conv", b, ho * wo), (cols, *self.factors())
+        )  # (B, N, L)
         if n > g.out_features:
             y = y[:, : g.out_features]
         return self._bias_add(y.reshape(b, g.out_features, ho, wo), 1)
@@ -361,9 +369,9 @@ class TNLayer(nn.Module, abc.ABC):
         g = self.geometry
         b, l = self._split(shape)
         if name == "reconstruct":
-            return self._wplan.macs + b * l * g.out_features * g.fan_in
+            return self._weight_contraction.macs + b * l * g.out_features * g.fan_in
         if name == "einsum":
-            return self._plan("conv" if g.conv else "linear", b, l).macs
+            return self._contraction("conv" if g.conv else "linear", b, l).macs
         return getattr(self, "_macs_" + name)(b, l, shape)
 
     # --- conversion -------------------------------------------------------------------------------

@@ -1,23 +1,23 @@
-"""Contraction plans: the pairwise order is chosen once per shape, torch runs it as mm/bmm.
+"""Contractions: the pairwise order is chosen once per shape, torch runs it as mm/bmm.
 
 The candidate orders are opt_einsum's (cheapest in FLOPs, greedy, smallest intermediates) and the
 chain that takes the input through the factors one at a time; each is compiled and a cost model
-(multiply-adds + elements moved by copies + a per-op overhead) picks one. ``torch.einsum`` costs
-~30 us of overhead per call on CPU, more than a whole batch-1 contraction, so a plan is compiled
+(multiply-adds + elements moved by copies + a per-op overhead) picks one. ``torch.einsum`` costs ~30
+us of overhead per call on CPU, more than a whole batch-1 contraction, so a contraction is compiled
 down to plain ``reshape``/``permute``/``mm``/``bmm``/``addmm`` calls: for each pairwise step the
 larger operand (usually the activation) is used in place whenever its memory order allows it, the
 smaller one (a factor) is permuted to match, and the result's index order is chosen so that the
 *next* step can use it in place too (or the final permutation moves whole rows).
 
-A :class:`Plan` is nested named tuples (:class:`Step`, :class:`Prep`): hashable, and a constant
-under ``torch.compile`` (the planner runs eagerly at trace time). :func:`plan_contraction` builds
-it (memoized), :func:`run_plan` runs it.
+A :class:`Contraction` is nested named tuples (:class:`Step`, :class:`Prep`): hashable, and a
+constant under ``torch.compile`` (the planner runs eagerly at trace time).
+:func:`compile_contraction` builds it (memoized), :func:`run_contraction` runs it.
 
-The order is chosen for the sizes given, but a plan need not be tied to them: indices declared
-``dynamic`` (a layer's batch) are never written into it. Every reshape infers the dimension that
-holds them (``-1``) and a broadcast takes that size from its partner, so the plan made for a batch
-of 64 runs on any batch, and ``torch.export`` traces it with a symbolic batch axis (an ONNX graph
-whose batch stays dynamic). In eager mode ``-1`` costs nothing measurable.
+The order is chosen for the sizes given, but a contraction need not be tied to them: indices
+declared ``dynamic`` (a layer's batch) are never written into it. Every reshape infers the dimension
+that holds them (``-1``) and a broadcast takes that size from its partner, so the contraction made
+for a batch of 64 runs on any batch, and ``torch.export`` traces it with a symbolic batch axis (an
+ONNX graph whose batch stays dynamic). In eager mode ``-1`` costs nothing measurable.
 """
 
 from __future__ import annotations
@@ -30,7 +30,14 @@ from typing import NamedTuple
 import opt_einsum
 import torch
 
-__all__ = ["Plan", "Prep", "Step", "plan_contraction", "planned_size", "run_plan"]
+__all__ = [
+    "Contraction",
+    "Prep",
+    "Step",
+    "compile_contraction",
+    "contracted_size",
+    "run_contraction",
+]
 
 Order = tuple[str, ...]
 
@@ -41,8 +48,8 @@ class Prep(NamedTuple):
     A field that is ``None`` / ``False`` is an op left out. E.g. an input ``(B, M)`` with indices
     ``(b, m1, m2)`` that is contracted over ``m2`` needs ``Prep(None, None, (B*m1, m2), False,
     None)``: one reshape, no copy; ``(-1, m2)`` if ``b`` is dynamic. A dimension holding a
-    dynamic index is ``-1`` in ``shape``, ``view`` and ``expand``; :func:`run_plan` broadcasts
-    over the matmul partner's leading dimension, whatever ``expand`` says.
+    dynamic index is ``-1`` in ``shape``, ``view`` and ``expand``; :func:`run_contraction`
+    broadcasts over the matmul partner's leading dimension, whatever ``expand`` says.
     """
 
     shape: tuple[int, ...] | None  # with perm: one dim per index (i_1, .., i_k) to permute
@@ -63,8 +70,8 @@ class Step(NamedTuple):
     bmm: bool  # batched matmul (B, r, k) @ (B, k, c) -> (B, r, c), else mm -> (r, c)
 
 
-class Plan(NamedTuple):
-    """A compiled contraction: run by :func:`run_plan`."""
+class Contraction(NamedTuple):
+    """A compiled contraction: run by :func:`run_contraction`."""
 
     steps: tuple[Step, ...]  # pairwise contractions, in order (empty for one operand)
     out: Prep  # the last tensor left -> the output, one dimension per output group
@@ -304,8 +311,8 @@ def _orders(operands, output, size) -> list[list[tuple[int, ...]]]:
     return list(dict.fromkeys(map(tuple, found)))
 
 
-def _compile(ops, size, out, groups, out_groups, cur, path, dynamic) -> tuple[Plan, float]:
-    """Compile one pairwise order into a plan and its estimated cost."""
+def _compile(ops, size, out, groups, out_groups, cur, path, dynamic) -> tuple[Contraction, float]:
+    """Compile one pairwise order into a contraction and its estimated cost."""
     sim = _Sim(ops, size, out, path)
     orders, cur = list(ops), list(cur)
     steps, macs, cost = [], 0, 0
@@ -344,14 +351,16 @@ def _compile(ops, size, out, groups, out_groups, cur, path, dynamic) -> tuple[Pl
     # the last step can add a bias over the result's last dimension (addmm) if it is an mm
     # whose result already is the output
     fusable = bool(steps) and not steps[-1].bmm and out_prep.perm is None and out_prep.view is None
-    return Plan(tuple(steps), out_prep, macs, fusable), cost + macs * _MAC
+    return Contraction(tuple(steps), out_prep, macs, fusable), cost + macs * _MAC
 
 
 @functools.lru_cache(maxsize=1024)
-def _plan(operands, sizes, output, out_groups, given, dynamic) -> Plan:
+def _contraction(operands, sizes, output, out_groups, given, dynamic) -> Contraction:
     size = dict(sizes)
     ones = {i for i, n in size.items() if n == 1}  # size-1 indices vanish in any reshape
-    dynamic = frozenset(dynamic) - ones  # (a plan for a batch of 1 holds no batch index at all)
+    dynamic = (
+        frozenset(dynamic) - ones
+    )  # (a contraction for a batch of 1 holds no batch index at all)
     ops = [tuple(i for i in op if i not in ones) for op in operands]
     out = tuple(i for i in output if i not in ones)
     groups = tuple(tuple(i for i in g if i not in ones) for g in out_groups)
@@ -362,22 +371,22 @@ def _plan(operands, sizes, output, out_groups, given, dynamic) -> Plan:
     for path in paths:
         if any(len(p) != 2 for p in path):
             continue
-        plan, cost = _compile(ops, size, out, groups, out_groups, cur, list(path), dynamic)
+        contraction, cost = _compile(ops, size, out, groups, out_groups, cur, list(path), dynamic)
         if best is None or cost < best_cost:
-            best, best_cost = plan, cost
+            best, best_cost = contraction, cost
     return best
 
 
 @torch.compiler.assume_constant_result
-def plan_contraction(
+def compile_contraction(
     operands: tuple[Order, ...],
     sizes: tuple[tuple[str, int], ...],
     output: Order,
     out_groups: tuple[Order, ...],
     given: tuple[tuple[int, ...], ...] = (),
     dynamic: Order = (),
-) -> Plan:
-    """Compile a contraction network into a plan for :func:`run_plan`.
+) -> Contraction:
+    """Compile a contraction network into a contraction for :func:`run_contraction`.
 
     Args:
         operands: index names of each operand, in the operand's dimension order.
@@ -387,15 +396,15 @@ def plan_contraction(
         given: the shapes the first operands will actually have (any reshape of the full
             index shape, e.g. ``(B, M)`` for an input with modes ``(b, m1, m2)``).
         dynamic: indices whose size may differ at run time (the batch ``b``): the order is the
-            best for the size in ``sizes``, but the plan runs on any size of them.
+            best for the size in ``sizes``, but the contraction runs on any size of them.
 
     Returns:
-        The :class:`Plan` (memoized).
+        The :class:`Contraction` (memoized).
     """
-    return _plan(operands, sizes, output, out_groups, given, dynamic)
+    return _contraction(operands, sizes, output, out_groups, given, dynamic)
 
 
-def planned_size(n: int | torch.SymInt) -> int:
+def contracted_size(n: int | torch.SymInt) -> int:
     """The size to choose a contraction order for: ``n``, or for a symbolic size (``torch.export``
     with a dynamic batch axis) the size of the example being traced, read without the guard that
     ``int(n)`` would add (it would fix the axis). Plans run on any size of a dynamic index."""
@@ -405,7 +414,7 @@ def planned_size(n: int | torch.SymInt) -> int:
 
     # optimization_hint (torch >= 2.10) was hint_int before
     hint = getattr(symbolic_shapes, "optimization_hint", None) or symbolic_shapes.hint_int
-    return max(2, int(hint(n, fallback=64)))  # (a plan for a batch of 1 has no batch index)
+    return max(2, int(hint(n, fallback=64)))  # (a contraction for a batch of 1 has no batch index)
 
 
 def _apply(t: torch.Tensor, prep: Prep) -> torch.Tensor:
@@ -418,16 +427,17 @@ def _apply(t: torch.Tensor, prep: Prep) -> torch.Tensor:
     return t
 
 
-def run_plan(
-    plan: Plan, tensors: Sequence[torch.Tensor], bias: torch.Tensor | None = None
+def run_contraction(
+    contraction: Contraction, tensors: Sequence[torch.Tensor], bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Contract ``tensors`` (in the plan's operand order) as the plan says.
+    """Contract ``tensors`` (in the contraction's operand order) as the contraction says.
 
-    ``bias`` (only if ``plan.fusable``) is added over the last dimension inside the last matmul.
+    ``bias`` (only if ``contraction.fusable``) is added over the last dimension inside the last
+    matmul.
     """
     ops = list(tensors)
-    last = len(plan.steps) - 1
-    for k, step in enumerate(plan.steps):
+    last = len(contraction.steps) - 1
+    for k, step in enumerate(contraction.steps):
         b = ops.pop(step.j)
         a = ops.pop(step.i)
         left, right = (a, b) if step.i_left else (b, a)
@@ -442,4 +452,4 @@ def run_plan(
             ops.append(torch.addmm(bias, left, right))
         else:
             ops.append(torch.mm(left, right))
-    return _apply(ops[0], plan.out)
+    return _apply(ops[0], contraction.out)

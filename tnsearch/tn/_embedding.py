@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tnsearch.tn._base import TNLayer
-from tnsearch.tn._contract import Plan, plan_contraction, planned_size, run_plan
+from tnsearch.tn._contract import Contraction, compile_contraction, contracted_size, run_contraction
 from tnsearch.tn._geometry import Geometry
 from tnsearch.tn._network import Network
 from tnsearch.tn._registry import topology_class
@@ -119,7 +119,7 @@ class TNEmbedding(nn.Module):
         self.layer = layer
         self.padding_idx = padding_idx
         self._path = "gather"
-        self._plans: dict[int, Plan] = {}
+        self._contractions: dict[int, Contraction] = {}
         self._net, self._gathers = layer.network, _gathers(layer.network)
 
     # --- construction ---------------------------------------------------------------------------
@@ -262,7 +262,7 @@ class TNEmbedding(nn.Module):
             digits.append(rest % m)
             rest = rest // m
         digits.reverse()  # digits[k]: (B,) values in [0, m_k)
-        plan = self._gather_plan(flat.shape[0])
+        contraction = self._gather_contraction(flat.shape[0])
         ops = []
         for factor, gather in zip(self.layer.factors(), self._gathers, strict=True):
             if not gather.axes:
@@ -276,7 +276,7 @@ class TNEmbedding(nn.Module):
                 for k, size in zip(gather.modes[1:], gather.sizes[1:], strict=True):
                     joint = joint * size + digits[k]
                 ops.append(f.index_select(0, joint))
-        y = run_plan(plan, ops)  # (B, N)
+        y = run_contraction(contraction, ops)  # (B, N)
         if y.shape[1] > d:
             y = y[:, :d]
         if self.padding_idx is not None:  # as nn.Embedding: no gradient through the padding row
@@ -284,24 +284,26 @@ class TNEmbedding(nn.Module):
             y = torch.where(pad, y.detach(), y)
         return y.reshape(*idx.shape, d)
 
-    def _gather_plan(self, batch: int | torch.SymInt) -> Plan:
+    def _gather_contraction(self, batch: int | torch.SymInt) -> Contraction:
         """The lookup's contraction, its order chosen for ``batch`` lookups; it runs on any
         number (the batch index is dynamic: a symbolic ``batch`` of ``torch.export`` is read
         as its example's size, without fixing the axis)."""
         net = self.layer.network
         if net is not self._net:  # the layer was replaced (e.g. truncated): new shapes
-            self._plans.clear()
+            self._contractions.clear()
             self._net, self._gathers = net, _gathers(net)
-        batch = planned_size(batch)
-        plan = self._plans.get(batch)
-        if plan is None:
+        batch = contracted_size(batch)
+        contraction = self._contractions.get(batch)
+        if contraction is None:
             sizes = tuple(sorted({**dict(net.sizes), _BATCH: batch}.items()))
             ops = tuple(g.indices for g in self._gathers)
             out = (_BATCH, *net.out_idx)
-            plan = plan_contraction(ops, sizes, out, ((_BATCH,), net.out_idx), dynamic=(_BATCH,))
+            contraction = compile_contraction(
+                ops, sizes, out, ((_BATCH,), net.out_idx), dynamic=(_BATCH,)
+            )
             if not torch.compiler.is_compiling():
-                self._plans[batch] = plan
-        return plan
+                self._contractions[batch] = contraction
+        return contraction
 
     # --- cost and conversion ------------------------------------------------------------------
 
@@ -309,8 +311,8 @@ class TNEmbedding(nn.Module):
         """Multiply-accumulates of one lookup of ``index_shape`` on the path in use (gathers and
         index arithmetic not counted; ``reconstruct`` counts building the table)."""
         if self._path == "reconstruct":
-            return self.layer._wplan.macs
-        return self._gather_plan(math.prod(int(s) for s in index_shape)).macs
+            return self.layer._weight_contraction.macs
+        return self._gather_contraction(math.prod(int(s) for s in index_shape)).macs
 
     @torch.no_grad()
     def to_dense(self) -> nn.Embedding:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tnsearch.tn._base import TNLayer
-from tnsearch.tn._contract import Plan, planned_size, run_plan
+from tnsearch.tn._contract import Contraction, contracted_size, run_contraction
 
 __all__ = ["ConvSequence", "run_sequence", "sequence_macs"]
 
@@ -39,15 +39,15 @@ class ConvSequence(NamedTuple):
     r_out: int
 
 
-def _plans(
+def _contractions(
     layer: TNLayer, seq: ConvSequence, b: int | torch.SymInt, hw: int, howo: int
-) -> tuple[Plan | None, Plan | None]:
+) -> tuple[Contraction | None, Contraction | None]:
     net = layer.network
-    b = planned_size(b)  # the stage plans run on any batch (see network_plan)
+    b = contracted_size(b)  # the stage contractions run on any batch (see network_contraction)
     m, r_out = layer.in_features_padded, seq.r_out
     p_in = p_out = None
     if seq.in_names:
-        p_in = layer._stage_plan(
+        p_in = layer._stage_contraction(
             "seq_in",
             (b, m, hw),
             ("b", *net.in_idx, "l"),
@@ -56,7 +56,7 @@ def _plans(
             (("b", b), ("l", hw)),
         )
     if seq.out_names:
-        p_out = layer._stage_plan(
+        p_out = layer._stage_contraction(
             "seq_out",
             (b, r_out, howo),
             ("b", *seq.mid_out, "l"),
@@ -78,16 +78,18 @@ def run_sequence(
     b, c, h, w = x.shape
     m, n = layer.in_features_padded, layer.out_features_padded
     ho, wo = g.out_hw(h, w)
-    p_in, p_out = _plans(layer, seq, b, h * w, ho * wo)
+    p_in, p_out = _contractions(layer, seq, b, h * w, ho * wo)
     if m > c:
         x = F.pad(x, (0, 0, 0, 0, 0, m - c))
     y = x
     if p_in is not None:
-        y = run_plan(p_in, (x.reshape(b, m, h * w), *(getattr(layer, k) for k in seq.in_names)))
+        y = run_contraction(
+            p_in, (x.reshape(b, m, h * w), *(getattr(layer, k) for k in seq.in_names))
+        )
         y = y.reshape(b, -1, h, w)  # (B, R_in, H, W)
     z = core(y)  # (B, R_out, Ho, Wo)
     if p_out is not None:
-        z = run_plan(
+        z = run_contraction(
             p_out, (z.reshape(b, -1, ho * wo), *(getattr(layer, k) for k in seq.out_names))
         )
     if n > g.out_features:
@@ -99,6 +101,6 @@ def sequence_macs(layer: TNLayer, seq: ConvSequence, shape: tuple[int, ...], cor
     """Multiply-adds of the sequence for an input ``shape``; ``core``: the core conv's per pixel."""
     b = shape[0] if len(shape) == 4 else 1
     ho, wo = layer.geometry.out_hw(shape[-2], shape[-1])
-    p_in, p_out = _plans(layer, seq, b, shape[-2] * shape[-1], ho * wo)
+    p_in, p_out = _contractions(layer, seq, b, shape[-2] * shape[-1], ho * wo)
     stages = sum(p.macs for p in (p_in, p_out) if p is not None)
     return stages + b * ho * wo * core

@@ -1,4 +1,4 @@
-"""A layer's tensor network as plain data, and the contraction plans built from it."""
+"""A layer's tensor network as plain data, and the contractions built from it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-from tnsearch.tn._contract import Plan, plan_contraction
+from tnsearch.tn._contract import Contraction, compile_contraction
 
 __all__ = [
     "BondLayout",
@@ -15,8 +15,8 @@ __all__ = [
     "Network",
     "TreeLayout",
     "build_network",
-    "network_plan",
-    "stage_plan",
+    "network_contraction",
+    "stage_contraction",
 ]
 
 
@@ -99,23 +99,25 @@ def build_network(
 
 
 @torch.compiler.assume_constant_result
-def network_plan(net: Network, kind: str, batch: int = 1, spatial: int = 1) -> Plan:
-    """Contraction plan of ``net`` for one job, as :func:`~tnsearch.tn._contract.run_plan` wants.
+def network_contraction(net: Network, kind: str, batch: int = 1, spatial: int = 1) -> Contraction:
+    """The contraction of ``net`` for one job, as :func:`~tnsearch.tn._contract.run_contraction`
+    wants.
 
     Args:
         net: the network.
         kind: ``"weight"``: factors -> ``(N, M[, K])``; ``"linear"``: input ``(B, M)`` and
             factors -> ``(B, N)``; ``"conv"``: unfolded input ``(B, M*K, L)`` and factors ->
             ``(B, N, L)``.
-        batch: B, the batch the contraction order is chosen for; the plan runs on any batch
-            (its batch index ``b`` is dynamic: see :func:`~tnsearch.tn._contract.plan_contraction`).
+        batch: B, the batch the contraction order is chosen for; the contraction runs on any batch
+            (its batch index ``b`` is dynamic: see
+            :func:`~tnsearch.tn._contract.compile_contraction`).
         spatial: L, the number of output pixels (``"conv"`` only).
     """
     size = dict(net.sizes)
     ins, outs, ker = net.in_idx, net.out_idx, net.kernel_idx
     if kind == "weight":
         groups = (outs, ins, ker) if ker else (outs, ins)
-        return plan_contraction(net.factors, net.sizes, outs + ins + ker, groups)
+        return compile_contraction(net.factors, net.sizes, outs + ins + ker, groups)
     size["b"], size["l"] = int(batch), int(spatial)
     if kind == "linear":
         x = ("b", *ins)
@@ -128,23 +130,24 @@ def network_plan(net: Network, kind: str, batch: int = 1, spatial: int = 1) -> P
     else:
         raise ValueError(f"kind: unknown {kind!r}")
     sizes = tuple(sorted(size.items()))
-    return plan_contraction((x, *net.factors), sizes, out, groups, (x_shape,), ("b",))
+    return compile_contraction((x, *net.factors), sizes, out, groups, (x_shape,), ("b",))
 
 
 @torch.compiler.assume_constant_result
-def stage_plan(
+def stage_contraction(
     net: Network,
     t_shape: tuple[int, ...],
     t_idx: tuple[str, ...],
     factor_names: tuple[str, ...],
     out_idx: tuple[str, ...],
     dims: tuple[tuple[str, int], ...],
-) -> Plan:
-    """Plan contracting a tensor (indices ``t_idx``, shape ``t_shape``) with some of the factors.
+) -> Contraction:
+    """The contraction of a tensor (indices ``t_idx``, shape ``t_shape``) with some of the
+    factors.
 
     ``dims`` sizes the indices that are not in the network (batch ``b``, pixels ``l``); the batch
-    is dynamic, as in :func:`network_plan`. The result has one dimension per outer index and one
-    per run of consecutive network indices of ``out_idx``, e.g. ``(b, a0, a1, l)`` ->
+    is dynamic, as in :func:`network_contraction`. The result has one dimension per outer index and
+    one per run of consecutive network indices of ``out_idx``, e.g. ``(b, a0, a1, l)`` ->
     ``(B, A0*A1, L)``.
     """
     sizes = tuple(sorted({**dict(net.sizes), **dict(dims)}.items()))
@@ -159,4 +162,4 @@ def stage_plan(
         else:
             run.append(i)
     groups += [tuple(run)] if run else []
-    return plan_contraction(ops, sizes, out_idx, tuple(groups), (tuple(t_shape),), ("b",))
+    return compile_contraction(ops, sizes, out_idx, tuple(groups), (tuple(t_shape),), ("b",))
