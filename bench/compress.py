@@ -92,8 +92,8 @@ def main() -> None:
 
     from tnsearch.budget import allocate
     from tnsearch.cli import resolve
-    from tnsearch.study import budgets, loop, setup
-    from tnsearch.study.budgets import dense_model, evaluator
+    from tnsearch.study import loop, setup, warm
+    from tnsearch.study.warm import dense_model, evaluator
     from tnsearch.tn import n_params
 
     args = [a for a in sys.argv[1:] if a != "--baselines"]
@@ -103,11 +103,11 @@ def main() -> None:
         args.append("budget.params=0.766")
     with initialize_config_module("tnsearch.conf", version_base=None):
         cfg = resolve(compose("config", overrides=[*args, "tracking.enabled=false"]))
-    fraction = float(cfg["budget"]["params"])
+    fraction = float(cfg.budget.params)
     started = time.perf_counter()
     ready = setup.prepare(cfg)
     loop.ensure_pretrained(ready)
-    found, _ = budgets.profile(ready, say=print)
+    found, _ = warm.profile(ready, say=print)
     profiled = time.perf_counter() - started
     dense = dense_model(ready)
     total = n_params(dense)
@@ -116,7 +116,7 @@ def main() -> None:
 
     def measure(label: str, layers) -> None:
         t = time.perf_counter()
-        model, _ = budgets.build(ready, layers)
+        model, _ = warm.build(ready, layers)
         built = time.perf_counter() - t
         rows.append((label, n_params(model), evaluator(ready, model, examples=None)(), built))
         print(f"{label}: {rows[-1][1]:,} params, {found.metric} {rows[-1][2]:.4f}", flush=True)
@@ -142,7 +142,7 @@ def main() -> None:
         except allocate.UnreachableBudget as exc:
             print(f"profile, {topology}: {exc}")
     if "--baselines" in sys.argv:
-        _, stats = budgets.calibrated(ready)
+        _, stats = warm.calibrated(ready)
         names = [layer.name for layer in ready.space.layers]
         linear = sum(
             dense.get_submodule(n).weight.numel()

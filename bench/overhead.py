@@ -32,11 +32,11 @@ STUDIES = {
 }
 
 
-def plain_loop(cfg: dict, epochs: int) -> float:
+def plain_loop(cfg, epochs: int) -> float:
     """Seconds to train and validate the dense model with a hand-written loop."""
     from hydra.utils import instantiate
 
-    dm = instantiate(cfg["data"])
+    dm = instantiate(cfg.data)
     dm.setup()
     inputs = {
         "in_channels": dm.in_channels,
@@ -44,8 +44,8 @@ def plain_loop(cfg: dict, epochs: int) -> float:
         "num_classes": dm.num_classes,
     }
     torch.manual_seed(0)
-    model = plans.build_dense(plans.make(cfg["model"], inputs, {}))
-    opt = instantiate(cfg["trainer"]["optimizer"])(model.parameters())
+    model = plans.build_dense(plans.make(cfg.model, inputs, {}))
+    opt = instantiate(cfg.trainer.optimizer)(model.parameters())
     steps = epochs * (len(dm.dataset("train")) // dm.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     start = time.perf_counter()
@@ -82,7 +82,7 @@ def trial_seconds(overrides: list[str], epochs: int, root: Path) -> tuple[float,
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    name = resolved["name"]
+    name = resolved.name
     study = optuna.load_study(
         study_name=name,
         storage=JournalStorage(JournalFileBackend(str(root / name / "optuna.journal"))),
@@ -90,8 +90,8 @@ def trial_seconds(overrides: list[str], epochs: int, root: Path) -> tuple[float,
     from tnsearch.study.record import Record
 
     trial = Record.from_trial(study.trials[0])
-    lat = resolved["latency"]
-    latency_s = trial.latency_ms * (lat["warmup"] + lat["repeats"]) / 1e3
+    lat = resolved.latency
+    latency_s = trial.latency_ms * (lat.warmup + lat.repeats) / 1e3
     return trial.seconds, latency_s, total
 
 

@@ -34,13 +34,13 @@ def main() -> None:
     from tnsearch.budget import allocate
     from tnsearch.budget.profile import Option, assemble
     from tnsearch.cli import resolve
-    from tnsearch.study import budgets, loop, setup
+    from tnsearch.study import loop, setup, warm
 
     with initialize_config_module("tnsearch.conf", version_base=None):
         cfg = resolve(compose("config", overrides=[*overrides, "profile.measure=all"]))
     ready = setup.prepare(cfg)
     loop.ensure_pretrained(ready)
-    full, _ = budgets.profile(ready, say=print)
+    full, _ = warm.profile(ready, say=print)
     q0, up = full.dense_quality, full.maximize
 
     def loss(e) -> float:
@@ -51,7 +51,7 @@ def main() -> None:
             return float("nan")
         return float(spearmanr([getattr(e, field) for e in entries], [loss(e) for e in entries])[0])
 
-    print(f"\n{cfg['name']}: {len(full.entries)} options, {len(full.groups)} groups")
+    print(f"\n{cfg.name}: {len(full.entries)} options, {len(full.groups)} groups")
     print("| predictor | all options | " + " | ".join(sorted({e.topology for e in full.entries}))
           + " | within a group (mean) |")  # fmt: skip
     print("|---|---|" + "---|" * (len({e.topology for e in full.entries}) + 1))
@@ -69,21 +69,21 @@ def main() -> None:
     menu = [Option(e.group, e.topology, e.order, e.rank, e.layers, e.params, e.predicted_error,
                    1.0) for e in full.entries]  # fmt: skip
     truth = {e.option: e for e in full.entries}
-    ladder = [{"params": float(f), "latency": None} for f in cfg["search"]["budgets"]]
+    ladder = [{"params": float(f), "latency": None} for f in cfg.search.budgets]
     print("\n| budgets | options measured | rounds | loss of the allocation: anytime / whole |")
     print("|---|---|---|---|")
     single = [{"params": args.budget, "latency": None}]
     cases = (
-        ("ladder " + str(cfg["search"]["budgets"]), ladder),
+        ("ladder " + str(cfg.search.budgets), ladder),
         (f"compress {args.budget:g}", single),
     )
     for name, asked in cases:
         known: dict = {}
         rounds = 0
-        while rounds < budgets.MAX_ROUNDS:
+        while rounds < warm.MAX_ROUNDS:
             found = assemble(dense, menu, known, key="", metric=full.metric, maximize=up)
-            todo = allocate.candidates(found, asked, neighbours=budgets.NEIGHBOURS,
-                                       tolerance=budgets.TOLERANCE * abs(q0))  # fmt: skip
+            todo = allocate.candidates(found, asked, neighbours=warm.NEIGHBOURS,
+                                       tolerance=warm.TOLERANCE * abs(q0))  # fmt: skip
             todo = [k for k in todo if k not in known]
             if not todo:
                 break

@@ -32,7 +32,7 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("bonds")
     assert run_search(compose_cfg([f"root={root}", *STUDY])) == 0
     cfg = resolve(compose_cfg([f"root={root}", *STUDY]))
-    found = open_existing(cfg["storage"], cfg["name"])
+    found = open_existing(cfg.storage, cfg.name)
     trials = [r for r in record.trained(found) if r.layers]
     assert trials, "the study trained no tensorized trial"
     return root, cfg, found, trials
@@ -40,7 +40,7 @@ def study(tmp_path_factory):
 
 def test_each_epoch_logs_every_bond_to_the_trials_run(study):
     root, cfg, _, trials = study
-    client = MlflowClient(cfg["tracking"]["uri"])
+    client = MlflowClient(cfg.tracking.uri)
     for trial in trials:
         metrics = client.get_run(trial.mlflow_run_id).data.metrics
         keys = sorted(k for k in metrics if k.startswith("bonds/"))
@@ -88,7 +88,7 @@ def test_the_probe_writes_a_table_and_a_figure_and_logs_them(study):
     assert all(len(r.top) == 3 and r.mean > 0 for r in result.rows)
     assert all(p.is_file() and p.stat().st_size > 0 for p in result.files)
     assert result.table().count("\n") == len(result.rows) + 1
-    client = MlflowClient(cfg["tracking"]["uri"])
+    client = MlflowClient(cfg.tracking.uri)
     logged = {a.path for a in client.list_artifacts(trial.mlflow_run_id, "probe")}
     assert logged == {f"probe/{p.name}" for p in result.files}
 

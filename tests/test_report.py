@@ -167,7 +167,7 @@ def test_importances_use_features_that_every_trial_has():
     distributions, _ = features(trials[1:], ["fc1", "fc2"])
     assert set(distributions) == {"fc1.rank", "fc2.topology", "fc2.order"}
     data = ReportData.collect(study, report_options())
-    for name, evaluator in evaluators(data.options["importance"]).items():
+    for name, evaluator in evaluators(data.options.importance).items():
         found = evaluate(data, evaluator, min_trials=8)
         assert isinstance(found, dict), (name, found)
         assert list(found) == ["accuracy", "param_count", "latency_ratio"]
@@ -175,7 +175,7 @@ def test_importances_use_features_that_every_trial_has():
         if name == "fanova":  # PED-ANOVA looks at the best 10% only: too few here for params
             assert max(found["param_count"], key=found["param_count"].get) == "fc2.topology", found
         assert sum(found["accuracy"].values()) == pytest.approx(1.0)
-    assert evaluate(data, next(iter(evaluators(data.options["importance"]).values())), 99) == (
+    assert evaluate(data, next(iter(evaluators(data.options.importance).values())), 99) == (
         "not enough trials: 24 finished, 99 needed"
     )
 
@@ -221,12 +221,12 @@ def test_the_front_table_shows_the_latency_ratio_noise_and_each_devices_front():
 
 def test_the_profile_section_draws_the_studys_newest_profile(tmp_path):
     from tnsearch.budget.profile import Entry, Group, Profile
-    from tnsearch.report import _profile
+    from tnsearch.report import _sensitivity
 
     study = _grid_study(4)
     cfg = {**report_options("report.interactive=false"), "root": str(tmp_path)}
     data = ReportData.collect(study, cfg)
-    assert "No profile yet" in _profile.render(data)
+    assert "No profile yet" in _sensitivity.render(data)
     groups = {"fc1": Group(("fc1",), 1000, 1.0)}
     entries = [
         Entry("fc1", "mpo", 2, r, {}, p, 0.1, 1.0, q)
@@ -234,11 +234,11 @@ def test_the_profile_section_draws_the_studys_newest_profile(tmp_path):
     ]
     found = Profile("abc", "accuracy", True, 0.9, 2000, 2.0, 8, groups, entries, seconds=3.0)
     found.save(tmp_path / study.study_name / "profile" / "abc.json")
-    text = _profile.render(data)
+    text = _sensitivity.render(data)
     assert '<img class="static"' in text and "Profile abc" in text
     # the line joins the options no other beats: rank 8 (more params, more loss) is off it
     points = [(e.params / 1000, 0.9 - e.quality) for e in entries]
-    assert [p[0] for p in _profile.envelope(points)] == [0.05, 0.1, 0.4]
+    assert [p[0] for p in _sensitivity.envelope(points)] == [0.05, 0.1, 0.4]
 
 
 def test_log_axes_label_their_major_ticks_only():

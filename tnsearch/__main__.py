@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from omegaconf import DictConfig
 
 from tnsearch.cli import command, resolve
+from tnsearch.config import Config
 from tnsearch.ui import Console, error, warn
 
 
@@ -28,14 +29,14 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), *, show_status: bool | N
         return _run(resolve(cfg), overrides, show_status)
 
 
-def _run(resolved: dict, overrides: Sequence[str], show_status: bool | None) -> int:
+def _run(resolved: Config, overrides: Sequence[str], show_status: bool | None) -> int:
     from tnsearch.interrupts import Interrupted
     from tnsearch.results import pareto
     from tnsearch.study import liveness, loop, setup, tracking, workers
 
     workers.apply_placement()
-    local = workers.count(resolved["workers"]) if resolved["worker"] is None else 1
-    console = Console(workers.tag(resolved["worker"], local))
+    local = workers.count(resolved.workers) if resolved.worker is None else 1
+    console = Console(workers.tag(resolved.worker, local))
     if local > 1 and not workers.is_spawned():
         import torch
 
@@ -43,7 +44,7 @@ def _run(resolved: dict, overrides: Sequence[str], show_status: bool | None) -> 
     ready = setup.prepare(resolved, console)  # raises ConfigError: nothing written yet
     study = setup.open_study(ready)
     # mlflow is imported and the store opened on the tracker's thread; trials wait for their runs.
-    tracker = tracking.from_config(resolved["tracking"], resolved["name"], background=True)
+    tracker = tracking.from_config(resolved.tracking, resolved.name, background=True)
     tracker.attach(study)
     status, code = "KILLED", 1
     try:
@@ -69,8 +70,8 @@ def _run(resolved: dict, overrides: Sequence[str], show_status: bool | None) -> 
         status = "FINISHED" if code == 0 else "FAILED"
     finally:
         if not workers.is_spawned():
-            liveness.reap(study, tracker, retries=resolved["retries"])
-            names = list(study.metric_names or resolved["objectives"])
+            liveness.reap(study, tracker, retries=resolved.retries)
+            names = list(study.metric_names or resolved.objectives)
             pareto.finish(study, ready.study_dir, names, tracker, console)
             tell_parent(study, resolved, names, tracker)
             if loop.running(study) == 0:  # other jobs of an array may still be at work
@@ -82,7 +83,7 @@ def _run(resolved: dict, overrides: Sequence[str], show_status: bool | None) -> 
     return code
 
 
-def tell_parent(study, cfg: dict, names: Sequence[str], tracker) -> None:
+def tell_parent(study, cfg: Config, names: Sequence[str], tracker) -> None:
     """The study's figures, search space and front on its MLflow parent run."""
     from tnsearch.results import summary
 
@@ -93,10 +94,10 @@ def tell_parent(study, cfg: dict, names: Sequence[str], tracker) -> None:
     )
 
 
-def log_models(study, cfg: dict, ready, console) -> None:
+def log_models(study, cfg: Config, ready, console) -> None:
     """The chosen trials' models to their MLflow runs (`tracking.log_models`), registered when
     `tracking.register` says (tnsearch.results.mlflow_models)."""
-    if not cfg["tracking"]["enabled"]:
+    if not cfg.tracking.enabled:
         return
     from tnsearch.results import mlflow_models
 
@@ -107,18 +108,18 @@ def log_models(study, cfg: dict, ready, console) -> None:
 _SEARCH_ONLY = ("trials", "epochs", "workers", "worker", "timeout", "retries", "hydra.searchpath")
 
 
-def next_steps(cfg: dict, overrides: Sequence[str], experiment_id: str | None) -> str:
+def next_steps(cfg: Config, overrides: Sequence[str], experiment_id: str | None) -> str:
     """Where to look next: the MLflow runs view (in its "Model training" view, not the GenAI
     overview MLflow 3 opens by default), the report, the export and optuna-dashboard, with the
     command line's own keys (so a study of your own model is found with its model)."""
     import shlex
 
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in _SEARCH_ONLY]
-    kept = kept or [f"{k}={cfg[k]}" for k in ("root", "name")]
+    kept = kept or [f"root={cfg.root}", f"name={cfg.name}"]
     keys = " ".join(map(shlex.quote, kept))  # a path with spaces stays one argument
     lines = ["", "Next:"]
     if experiment_id is not None:
-        uri = cfg["tracking"]["uri"]
+        uri = cfg.tracking.uri
         lines.append(f"  mlflow ui --backend-store-uri {shlex.quote(str(uri))}")
         lines.append(
             f"    then http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
@@ -126,7 +127,7 @@ def next_steps(cfg: dict, overrides: Sequence[str], experiment_id: str | None) -
         )
     lines.append(f"  python -m tnsearch.report {keys}")
     lines.append(f"  python -m tnsearch.export {keys} trial=best-accuracy")
-    journal = cfg["storage"].get("path")
+    journal = cfg.storage.get("path")
     if journal:
         lines.append(f"  optuna-dashboard {shlex.quote(str(journal))}")
     return "\n".join(lines)

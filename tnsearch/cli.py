@@ -1,11 +1,12 @@
 """The one command-line wrapper: every `python -m tnsearch...` command is a Hydra main made here.
 
 `command(config_name)` turns `fn(cfg) -> int | None` (cfg: the composed config; `resolve`
-makes it plain data) into a console entry point that composes `pkg://tnsearch.conf` (the
-top-level conf/ folder, installed with the package), silences library chatter, and turns a
-`ConfigError` into one line on stderr and exit status 2. Hydra's own options work as usual:
-`--help`, `--cfg job`, `-cd DIR` for a folder of your own presets; a `conf/` folder in the
-working directory is on the search path too (a preset `conf/study/mine.yaml` is `study=mine`).
+makes it the command's typed configuration, `tnsearch.config`) into a console entry point
+that composes `pkg://tnsearch.conf` (the top-level conf/ folder, installed with the package),
+silences library chatter, and turns a `ConfigError` into one line on stderr and exit status 2.
+Hydra's own options work as usual: `--help`, `--cfg job`, `-cd DIR` for a folder of your own
+presets; a `conf/` folder in the working directory is on the search path too (a preset
+`conf/study/mine.yaml` is `study=mine`).
 
 Every command ends the same way on a wrong key and on a signal:
 
@@ -34,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from tnsearch import interrupts
-from tnsearch.config import ConfigError
+from tnsearch.config import ConfigError, register
 from tnsearch.ui import console
 
 __all__ = ["CONFIG_PATH", "command", "quiet", "resolve"]
@@ -57,18 +58,23 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=".*multivariate.*")
 
 
-def resolve(cfg) -> dict[str, Any]:
-    """The composed Hydra config as plain data; a missing mandatory value is a ConfigError."""
+def resolve(cfg, schema: type | str | None = None):
+    """The composed Hydra config as the command's typed configuration (`tnsearch.config.load`:
+    checked, then built; `schema` None: the one its keys say); a missing mandatory value, a
+    wrong type or range is a ConfigError."""
     from omegaconf import OmegaConf
     from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+    from tnsearch.config import load
+
     try:
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as exc:
         raise ConfigError(str(exc.full_key), "is required but not set") from None
     except OmegaConfBaseException as exc:
         key = str(getattr(exc, "full_key", "") or "config")
         raise ConfigError(key, str(exc).splitlines()[0]) from None
+    return load(container, schema)
 
 
 def command(
@@ -108,6 +114,7 @@ def command(
                 sys.argv[1:] = argv(sys.argv[1:])
             sys.argv[1:1] = _inherited_overrides()
             _add_local_conf()
+            register()  # the schemas in Hydra's ConfigStore (schema/config, ...)
             try:
                 with interrupts.handled(), _composing():
                     hydra_main()

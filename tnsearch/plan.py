@@ -210,9 +210,9 @@ def build(
     return tensorize(build_dense(plan, trusted=trusted, factory=factory), plan, init=init)
 
 
-def trusted_models(cfg: Mapping[str, Any]) -> tuple[str, ...]:
-    """The model constructors a resolved configuration trusts: the one its `model` names."""
-    target = (cfg.get("model") or {}).get("_target_")
+def trusted_models(model_cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The model constructors a configuration trusts: the one its `model` node names."""
+    target = (model_cfg or {}).get("_target_")
     return (target,) if isinstance(target, str) else ()
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from tnsearch import tn
-from tnsearch.config import ConfigError
+from tnsearch.config import ConfigError, SpaceConfig
 from tnsearch.models import is_conv1d
 from tnsearch.tn import shapes
 
@@ -134,25 +134,22 @@ class Space:
     group_ranks: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, space: Mapping[str, Any], model: nn.Module) -> Space:
-        """Read `space.*` against `model`; raise ConfigError naming the key on bad input."""
-        for key in ("layers", "exclude", "topologies", "orders", "ranks"):
-            if not isinstance(space[key], list | tuple):
-                raise ConfigError(
-                    f"space.{key}", f"must be a list, e.g. space.{key}=[...], got {space[key]!r}"
-                )
+    def from_config(cls, space: SpaceConfig | Mapping[str, Any], model: nn.Module) -> Space:
+        """Read `space.*` against `model`; raise ConfigError naming the key on bad input
+        (a mapping's types are checked as it becomes a SpaceConfig)."""
+        space = SpaceConfig.of(space)
         layers = candidate_layers(model)
         names = [layer.name for layer in layers]
         known = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         for key in ("layers", "exclude"):
-            for pattern in space[key]:
+            for pattern in getattr(space, key):
                 if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
                     raise ConfigError(
                         f"space.{key}",
                         f"{pattern!r} matches no Linear, Conv1D, Conv2d or Embedding layer "
                         f"(layers: {known})",
                     )
-        topologies = tuple(space["topologies"])
+        topologies = tuple(space.topologies)
         if not topologies:
             raise ConfigError("space.topologies", "must name at least one topology")
         for topology in topologies:
@@ -161,34 +158,34 @@ class Space:
                     "space.topologies",
                     f"unknown {topology!r} (known: {', '.join(sorted(tn.TOPOLOGIES))})",
                 )
-        ranks = tuple(space["ranks"])
+        ranks = tuple(space.ranks)
         if not ranks:
             raise ConfigError("space.ranks", "must list at least one bond dimension")
         for rank in ranks:
             if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
                 raise ConfigError("space.ranks", f"must be >= 1, got {rank!r}")
-        orders = tuple(space["orders"])
+        orders = tuple(space.orders)
         if not orders:
             raise ConfigError("space.orders", "must list at least one order")
         for order in orders:
             if isinstance(order, bool) or not isinstance(order, int) or order < 1:
                 raise ConfigError("space.orders", f"must be >= 1, got {order!r}")
-        if space["granularity"] not in GRANULARITIES:
+        if space.granularity not in GRANULARITIES:
             raise ConfigError(
                 "space.granularity",
-                f"must be one of {', '.join(GRANULARITIES)}, got {space['granularity']!r}",
+                f"must be one of {', '.join(GRANULARITIES)}, got {space.granularity!r}",
             )
-        if space["factorizations"] not in FACTORIZATIONS:
+        if space.factorizations not in FACTORIZATIONS:
             raise ConfigError(
                 "space.factorizations",
-                f"must be one of {', '.join(FACTORIZATIONS)}, got {space['factorizations']!r}",
+                f"must be one of {', '.join(FACTORIZATIONS)}, got {space.factorizations!r}",
             )
-        min_size = space["min_size"]
+        min_size = space.min_size
         eligible = [
             layer
             for layer in layers
-            if _matches(layer.name, space["layers"])
-            and not _matches(layer.name, space["exclude"])
+            if _matches(layer.name, space.layers)
+            and not _matches(layer.name, space.exclude)
             and layer.size >= min_size
         ]
         if not eligible:
@@ -200,8 +197,8 @@ class Space:
         groups: dict[str, list[Layer]] = {}
         for layer in eligible:
             key = layer.name
-            if space["granularity"] == "group":
-                key = ".".join(layer.name.split(".")[: int(space["group_depth"])])
+            if space.granularity == "group":
+                key = ".".join(layer.name.split(".")[: int(space.group_depth)])
             groups.setdefault(key, []).append(layer)
         group_orders = {}
         for key, members in groups.items():
@@ -215,7 +212,7 @@ class Space:
                     "space.orders",
                     f"no eligible layer can be split into {order} modes of size >= 2",
                 )
-        raw_lr = space.get("lr") or ()
+        raw_lr = space.lr or ()
         if not isinstance(raw_lr, list | tuple):
             raise ConfigError("space.lr", f"must be a list of learning rates, got {raw_lr!r}")
         try:
@@ -230,7 +227,7 @@ class Space:
             topologies=topologies,
             orders={k: v for k, v in group_orders.items() if v},
             ranks=ranks,
-            factorizations=space["factorizations"],
+            factorizations=space.factorizations,
         )
 
     @property

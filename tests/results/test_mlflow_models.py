@@ -21,7 +21,7 @@ def _setup(tiny_study, *extra):
     from hydra.utils import instantiate
 
     cfg = resolve(compose_cfg([*tiny_study.overrides, *extra]))
-    dm = instantiate(cfg["data"], _convert_="all")
+    dm = instantiate(cfg.data, _convert_="all")
     dm.setup("fit")
     return cfg, dm
 
@@ -48,8 +48,8 @@ def test_pareto_models_are_logged_registered_and_predict_as_recorded(tiny_study,
     assert chosen and len(uris) == len(chosen)
     assert mlflow_models.log_models(study, cfg, tiny_study.root / "mlp", dm) == []  # once
 
-    mlflow.set_tracking_uri(cfg["tracking"]["uri"])
-    client = MlflowClient(cfg["tracking"]["uri"])
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    client = MlflowClient(cfg.tracking.uri)
     x, y = _raw(dm, "val")
     x_test, y_test = _raw(dm, "test")
     for trial in chosen:
@@ -86,7 +86,7 @@ def test_pareto_models_are_logged_registered_and_predict_as_recorded(tiny_study,
     np.save(batch, x[:4])
     code = (
         "import json, sys, mlflow, numpy as np\n"
-        f"mlflow.set_tracking_uri({cfg['tracking']['uri']!r})\n"
+        f"mlflow.set_tracking_uri({cfg.tracking.uri!r})\n"
         f"out = mlflow.pyfunc.load_model({uris[0]!r}).predict(np.load({str(batch)!r}))\n"
         "print(json.dumps([list(out.shape), 'tnsearch' in sys.modules]))\n"
     )

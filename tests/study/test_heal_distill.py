@@ -75,9 +75,9 @@ def test_the_task_of_a_distilling_study_is_taught_by_the_trained_dense_model(tmp
     )
     setup = prepare(cfg)
     assert setup.pretrained is None  # pretrain.epochs: the loop trains it later
-    dense = plans.build_dense(plans.make(cfg["model"], setup.inputs, {}))
+    dense = plans.build_dense(plans.make(cfg.model, setup.inputs, {}))
     setup.pretrained = {k: torch.full_like(v, 0.01) for k, v in dense.state_dict().items()}
-    student = plans.build_dense(plans.make(cfg["model"], setup.inputs, {}))
+    student = plans.build_dense(plans.make(cfg.model, setup.inputs, {}))
     task = setup.task(student, torch.optim.SGD)
     assert type(task) is DistilledClassifier and task.model is student
     assert (task.temperature, task.alpha, task.feature_layer) == (3.0, 0.8, None)

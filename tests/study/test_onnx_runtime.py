@@ -42,5 +42,5 @@ def test_onnxruntime_needs_a_model_of_one_tensor_input():
     setup = SimpleNamespace(cfg={"latency": {"runtime": "onnxruntime"}}, datamodule=Tokens())
     with pytest.raises(ConfigError, match=r"latency.runtime.*one tensor input"):
         check_runtime(setup)
-    setup.cfg["latency"]["runtime"] = "torch"
+    setup.cfg.latency.runtime = "torch"
     check_runtime(setup)  # nothing to check

@@ -154,7 +154,7 @@ def test_from_config_refuses_a_zero_shot_rung_it_cannot_judge():
         pruning.from_config(cfg, warm=True, maximize=False)
     assert (
         pruning.from_config(
-            {**cfg, "pruning": {**cfg["pruning"], "zero_shot": None}}, warm=True, maximize=False
+            cfg.but(pruning=cfg.pruning.but(zero_shot=None)), warm=True, maximize=False
         )
         is None
     )

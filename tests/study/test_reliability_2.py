@@ -290,7 +290,7 @@ def _pretrained_with(tmp_path, epochs: int):
 
     cfg = resolve(compose_cfg(_warm(tmp_path, epochs)))
     inputs = {"in_channels": 1, "image_size": 8, "num_classes": 10}
-    dense = plans.build_dense(plans.make(cfg["model"], inputs, {}))
+    dense = plans.build_dense(plans.make(cfg.model, inputs, {}))
     warmstart.pretrained(tmp_path / "mlp", epochs, dense.state_dict, cfg=cfg)
     return tmp_path / "mlp" / warmstart.PRETRAINED
 

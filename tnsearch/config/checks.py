@@ -1,36 +1,17 @@
-"""Checks of a composed configuration, so that bad input stops before anything is written.
-
-Every problem is a `ConfigError` naming the config key and the reason in one line; the command
-line prints it and exits with status 2.
-"""
+"""The checks of a composed configuration that need no model, data or storage: types and
+ranges in today's one-line words, run on the plain data before it becomes typed objects."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+from tnsearch.config.errors import ConfigError
+
 COMPILE_MODES = ("auto", "none", "default", "reduce-overhead", "max-autotune")
 DTYPES = ("float32", "bfloat16")
 RUNTIMES = ("torch", "onnxruntime")
 LOG_MODELS = ("pareto", "all", "none")  # tnsearch.results.mlflow_models.CHOICES
-
-
-class ConfigError(ValueError):
-    """A wrong configuration value: `key: reason`, one line."""
-
-    def __init__(self, key: str, reason: str) -> None:
-        self.key = key
-        self.reason = " ".join(str(reason).split())
-        super().__init__(f"{key}: {self.reason}")
-
-    @classmethod
-    def from_exception(cls, exc: BaseException, default_key: str) -> ConfigError:
-        """Wrap an error raised by a constructor; keep its key when it starts with one."""
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        head, sep, tail = text.partition(": ")
-        if sep and " " not in head and head:
-            return cls(head, tail)
-        return cls(default_key, text)
 
 
 def check_basic(cfg: Mapping[str, Any]) -> None:
@@ -45,6 +26,11 @@ def check_basic(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             "timeout", f"must be a positive number of seconds or null, got {timeout!r}"
         )
+    threads = cfg.get("threads")
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise ConfigError("threads", f"must be a positive integer or null, got {threads!r}")
     workers = cfg["workers"]
     if workers != "auto" and (not isinstance(workers, int) or workers < 1):
         raise ConfigError("workers", f"must be a positive integer or 'auto', got {workers!r}")

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tnsearch.config import LatencyConfig
+
 
 @dataclass(frozen=True)
 class LatencyStats:
@@ -193,21 +195,23 @@ class Timing:
     compile: str = "none"
 
     @classmethod
-    def of(cls, latency_cfg: Mapping[str, Any], *, device: str | None = None) -> Timing:
+    def of(
+        cls, latency_cfg: LatencyConfig | Mapping[str, Any], *, device: str | None = None
+    ) -> Timing:
         """The `latency.*` section as a Timing (`device`: where the trial runs, for
         `latency.device=null`); a compiled model is warmed up COMPILED_WARMUP times at least."""
-        compiled = str(latency_cfg.get("compile") or "none")
-        warmup = int(latency_cfg["warmup"])
+        cfg = LatencyConfig.of(latency_cfg)
+        compiled = "none" if cfg.compile == "auto" else cfg.compile
         return cls(
-            warmup=max(warmup, COMPILED_WARMUP) if compiled != "none" else warmup,
-            repeats=int(latency_cfg["repeats"]),
-            device=latency_cfg.get("device") or device,
-            dtype=str(latency_cfg.get("dtype") or "float32"),
-            threads=latency_cfg.get("threads"),
-            spread=float(latency_cfg.get("noisy", NOISY_SPREAD)),
-            attempts=int(latency_cfg.get("attempts", ATTEMPTS)),
-            batch_size=int(latency_cfg.get("batch_size", 64)),
-            runtime=str(latency_cfg.get("runtime") or "torch"),
+            warmup=max(cfg.warmup, COMPILED_WARMUP) if compiled != "none" else cfg.warmup,
+            repeats=cfg.repeats,
+            device=cfg.device or device,
+            dtype=cfg.dtype,
+            threads=cfg.threads,
+            spread=float(cfg.noisy),
+            attempts=cfg.attempts,
+            batch_size=cfg.batch_size,
+            runtime=cfg.runtime,
             compile=compiled,
         )
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tnsearch import bonds
+from tnsearch.config import TrainerConfig
 
 #: Epoch metrics handed to the epoch callback: {"epoch": int, "train_loss": float, "val_acc": float}
 EpochSink = Callable[[dict[str, float]], None]
@@ -317,7 +318,7 @@ def fit(
     datamodule: pl.LightningDataModule,
     *,
     epochs: int,
-    trainer_cfg: dict[str, Any],
+    trainer_cfg: TrainerConfig | Mapping[str, Any],
     on_epoch: EpochSink | None = None,
     on_zero_shot: Callable[[float], None] | None = None,
     metric: str = "accuracy",
@@ -339,11 +340,12 @@ def fit(
         if on_epoch is not None:
             on_epoch(metrics)
 
+    settings = TrainerConfig.of(trainer_cfg)
     trainer = make_trainer(
         epochs=epochs,
-        accelerator=trainer_cfg.get("accelerator", "auto"),
-        precision=trainer_cfg.get("precision", "32-true"),
-        gradient_clip_val=trainer_cfg.get("gradient_clip_val"),
+        accelerator=settings.accelerator,
+        precision=settings.precision,
+        gradient_clip_val=settings.gradient_clip_val,
         callbacks=[*callbacks, EpochEnd(sink, metric)],
     )
     if epochs > 0:

@@ -1,8 +1,8 @@
 """The study report: one self-contained HTML file (`python -m tnsearch.report`).
 
 It reads the study and writes nothing to its storage, so it can be made while the study runs:
-``write_report(build_report(study, cfg), path)``, where ``cfg`` is the resolved config with its
-``report`` node.
+``write_report(build_report(study, cfg), path)``, where ``cfg`` is the report's configuration
+(`tnsearch.config.ReportConfig`, its options in ``cfg.report``).
 
 The page is a list of sections (`SECTIONS`, see `tnsearch.report._sections`); a section that fails
 shows its error and the others still render.
@@ -16,6 +16,7 @@ from typing import Any
 
 import optuna
 
+from tnsearch.config import ReportConfig, TrackingConfig
 from tnsearch.report._data import ReportData
 from tnsearch.report._sections import SECTIONS, Section
 
@@ -27,13 +28,17 @@ def _anchor(title: str) -> str:
 
 
 def build_report(
-    study: optuna.Study, cfg: Mapping[str, Any], *, sections: Sequence[Section] | None = None
+    study: optuna.Study,
+    cfg: ReportConfig | Mapping[str, Any],
+    *,
+    sections: Sequence[Section] | None = None,
 ) -> str:
     """The report of `study` as one HTML document.
 
     Args:
         study: the study (only read).
-        cfg: the resolved configuration (plain data); its ``report`` node holds the options.
+        cfg: the report's configuration (or plain data, `ReportConfig.of`); `cfg.report`
+            holds the options.
         sections: the sections to render, by default `SECTIONS`.
     """
     from tnsearch.report import _html
@@ -49,7 +54,7 @@ def build_report(
                 f"{_html.esc(exc)}</span>"
             )
         rendered.append((_anchor(section.title), section.title, body))
-    interactive = bool(data.options.get("interactive", True))
+    interactive = bool(data.options.interactive)
     head = _html.plotly_head() if interactive else ""
     return _html.page(f"tnsearch study {study.study_name}", rendered, head=head)
 
@@ -61,7 +66,9 @@ def write_report(html: str, path: str | Path) -> Path:
     return write_text(path, html)
 
 
-def log_report(study: optuna.Study, tracking: Mapping[str, Any], path: str | Path) -> str | None:
+def log_report(
+    study: optuna.Study, tracking: TrackingConfig | Mapping[str, Any], path: str | Path
+) -> str | None:
     """Attach the report to the study's MLflow parent run; return its id (None: not logged).
 
     Nothing is logged when tracking is off or the study has no parent run; the run's status is
@@ -69,9 +76,10 @@ def log_report(study: optuna.Study, tracking: Mapping[str, Any], path: str | Pat
     """
     from tnsearch.study import record
 
+    tracking = TrackingConfig.of(tracking)
     parent = record.parent_run(study)
-    uri = str(tracking.get("uri", ""))
-    if not tracking.get("enabled", True) or parent is None:
+    uri = str(tracking.uri)
+    if not tracking.enabled or parent is None:
         return None
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return None  # the store is gone: do not create an empty one

@@ -6,15 +6,14 @@ Takes the keys of `python -m tnsearch` (root=, name=, study=, storage=, tracking
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from tnsearch.cli import command, resolve
+from tnsearch.config import ReportConfig
 from tnsearch.ui import Console
 
 
-def run(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
+def run(cfg: ReportConfig, console: Console | None = None) -> Path:
     """Write the report the resolved config asks for, log it to the parent run; return its path.
 
     Raises:
@@ -26,20 +25,20 @@ def run(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
     from tnsearch.study.tracking import check_server
 
     console = console or Console()
-    study = open_existing(cfg["storage"], cfg["name"])
-    check_server(cfg["tracking"])
-    path = write_report(build_report(study, cfg), cfg["report"]["path"])
+    study = open_existing(cfg.storage, cfg.name)
+    check_server(cfg.tracking)
+    path = write_report(build_report(study, cfg), cfg.report.path)
     console.say(f"report: {path}")
-    run_id = log_report(study, cfg["tracking"], path)
+    run_id = log_report(study, cfg.tracking, path)
     if run_id is not None:
-        console.say(f"logged to MLflow run {run_id} ({cfg['tracking']['uri']})")
+        console.say(f"logged to MLflow run {run_id} ({cfg.tracking.uri})")
     return path
 
 
 @command("report")
 def main(cfg) -> None:
     """Entry point of `python -m tnsearch.report`."""
-    run(resolve(cfg))
+    run(resolve(cfg, ReportConfig))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,10 @@ and draws each layer's mean bond entropy against the epoch, one panel per Pareto
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from tnsearch.bonds import METRIC_PREFIX
+from tnsearch.config import TrackingConfig
 from tnsearch.report import _figures
 from tnsearch.report._data import ReportData
 from tnsearch.report._html import esc, note, png
@@ -25,10 +24,10 @@ from tnsearch.study.record import Record
 Curves = dict[str, list[tuple[int, float]]]
 
 
-def _client(tracking: Mapping[str, Any]):
+def _client(tracking: TrackingConfig):
     """An MLflow client on the study's store, or why there is none."""
-    uri = str(tracking.get("uri", ""))
-    if not tracking.get("enabled", True):
+    uri = str(tracking.uri or "")
+    if not tracking.enabled:
         return "tracking is off (tracking.enabled=false)"
     if not uri:
         return "the configuration names no MLflow store (tracking.uri)"
@@ -85,12 +84,12 @@ def curves_png(found: list[tuple[Record, Curves]]) -> bytes:
 
 
 def render(data: ReportData) -> str:
-    options = data.options.get("bonds", {}) or {}
+    options = data.options.bonds
     limit = int(options.get("max_trials", 5))
     trials = [t for t in data.tensorized_front if t.mlflow_run_id][:limit]
     if not data.tensorized_front:
         return note("No Pareto-optimal trial tensorizes a layer yet.")
-    client = _client(data.cfg.get("tracking") or {})
+    client = _client(data.cfg.tracking)
     if isinstance(client, str):
         return note(f"Not available: {esc(client)}.")
     found = []

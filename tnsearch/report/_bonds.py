@@ -11,12 +11,13 @@ Pareto-optimal trials), ``energy`` (0.99), ``energies`` (`ENERGIES`, the truncat
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tnsearch import plan as plans
+from tnsearch.config import Config
 from tnsearch.report import _figures
 from tnsearch.report._data import ReportData
 from tnsearch.report._html import esc, note, png, table
@@ -46,12 +47,9 @@ class TrialBonds:
     accuracy_after: float | None = None
 
 
-def weights_path(cfg: Mapping[str, Any], trial: Record) -> Path | None:
-    """Where the study keeps ``trial``'s trained weights (None: the config does not say)."""
-    root, name = cfg.get("root"), cfg.get("name")
-    if root is None or name is None:
-        return None
-    return Path(root) / str(name) / "trials" / str(trial.number) / "weights.pt"
+def weights_path(cfg: Config, trial: Record) -> Path:
+    """Where the study keeps ``trial``'s trained weights."""
+    return cfg.study_dir / "trials" / str(trial.number) / "weights.pt"
 
 
 def load_model(trial: Record, path: Path, trusted: Collection[str] = ()) -> nn.Module:
@@ -72,14 +70,14 @@ def _frozen(model: nn.Module) -> nn.Module:
     return model
 
 
-def validation_data(cfg: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | str:
+def validation_data(cfg: Config) -> tuple[torch.Tensor, torch.Tensor] | str:
     """The study's normalized validation split ``(N, C, S, S), (N,)``, or why not."""
-    if "data" not in cfg:
+    if not cfg.data:
         return "the configuration has no data node"
     try:
         from hydra.utils import instantiate
 
-        datamodule = instantiate(cfg["data"], _convert_="all")
+        datamodule = instantiate(cfg.data, _convert_="all")
         return datamodule.tensors("val")
     except Exception as exc:  # noqa: BLE001 - missing files, no network: say so, go on
         return f"{type(exc).__name__}: {exc}"
@@ -291,7 +289,7 @@ def bond_table(result: TrialBonds) -> str:
 
 def render(data: ReportData) -> str:
     """The bond section (see the module docstring)."""
-    options = data.options.get("bonds", {}) or {}
+    options = data.options.bonds
     limit, energy = int(options.get("max_trials", 5)), float(options.get("energy", 0.99))
     if not data.front:
         return note("No Pareto-optimal trial yet.")
@@ -317,7 +315,7 @@ def render(data: ReportData) -> str:
     missing, ready = [], []
     for trial in best[:limit]:
         path = weights_path(data.cfg, trial)
-        (ready if path is not None and path.is_file() else missing).append((trial, path))
+        (ready if path.is_file() else missing).append((trial, path))
     if missing:
         numbers = ", ".join(str(t.number) for t, _ in missing)
         parts.append(note(f"No trained weights found for trial {esc(numbers)}."))
@@ -326,7 +324,7 @@ def render(data: ReportData) -> str:
     val = validation_data(data.cfg)
     if isinstance(val, str):
         parts.append(note(f"Accuracies left out: the validation data is unavailable ({esc(val)})."))
-    trusted = plans.trusted_models(data.cfg)
+    trusted = plans.trusted_models(data.cfg.model)
     results = [
         study_bonds(t, p, energy, None if isinstance(val, str) else val, trusted) for t, p in ready
     ]

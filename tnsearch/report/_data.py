@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from tnsearch.config import ReportConfig, ReportOptions
 from tnsearch.space import parse_param
 from tnsearch.study import record
 from tnsearch.study.record import Outcome, Record
@@ -21,7 +22,7 @@ class ReportData:
 
     Attributes:
         study: the study (read only).
-        cfg: the resolved configuration; ``cfg["report"]`` holds the report's options.
+        cfg: the report's configuration; ``cfg.report`` holds its options.
         trials: every trial, by number.
         done: finished, trained, feasible trials, by number.
         front: the Pareto-optimal trials, fewest parameters first.
@@ -29,15 +30,16 @@ class ReportData:
     """
 
     study: optuna.Study
-    cfg: Mapping[str, Any]
+    cfg: ReportConfig
     trials: list[Record]
     done: list[Record]
     front: list[Record]
     dense: Record | None
 
     @classmethod
-    def collect(cls, study: optuna.Study, cfg: Mapping[str, Any]) -> ReportData:
-        """Read the study once."""
+    def collect(cls, study: optuna.Study, cfg: ReportConfig | Mapping[str, Any]) -> ReportData:
+        """Read the study once (`cfg` as plain data: `ReportConfig.of`)."""
+        cfg = ReportConfig.of(cfg)
         trials = record.records(study)
         done = [r for r in trials if r.candidate]
         numbers = {t.number for t in done}
@@ -58,9 +60,9 @@ class ReportData:
         return record.quality_metric(self.study)
 
     @property
-    def options(self) -> Mapping[str, Any]:
-        """The ``report`` config node."""
-        return self.cfg.get("report", {})
+    def options(self) -> ReportOptions:
+        """The ``report`` options."""
+        return self.cfg.report
 
     @property
     def tensorized_front(self) -> list[Record]:

@@ -12,7 +12,14 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from tnsearch import __version__, tn
-from tnsearch.report import _bond_profile, _bond_training, _bonds, _figures, _importance, _profile
+from tnsearch.report import (
+    _bond_profile,
+    _bond_training,
+    _bonds,
+    _figures,
+    _importance,
+    _sensitivity,
+)
 from tnsearch.report._data import ReportData
 from tnsearch.report._html import (
     PALETTE,
@@ -39,7 +46,7 @@ class Section(NamedTuple):
 
 
 def _interactive(data: ReportData) -> bool:
-    return bool(data.options.get("interactive", True))
+    return bool(data.options.interactive)
 
 
 def _num(value, spec: str) -> str:
@@ -211,7 +218,7 @@ def device_front(trials: list[Record]) -> list[Record]:
 
 def importances(data: ReportData) -> str:
     """Parameter importances per objective, for each configured evaluator."""
-    options = data.options.get("importance", {})
+    options = data.options.importance
     min_trials = int(options.get("min_trials", 8))
     top = int(options.get("top", 15))
     parts = [
@@ -331,7 +338,7 @@ SECTIONS: list[Section] = [
     Section("Pareto-optimal trials", front_table),
     Section("Parameter importances", importances),
     Section("Layers", layers),
-    Section("Sensitivity profile", _profile.render),
+    Section("Sensitivity profile", _sensitivity.render),
     Section("What the bonds say", _bond_profile.render),
     Section("Bonds", _bonds.render),
     Section("Bonds over training", _bond_training.render),

@@ -12,50 +12,49 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from tnsearch import plan as plans
 from tnsearch import tn
-from tnsearch.config import ConfigError
-from tnsearch.study import budgets
+from tnsearch.config import Config, ConfigError
+from tnsearch.study import warm
 from tnsearch.study.record import Record
 from tnsearch.ui import Console
 
 __all__ = ["compress", "out_folder", "profile_command"]
 
 
-def _ready(cfg: Mapping[str, Any], console: Console, *, checks=None):
+def _ready(cfg: Config, console: Console, *, checks=None):
     """The checked setup, with its trained weights (pretraining them once if asked); `checks`
     (a callable of the setup) runs before anything is trained or written."""
     from tnsearch.study import loop, setup
 
     ready = setup.prepare(cfg, console)
-    if ready.pretrained is None and not cfg["pretrain"]["epochs"]:
-        budgets.dense_model(ready)  # raises: nothing trained to compress
-    budgets.calibration_inputs(ready)  # an empty or unreadable calibration split stops here
+    if ready.pretrained is None and not cfg.pretrain.epochs:
+        warm.dense_model(ready)  # raises: nothing trained to compress
+    warm.calibration_inputs(ready)  # an empty or unreadable calibration split stops here
     if checks is not None:
         checks(ready)
     loop.ensure_pretrained(ready)
     return ready
 
 
-def profile_command(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
+def profile_command(cfg: Config, console: Console | None = None) -> Path:
     """Measure (or read) the profile; print each group's best options; log it to MLflow."""
     from tnsearch.study import tracking
 
     console = console or Console()
     ready = _ready(cfg, console)
-    found, path = budgets.profile(ready, say=console.say)
+    found, path = warm.profile(ready, say=console.say)
     console.say(
-        f"profile of {cfg['name']}: {len(found.entries)} options over {len(found.groups)} "
+        f"profile of {cfg.name}: {len(found.entries)} options over {len(found.groups)} "
         f"groups in {found.seconds:.0f} s; dense {found.metric} {found.dense_quality:.4f}, "
         f"{found.dense_params:,} params, {found.dense_latency_ms:.3f} ms per batch"
     )
     console.say(table(found))
     console.say(f"written {path}")
-    tracker = tracking.from_config(cfg["tracking"], cfg["name"])
+    tracker = tracking.from_config(cfg.tracking, cfg.name)
     tracker.log_run(
         "profile",
         params={
@@ -88,25 +87,22 @@ def table(found, per_group: int = 3) -> str:
     return "\n".join(rows)
 
 
-def out_folder(cfg: Mapping[str, Any], budget: Mapping[str, float | None]) -> Path:
-    if cfg["compress"].get("out"):
-        return Path(cfg["compress"]["out"])
+def out_folder(cfg: Config, budget: Mapping[str, float | None]) -> Path:
+    if cfg.compress.out:
+        return Path(cfg.compress.out)
     name = "_".join(f"{k}-{v:g}" for k, v in budget.items() if v is not None)
-    return Path(cfg["root"]) / cfg["name"] / "compress" / name
+    return cfg.study_dir / "compress" / name
 
 
-def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
+def compress(cfg: Config, console: Console | None = None) -> Path:
     """Compress the study's trained model to `budget.*`; return the package folder."""
     from tnsearch.measure import latency, training
     from tnsearch.results.export import write_package
     from tnsearch.study import tracking
 
     console = console or Console()
-    from tnsearch.config import check_heal
-
-    budget = budgets.check_budget(cfg)
-    check_heal(cfg.get("heal"))  # heal.epochs=abc: one line, before anything is read
-    heal = int((cfg.get("heal") or {}).get("epochs") or 0)
+    budget = warm.check_budget(cfg)
+    heal = cfg.heal.epochs
     out = out_folder(cfg, budget)
     existing = out
     while not existing.exists() and existing != existing.parent:
@@ -119,7 +115,7 @@ def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
     def reachable(ready) -> None:
         if budget["params"] is None:
             return
-        smallest = budgets.smallest_params(ready)
+        smallest = warm.smallest_params(ready)
         if smallest > budget["params"]:
             raise ConfigError(
                 "budget.params",
@@ -128,21 +124,22 @@ def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
             )
 
     ready = _ready(cfg, console, checks=reachable)
-    found, path = budgets.profile(ready, say=console.say)
-    chosen = budgets.budget_plan(ready, found, **budget)
+    cfg = ready.cfg  # its compile modes resolved
+    found, path = warm.profile(ready, say=console.say)
+    chosen = warm.budget_plan(ready, found, **budget)
     asked = ", ".join(f"budget.{k}={v:g}" for k, v in budget.items() if v is not None)
     console.say(
         f"allocation for {asked}: {plans.summary({'layers': chosen.layers})}; predicted "
         f"params {chosen.params_fraction:.3f}, latency {chosen.latency_fraction:.3f} of dense, "
         f"{found.metric} loss {chosen.loss:.4f}"
     )
-    model, errors = budgets.build(ready, chosen.layers, say=console.say)
-    dense = budgets.dense_model(ready)
-    full = budgets.evaluator(ready, dense, examples=None)
+    model, errors = warm.build(ready, chosen.layers, say=console.say)
+    dense = warm.dense_model(ready)
+    full = warm.evaluator(ready, dense, examples=None)
     dense_quality = full()
-    zero_shot = budgets.evaluator(ready, model, examples=None)()
+    zero_shot = warm.evaluator(ready, model, examples=None)()
     quality = zero_shot
-    test = budgets.evaluator(ready, dense, examples=None, split="test")
+    test = warm.evaluator(ready, dense, examples=None, split="test")
     if heal:
         from hydra.utils import instantiate
 
@@ -151,19 +148,19 @@ def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
 
         module = ready.task(model, instantiate(healing_optimizer(cfg, warm=True)))
         result = training.fit(
-            module, ready.datamodule, epochs=heal, trainer_cfg=cfg["trainer"], metric=ready.metric
+            module, ready.datamodule, epochs=heal, trainer_cfg=cfg.trainer, metric=ready.metric
         )
         quality = result.val_acc
         model = model.cpu().eval()
     dense_test = test()
-    test_quality = budgets.evaluator(ready, model, examples=None, split="test")()
+    test_quality = warm.evaluator(ready, model, examples=None, split="test")()
     timing = ready.timing  # as a trial's objective is measured
     example = latency.example_batch(ready.datamodule, timing.batch_size)
     timed = latency.paired(model, dense, example, timing)
     model, dense = model.cpu(), dense.cpu()  # timed where trials are; written from the CPU
     ratio, dense_s = timed.ratio, timed.reference_ms / 1e3
     params, dense_params = tn.n_params(model), tn.n_params(dense)
-    plan = {**plans.make(cfg["model"], ready.inputs, chosen.layers), "params": params}
+    plan = {**plans.make(cfg.model, ready.inputs, chosen.layers), "params": params}
     metric = ready.metric
     rows = [
         (f"{metric} (validation)", f"{dense_quality:.4f}", f"{quality:.4f}",
@@ -189,7 +186,7 @@ def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
         compression=dense_params / params,
         latency_ms=dense_s * ratio * 1e3,
     )
-    readme = _readme(cfg["name"], asked, plan, lines, heal, errors)
+    readme = _readme(cfg.name, asked, plan, lines, heal, errors)
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "weights.pt"
         torch.save(model.state_dict(), weights)
@@ -197,16 +194,16 @@ def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
             trial,
             weights,
             out,
-            study_name=cfg["name"],
-            trusted=plans.trusted_models(cfg),
+            study_name=cfg.name,
+            trusted=plans.trusted_models(cfg.model),
             metric=metric,
             readme=readme,
             source=source,
-            batch_size=int((cfg.get("latency") or {}).get("batch_size") or 64),
+            batch_size=cfg.latency.batch_size,
             data=ready.datamodule,  # the package records its preprocessing or tokenizer
         )
     console.say(f"written {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
-    tracker = tracking.from_config(cfg["tracking"], cfg["name"])
+    tracker = tracking.from_config(cfg.tracking, cfg.name)
     run_id = tracker.log_run(
         source,
         params={
@@ -227,13 +224,15 @@ def compress(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
         files=sorted(p for p in out.iterdir() if p.is_file()),
         tags={"tnsearch.role": "compress", "mlflow.note.content": readme},
     )
-    if run_id is not None and cfg["tracking"]["enabled"]:
+    if run_id is not None and cfg.tracking.enabled:
         _log_model(cfg, ready, out, run_id, trial.replace(latency_ratio=ratio), metric, console)
     console.say(_next_lines(cfg, out, getattr(tracker, "experiment_id", None)))
     return out
 
 
-def _log_model(cfg, ready, out: Path, run_id: str, trial: Record, metric: str, console) -> None:
+def _log_model(
+    cfg: Config, ready, out: Path, run_id: str, trial: Record, metric: str, console
+) -> None:
     """The package as an MLflow model on the compress run (registered under the study's name
     when `tracking.register`); MLflow trouble is a warning, never the command's end."""
     from tnsearch.results import mlflow_models
@@ -242,28 +241,28 @@ def _log_model(cfg, ready, out: Path, run_id: str, trial: Record, metric: str, c
     try:
         uri = mlflow_models.log_package_model(
             out,
-            tracking_uri=cfg["tracking"]["uri"],
+            tracking_uri=cfg.tracking.uri,
             run_id=run_id,
             name="compress-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in out.name),
             examples=mlflow_models.example_inputs(ready.datamodule),
-            study_name=cfg["name"],
+            study_name=cfg.name,
             tags=mlflow_models.objective_tags(trial, metric),
-            register=bool(cfg["tracking"].get("register")),
-            trusted=plans.trusted_models(cfg),
-            batch_size=int(cfg["latency"]["batch_size"]),
+            register=bool(cfg.tracking.register),
+            trusted=plans.trusted_models(cfg.model),
+            batch_size=int(cfg.latency.batch_size),
         )
         console.say(f"MLflow model: {uri}")
     except Exception as exc:  # noqa: BLE001 - tracking never stops a command
         warn(f"the package was not logged to MLflow as a model: {' '.join(str(exc).split())[:300]}")
 
 
-def _next_lines(cfg, out: Path, experiment_id: str | None) -> str:
+def _next_lines(cfg: Config, out: Path, experiment_id: str | None) -> str:
     """Where to look next: the run in MLflow's runs view, and the package in Python."""
     import shlex
 
     lines = ["", "Next:"]
     if experiment_id is not None:
-        lines.append(f"  mlflow ui --backend-store-uri {shlex.quote(str(cfg['tracking']['uri']))}")
+        lines.append(f"  mlflow ui --backend-store-uri {shlex.quote(str(cfg.tracking.uri))}")
         lines.append(
             f"    then http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
             "?workflowType=machine_learning"

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tnsearch.config import ConfigError
+from tnsearch.config import Config, ConfigError, ExportConfig
 from tnsearch.measure.onnx import ONNX_TOLERANCE
 from tnsearch.results import package_onnx
 from tnsearch.results.package import (
@@ -206,12 +206,12 @@ def check_data(plan: Mapping[str, Any], data: Any) -> None:
         )
 
 
-def _data(cfg: Mapping[str, Any], plan: Mapping[str, Any]) -> Any:
+def _data(cfg: Config, plan: Mapping[str, Any]) -> Any:
     """The study's data module, set up (its preprocessing and examples go into the package)."""
     from hydra.utils import instantiate
 
     try:
-        data = instantiate(cfg["data"], _convert_="all")
+        data = instantiate(cfg.data, _convert_="all")
         data.setup("fit")
     except ConfigError:
         raise
@@ -226,29 +226,29 @@ def _data(cfg: Mapping[str, Any], plan: Mapping[str, Any]) -> Any:
     return data
 
 
-def export(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
+def export(cfg: ExportConfig, console: Console | None = None) -> Path:
     """Select the trial the resolved config names and write its package; return the folder."""
     from tnsearch import plan as plans
     from tnsearch.results.selection import open_existing, select
     from tnsearch.study import tracking
 
     console = console or Console()
-    if cfg.get("out"):
-        check_out(cfg["out"], "out")  # before any work
-    if (cfg.get("tracking") or {}).get("enabled"):
-        tracking.check_server(cfg["tracking"])  # an unreachable MLflow server: one line, now
-    study = open_existing(cfg["storage"], cfg["name"])
-    trial = select(study, cfg["trial"])
-    study_dir = Path(cfg["root"]) / cfg["name"]
+    if cfg.out:
+        check_out(cfg.out, "out")  # before any work
+    if cfg.tracking.enabled:
+        tracking.check_server(cfg.tracking)  # an unreachable MLflow server: one line, now
+    study = open_existing(cfg.storage, cfg.name)
+    trial = select(study, cfg.trial)
+    study_dir = cfg.study_dir
     weights = study_dir / "trials" / str(trial.number) / "weights.pt"
     if not weights.is_file():
         raise ConfigError("trial", f"trial {trial.number} has no weights at {weights}")
-    out = Path(cfg["out"]) if cfg.get("out") else study_dir / "export" / f"trial-{trial.number}"
+    out = Path(cfg.out) if cfg.out else study_dir / "export" / f"trial-{trial.number}"
     check_out(out, "out")
     metric = record.quality_metric(study)
-    spec = "" if str(cfg["trial"]).strip().isdigit() else str(cfg["trial"]).strip()
-    if not spec and int(cfg["trial"]) != trial.number:
-        console.say(f"trial {cfg['trial']} repeated the plan of trial {trial.number}")
+    spec = "" if str(cfg.trial).strip().isdigit() else str(cfg.trial).strip()
+    if not spec and int(cfg.trial) != trial.number:
+        console.say(f"trial {cfg.trial} repeated the plan of trial {trial.number}")
     console.say(
         f"trial {trial.number}{f' ({spec})' if spec else ''}: {plans.summary(trial.plan)}, "
         f"{short_name(metric)} {trial.quality:.4f}, params {trial.params:,} "
@@ -261,11 +261,11 @@ def export(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
             trial,
             weights,
             out,
-            study_name=cfg["name"],
+            study_name=cfg.name,
             selection=spec,
-            trusted=plans.trusted_models(cfg),
+            trusted=plans.trusted_models(cfg.model),
             metric=metric,
-            batch_size=int((cfg.get("latency") or {}).get("batch_size") or 64),
+            batch_size=cfg.latency.batch_size,
             data=data,
         )
     except plans.UntrustedModelError as exc:
@@ -275,18 +275,18 @@ def export(cfg: Mapping[str, Any], console: Console | None = None) -> Path:
     return out
 
 
-def _log_to_run(cfg: Mapping[str, Any], trial: Record, out: Path, console: Console) -> None:
+def _log_to_run(cfg: Config, trial: Record, out: Path, console: Console) -> None:
     """Attach the package to the trial's MLflow run (under `export/`), when it has one."""
-    tracking = cfg.get("tracking") or {}
-    if not tracking.get("enabled") or trial.mlflow_run_id is None:
+    tracking = cfg.tracking
+    if not tracking.enabled or trial.mlflow_run_id is None:
         return
     try:
         from mlflow import MlflowClient
 
-        MlflowClient(tracking["uri"]).log_artifacts(trial.mlflow_run_id, str(out), "export")
+        MlflowClient(tracking.uri).log_artifacts(trial.mlflow_run_id, str(out), "export")
     except Exception as exc:  # noqa: BLE001 - tracking is never the reason a command fails
         warn(
-            f"MLflow ({tracking['uri']}): the package was not logged to trial {trial.number}'s "
+            f"MLflow ({tracking.uri}): the package was not logged to trial {trial.number}'s "
             f"run: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
         )
         return

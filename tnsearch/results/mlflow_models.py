@@ -33,6 +33,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from tnsearch.config import Config
 from tnsearch.study import record
 from tnsearch.study.record import Record
 from tnsearch.ui import Console, warn
@@ -96,7 +97,7 @@ def example_inputs(data: Any, n: int = EXAMPLE_ROWS) -> Any:
 
 def log_models(
     study: optuna.Study,
-    cfg: Mapping[str, Any],
+    cfg: Config,
     study_dir: Path,
     data: Any,
     console: Console | None = None,
@@ -111,8 +112,8 @@ def log_models(
     Tracking is never the reason a study stops: a model that cannot be logged is said once and
     the others go on.
     """
-    tracking = cfg["tracking"]
-    if not tracking["enabled"]:
+    tracking = cfg.tracking
+    if not tracking.enabled:
         return []
     import logging
     import os
@@ -124,14 +125,14 @@ def log_models(
     # MLflow's progress bars and "Created version" lines say nothing the summary line won't.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    client = MlflowClient(tracking["uri"])
+    client = MlflowClient(tracking.uri)
     metric = record.quality_metric(study)
     try:
         share_view(client, study.study_name, metric)
     except Exception as exc:  # noqa: BLE001 - tracking never stops a study
         warn(f"MLflow: the runs view was not saved: {type(exc).__name__}: {exc}"[:300])
     front = {t.number for t in record.front(study)}
-    which = tracking.get("log_models", "pareto")
+    which = tracking.log_models
     chosen_now = {t.number for t in chosen(study, which)}
     if chosen_now and not _loggable(data):
         warn(
@@ -155,12 +156,12 @@ def log_models(
                 trial,
                 weights,
                 data,
-                tracking_uri=tracking["uri"],
+                tracking_uri=tracking.uri,
                 study_name=study.study_name,
                 metric=metric,
-                trusted=plans.trusted_models(cfg),
-                register=bool(tracking.get("register", False)),
-                batch_size=int(cfg["latency"]["batch_size"]),
+                trusted=plans.trusted_models(cfg.model),
+                register=bool(tracking.register),
+                batch_size=int(cfg.latency.batch_size),
             )
         except Exception as exc:  # noqa: BLE001 - tracking never stops a study
             warn(
@@ -172,7 +173,7 @@ def log_models(
     if logged and console is not None:
         where = (
             f"registered as {study.study_name!r} in MLflow's Model Registry"
-            if tracking.get("register")
+            if tracking.register
             else "logged to their MLflow runs"
         )
         console.say(f"models of {len(logged)} trial(s) {where}")
@@ -298,10 +299,10 @@ def log_package_model(
     A command calls it after logging its run, e.g. `python -m tnsearch.compress`::
 
         run_id = tracker.log_run(...)
-        log_package_model(out, tracking_uri=cfg["tracking"]["uri"], run_id=run_id,
+        log_package_model(out, tracking_uri=cfg.tracking.uri, run_id=run_id,
                           name=f"compress-{out.name}", examples=example_inputs(ready.datamodule),
-                          study_name=cfg["name"], tags=objective_tags(trial, metric),
-                          register=cfg["tracking"]["register"])
+                          study_name=cfg.name, tags=objective_tags(trial, metric),
+                          register=cfg.tracking.register)
     """
     import logging
     import os

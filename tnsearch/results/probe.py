@@ -26,7 +26,7 @@ from torch import nn
 from tnsearch import bonds, tn
 from tnsearch import plan as plans
 from tnsearch.budget import calibration
-from tnsearch.config import ConfigError
+from tnsearch.config import Config, ConfigError, ProbeConfig
 from tnsearch.files import atomic_path, write_text
 from tnsearch.study import record
 from tnsearch.study.record import Record
@@ -108,12 +108,12 @@ def _trial(study, spec: Any) -> Record:
     return found
 
 
-def load_trial(cfg: Mapping[str, Any], trial: Record) -> nn.Module:
+def load_trial(cfg: Config, trial: Record) -> nn.Module:
     """The trial's trained model (CPU, eval mode, tensorized layers' paths frozen)."""
-    path = Path(cfg["root"]) / cfg["name"] / "trials" / str(trial.number) / "weights.pt"
+    path = cfg.study_dir / "trials" / str(trial.number) / "weights.pt"
     if not path.is_file():
         raise ConfigError("trial", f"trial {trial.number} has no trained weights at {path}")
-    model = plans.build(trial.plan, trusted=plans.trusted_models(cfg))
+    model = plans.build(trial.plan, trusted=plans.trusted_models(cfg.model))
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     for m in model.modules():
         if isinstance(m, tn.TNLayer):
@@ -169,8 +169,8 @@ def _summary(
     return out, by_label
 
 
-def probe_trial(cfg: Mapping[str, Any], console: Console | None = None) -> BondProbe:
-    """Probe bond ``cfg["bond"]`` of layer ``cfg["layer"]`` of trial ``cfg["trial"]`` (see the
+def probe_trial(cfg: ProbeConfig, console: Console | None = None) -> BondProbe:
+    """Probe bond ``cfg.bond`` of layer ``cfg.layer`` of trial ``cfg.trial`` (see the
     module docstring); write the table and figure and log them to the trial's run.
 
     Raises:
@@ -183,15 +183,15 @@ def probe_trial(cfg: Mapping[str, Any], console: Console | None = None) -> BondP
 
     console = console or Console()
     start = time.perf_counter()
-    examples = cfg.get("examples", 512)
+    examples = cfg.examples
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
         raise ConfigError("examples", f"must be a positive integer, got {examples!r}")
-    study = open_existing(cfg["storage"], cfg["name"])
-    trial = _trial(study, cfg["trial"])
+    study = open_existing(cfg.storage, cfg.name)
+    trial = _trial(study, cfg.trial)
     model = load_trial(cfg, trial)
-    name, bond = str(cfg["layer"]), cfg["bond"]
+    name, bond = str(cfg.layer), cfg.bond
     check_layer(model, trial.number, name, bond)
-    datamodule = instantiate(cfg["data"], _convert_="all")
+    datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("validate")
     batches = calibration.batches(datamodule.val_dataloader(), examples, inputs_only=False)
     text = isinstance(batches[0], Mapping)
@@ -215,7 +215,7 @@ def probe_trial(cfg: Mapping[str, Any], console: Console | None = None) -> BondP
         labels = [b[1] for b in batches]
         acts = [a.reshape(a.shape[0], -1, a.shape[-1]).square().mean(1).sqrt() for a in found]
         names = [str(c) for c in range(int(torch.cat(labels).max()) + 1)]
-    per_index, by_label = _summary(acts, labels, names, int(cfg.get("top", 3)))
+    per_index, by_label = _summary(acts, labels, names, int(cfg.top))
     share = (terms.weights.square() / terms.weights.square().sum()).tolist()
     rows = [IndexRow(k, share[k], mean, tuple(top)) for k, (mean, top) in enumerate(per_index)]
     result = BondProbe(
@@ -230,7 +230,7 @@ def probe_trial(cfg: Mapping[str, Any], console: Console | None = None) -> BondP
     )
     result.seconds = time.perf_counter() - start
     out = Path(
-        cfg.get("out") or Path(cfg["root"]) / cfg["name"] / "probe" / f"trial-{trial.number}"
+        cfg.out or cfg.study_dir / "probe" / f"trial-{trial.number}"
     )
     stem = f"{name}-bond{bond}"
     with atomic_path(out / f"{stem}.png") as tmp:
@@ -243,11 +243,10 @@ def probe_trial(cfg: Mapping[str, Any], console: Console | None = None) -> BondP
     return result
 
 
-def _log(cfg: Mapping[str, Any], trial: Record, files: list[Path], console: Console) -> None:
+def _log(cfg: Config, trial: Record, files: list[Path], console: Console) -> None:
     """Attach the files to the trial's MLflow run (`probe/`), when it has one."""
-    tracking = cfg.get("tracking") or {}
-    uri = str(tracking.get("uri", ""))
-    if not (tracking.get("enabled", True) and uri) or trial.mlflow_run_id is None:
+    uri = str(cfg.tracking.uri or "")
+    if not (cfg.tracking.enabled and uri) or trial.mlflow_run_id is None:
         return
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return
@@ -303,7 +302,7 @@ def figure(result: BondProbe) -> bytes:
     return buffer.getvalue()
 
 
-def probe_command(cfg: Mapping[str, Any], console: Console | None = None) -> BondProbe:
+def probe_command(cfg: ProbeConfig, console: Console | None = None) -> BondProbe:
     """`python -m tnsearch.bonds`: probe, print the table, say where it went."""
     console = console or Console()
     result = probe_trial(cfg, console)

@@ -7,13 +7,14 @@ figures there, so that the study reads in MLflow without opening its trials one 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from tnsearch import plan as plans
+from tnsearch.config import Config
 from tnsearch.results import pareto
 from tnsearch.study import record
 from tnsearch.study.record import Record
@@ -57,25 +58,25 @@ def metrics(study: optuna.Study) -> dict[str, float]:
     return {k: rounded(k, v) for k, v in out.items() if v is not None}
 
 
-def params(cfg: Mapping[str, Any]) -> dict[str, str]:
+def params(cfg: Config) -> dict[str, str]:
     """The resolved search space and budget, as MLflow params (not `trials` or `epochs`, which
     a continued study may change: MLflow keeps a param's first value)."""
-    space, budget = cfg["space"], cfg.get("budget") or {}
+    space = cfg.space.to_dict()
     out = {
-        "objectives": cfg["objectives"],
-        "sampler": cfg["sampler"]["_target_"].rsplit(".", 1)[-1],
-        "model": cfg["model"].get("_target_", ""),
-        "data": cfg["data"]["_target_"].rsplit(".", 1)[-1],
-        "search.budgets": (cfg.get("search") or {}).get("budgets"),
-        "latency.batch_size": cfg["latency"]["batch_size"],
-        "latency.threads": cfg["latency"].get("threads"),
-        "pretrain.epochs": cfg["pretrain"]["epochs"],
+        "objectives": cfg.objectives,
+        "sampler": cfg.sampler["_target_"].rsplit(".", 1)[-1],
+        "model": cfg.model.get("_target_", ""),
+        "data": cfg.data["_target_"].rsplit(".", 1)[-1],
+        "search.budgets": cfg.search.budgets,
+        "latency.batch_size": cfg.latency.batch_size,
+        "latency.threads": cfg.latency.threads,
+        "pretrain.epochs": cfg.pretrain.epochs,
     }
     for key in ("layers", "exclude", "topologies", "orders", "ranks", "granularity"):
         out[f"space.{key}"] = space.get(key)
-    for key, value in budget.items():
+    for key, value in cfg.budget.to_dict().items():
         out[f"budget.{key}"] = value
-    for key, value in (cfg.get("constraints") or {}).items():
+    for key, value in cfg.constraints.to_dict().items():
         out[f"constraints.{key}"] = value
     return {k: str(v) for k, v in out.items()}
 

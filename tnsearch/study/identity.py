@@ -27,7 +27,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tnsearch.config import ConfigError
+from tnsearch.config import Config, ConfigError
 from tnsearch.ui import console
 
 __all__ = ["ATTR", "SECTIONS", "check", "differences", "made_with", "remember"]
@@ -42,8 +42,10 @@ TRAINING = ("epochs",)
 RUNNING = ("data.eval_batch_size", "data.num_workers", "data.download")
 
 
-def made_with(cfg: Mapping[str, Any], sections: Iterable[str] = (*SECTIONS, *TRAINING)) -> dict:
-    """`sections` of the resolved config as {dotted key: value} (JSON values; RUNNING left out).
+def made_with(
+    cfg: Config | Mapping[str, Any], sections: Iterable[str] = (*SECTIONS, *TRAINING)
+) -> dict:
+    """`sections` of the config as {dotted key: value} (JSON values; RUNNING left out).
 
     >>> made_with({"model": {"_target_": "m.MLP", "hidden": [3]}, "epochs": 2})
     {'model._target_': 'm.MLP', 'model.hidden': [3], 'epochs': 2}
@@ -57,9 +59,10 @@ def made_with(cfg: Mapping[str, Any], sections: Iterable[str] = (*SECTIONS, *TRA
         elif key not in RUNNING:
             flat[key] = json.loads(json.dumps(value, default=str))
 
+    values = cfg.to_dict() if isinstance(cfg, Config) else cfg
     for section in sections:
-        if section in cfg:
-            walk(cfg[section], section)
+        if section in values:
+            walk(values[section], section)
     return flat
 
 
@@ -116,7 +119,7 @@ def check(stored: Mapping[str, Any] | None, current: Mapping[str, Any], what: st
     return [k for k in ours if k not in stored]
 
 
-def remember(study, cfg: Mapping[str, Any], added: Iterable[str] = ()) -> None:
+def remember(study, cfg: Config, added: Iterable[str] = ()) -> None:
     """Store what the study is made with, unless it holds it already (the first run's); keys
     `added` since (`check`) are told once and recorded with their values now."""
     stored = study.user_attrs.get(ATTR)

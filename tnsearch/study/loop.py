@@ -14,7 +14,7 @@ import torch
 from optuna.trial import TrialState
 
 from tnsearch import plan as plans
-from tnsearch.study import budgets, liveness, optuna_internals, record, warmstart, workers
+from tnsearch.study import liveness, optuna_internals, record, warm, warmstart, workers
 from tnsearch.study.record import Outcome, Record
 from tnsearch.study.setup import Setup, seed_for
 from tnsearch.study.trial import run_trial
@@ -31,19 +31,19 @@ def work(setup: Setup, study: optuna.Study, tracker, *, show_status: bool | None
     Args:
         show_status: draw the live status line (None: when stdout is a terminal).
     """
-    target = setup.cfg["trials"]
+    target = setup.cfg.trials
     console = setup.console
     started = time.monotonic()
-    timeout = setup.cfg.get("timeout")
+    timeout = setup.cfg.timeout
     ensure_pretrained(setup)
-    if setup.cfg["epochs"] == 0 and setup.pretrained is None and not workers.is_spawned():
+    if setup.cfg.epochs == 0 and setup.pretrained is None and not workers.is_spawned():
         warn(
             "epochs=0 on a cold study (no pretrain.epochs, model.checkpoint or pretrained "
             "model): no trial is trained, their accuracies are an untrained model's; only "
             "parameters and latency are measured"
         )
-    budgets.narrow(setup, say=console.say)
-    budgets.enqueue_ladder(setup, study, say=console.say)
+    warm.narrow(setup, say=console.say)
+    warm.enqueue_ladder(setup, study, say=console.say)
     console.say(
         f"worker {liveness.worker_id()} joined study {study.study_name!r}: "
         f"{record.counted(study)}/{target} trials done"
@@ -53,7 +53,7 @@ def work(setup: Setup, study: optuna.Study, tracker, *, show_status: bool | None
     status = Progress(
         target,
         enabled=show_status,
-        workers=workers.count(setup.cfg["workers"]) if setup.cfg["worker"] is None else 1,
+        workers=workers.count(setup.cfg.workers) if setup.cfg.worker is None else 1,
     )
     console.status = status
     try:
@@ -63,7 +63,7 @@ def work(setup: Setup, study: optuna.Study, tracker, *, show_status: bool | None
                 # One read of the trials before the ask (again only when a dead worker's trial
                 # was reaped), one after it: another worker may have asked meanwhile.
                 found = record.records(study, LIVE)
-                if liveness.reap(study, tracker, retries=setup.cfg["retries"], found=found):
+                if liveness.reap(study, tracker, retries=setup.cfg.retries, found=found):
                     found = record.records(study, LIVE)
                 if sum(r.counts for r in found) >= target:
                     break
@@ -144,10 +144,10 @@ class _Stuck:
 
 def ensure_pretrained(setup: Setup) -> None:
     """With `pretrain.epochs`, the study's trained dense weights (trained once per study)."""
-    if setup.cfg["pretrain"]["epochs"] and setup.pretrained is None:
+    if setup.cfg.pretrain.epochs and setup.pretrained is None:
         setup.pretrained = warmstart.pretrained(
             setup.study_dir,
-            setup.cfg["pretrain"]["epochs"],
+            setup.cfg.pretrain.epochs,
             lambda: pretrain(setup),
             say=setup.console.say,
             cfg=setup.cfg,
@@ -161,23 +161,23 @@ def pretrain(setup: Setup) -> dict[str, torch.Tensor]:
     from tnsearch.measure import training
 
     cfg = setup.cfg
-    torch.manual_seed(cfg["seed"])
-    plan = plans.make(cfg["model"], setup.inputs, {})
-    model = plans.build_dense(plan, trusted=plans.trusted_models(cfg))
+    torch.manual_seed(cfg.seed)
+    plan = plans.make(cfg.model, setup.inputs, {})
+    model = plans.build_dense(plan, trusted=plans.trusted_models(cfg.model))
     module = training.Classifier(
         model,
-        optimizer=instantiate(dict(cfg["trainer"]["optimizer"])),
-        scheduler=cfg["trainer"].get("scheduler", "cosine"),
+        optimizer=instantiate(dict(cfg.trainer.optimizer)),
+        scheduler=cfg.trainer.scheduler,
     )
     from tnsearch.ui import Steps
 
-    epochs = cfg["pretrain"]["epochs"]
+    epochs = cfg.pretrain.epochs
     with Steps("pretrain", epochs, say=setup.console.say) as steps:
         result = training.fit(
             module,
             setup.datamodule,
             epochs=epochs,
-            trainer_cfg=cfg["trainer"],
+            trainer_cfg=cfg.trainer,
             on_epoch=lambda m: steps.advance(note=f"val acc {m.get('val_acc', float('nan')):.4f}"),
         )
     setup.console.say(f"pretrained dense model: val acc {result.val_acc:.4f}")

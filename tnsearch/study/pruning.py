@@ -14,13 +14,12 @@ compared with the finished trials' own zero-shot qualities. A plan pruned there 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from optuna.trial import TrialState
 
-from tnsearch.config import ConfigError
+from tnsearch.config import Config, ConfigError
 from tnsearch.study import record
 from tnsearch.study.record import Record
 
@@ -109,7 +108,7 @@ def accuracy_at(trial: Record, epoch: int) -> float | None:
 
 
 def from_config(
-    cfg: Mapping[str, Any], *, maximize: bool = True, warm: bool = False
+    cfg: Config, *, maximize: bool = True, warm: bool = False
 ) -> ParetoPruner | None:
     """The pruner `pruning.*` asks for, or None when it judges no rung.
 
@@ -117,12 +116,12 @@ def from_config(
     means on when the study is `warm` (it has trained dense weights), unless `pruning.enabled`
     is false. Both need the quality maximized: the pruner compares qualities as higher-is-better.
     """
-    node = cfg["pruning"]
-    enabled = node["enabled"]
-    each_epoch = enabled if enabled is not None else cfg["epochs"] >= 3 and maximize
+    node = cfg.pruning
+    enabled = node.enabled
+    each_epoch = enabled if enabled is not None else cfg.epochs >= 3 and maximize
     if each_epoch and not maximize:
         raise ConfigError("pruning.enabled", "the pruner needs a quality to maximize")
-    zero_shot = node.get("zero_shot")
+    zero_shot = node.zero_shot
     if zero_shot is None:
         zero_shot = warm and maximize and enabled is not False
     elif zero_shot and not maximize:
@@ -136,9 +135,9 @@ def from_config(
     if not (each_epoch or zero_shot):
         return None
     return ParetoPruner(
-        objectives=tuple(cfg["objectives"]),
-        margin=float(node["margin"]),
-        min_epochs=int(node["min_epochs"]),
+        objectives=tuple(cfg.objectives),
+        margin=float(node.margin),
+        min_epochs=int(node.min_epochs),
         each_epoch=bool(each_epoch),
         zero_shot=bool(zero_shot),
     )

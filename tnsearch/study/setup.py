@@ -18,7 +18,7 @@ import torch
 from tnsearch import plan as plans
 from tnsearch import tn
 from tnsearch.cli import quiet
-from tnsearch.config import ConfigError, check_basic
+from tnsearch.config import Config, ConfigError, load
 from tnsearch.measure import latency
 from tnsearch.space import Space
 from tnsearch.study import identity, pruning, record, warmstart
@@ -30,7 +30,7 @@ from tnsearch.ui import Console
 class Setup:
     """Everything a worker needs, read and checked once."""
 
-    cfg: dict[str, Any]  # the resolved configuration
+    cfg: Config  # the typed configuration, `trainer.compile` / `latency.compile` resolved
     space: Space
     datamodule: Any
     inputs: dict[str, int]
@@ -60,8 +60,8 @@ class Setup:
         if getattr(self, "_teacher", None) is None:
             if self.pretrained is None:
                 raise ConfigError("task", "this task needs the trained dense model")
-            plan = plans.make(self.cfg["model"], self.inputs, {})
-            dense = plans.build_dense(plan, trusted=plans.trusted_models(self.cfg))
+            plan = plans.make(self.cfg.model, self.inputs, {})
+            dense = plans.build_dense(plan, trusted=plans.trusted_models(self.cfg.model))
             dense.load_state_dict(self.pretrained)
             self._teacher = dense.eval()
         return self._teacher
@@ -70,14 +70,14 @@ class Setup:
     def timing(self) -> latency.Timing:
         """How every latency of the study is measured: `latency.*`, on the trial's device
         unless `latency.device` says otherwise."""
-        return latency.Timing.of(self.cfg["latency"], device=str(trial_device(self.cfg)))
+        return latency.Timing.of(self.cfg.latency, device=str(trial_device(self.cfg)))
 
     def latency_reference(self) -> torch.nn.Module:
         """The dense model every trial's latency is timed beside (built once per worker, with
         the trained weights when there are some), in eval mode."""
         if getattr(self, "_latency_reference", None) is None:
-            plan = plans.make(self.cfg["model"], self.inputs, {})
-            dense = plans.build_dense(plan, trusted=plans.trusted_models(self.cfg))
+            plan = plans.make(self.cfg.model, self.inputs, {})
+            dense = plans.build_dense(plan, trusted=plans.trusted_models(self.cfg.model))
             if self.pretrained is not None:
                 dense.load_state_dict(self.pretrained)
             self._latency_reference = dense.eval()
@@ -109,7 +109,7 @@ class Setup:
         target = getattr(make, "func", make)
         offered = {
             "optimizer": optimizer,
-            "scheduler": self.cfg["trainer"].get("scheduler", "cosine"),
+            "scheduler": self.cfg.trainer.scheduler,
         }
         if _needs_teacher(self.cfg):  # built once per worker, only for tasks that take one
             offered["teacher"] = self.teacher()
@@ -124,25 +124,25 @@ DISTILLED = "tnsearch.measure.distill.DistilledClassifier"
 CLASSIFY = "tnsearch.measure.training.Classifier"
 
 
-def task_node(cfg: Mapping[str, Any]) -> dict[str, Any]:
+def task_node(cfg: Config) -> dict[str, Any]:
     """The task's constructor config: `task.*` less TASK_KEYS; with `heal.distill`, the
     classifier that learns from the dense model as well as from the labels."""
-    node = {k: v for k, v in cfg["task"].items() if k not in TASK_KEYS}
-    heal = cfg.get("heal") or {}
-    if heal.get("distill"):
+    node = {k: v for k, v in cfg.task.items() if k not in TASK_KEYS}
+    heal = cfg.heal
+    if heal.distill:
         node.update(
             _target_=DISTILLED,
-            temperature=heal["temperature"],
-            alpha=heal["alpha"],
-            features=heal["features"],
+            temperature=heal.temperature,
+            alpha=heal.alpha,
+            features=heal.features,
         )
     return node
 
 
-def task_metric(cfg: Mapping[str, Any]) -> tuple[str, str]:
+def task_metric(cfg: Config) -> tuple[str, str]:
     """(name, direction) of the task's quality: `task.metric` / `task.direction` when the
     config gives them, else the task class's `metric` / `direction` (accuracy, maximize)."""
-    node = cfg["task"]
+    node = cfg.task
     found = None
     if node.get("metric") is None or node.get("direction") is None:
         found = plans.constructor(str(node["_target_"]))
@@ -151,7 +151,7 @@ def task_metric(cfg: Mapping[str, Any]) -> tuple[str, str]:
     return str(name), str(direction)
 
 
-def metric_names(cfg: Mapping[str, Any]) -> list[str]:
+def metric_names(cfg: Config) -> list[str]:
     """The objectives by their metric names (Optuna's, MLflow's): `quality` as the task names
     it, `params` as param_count, `latency` as latency_ratio."""
     name = task_metric(cfg)[0]
@@ -161,13 +161,13 @@ def metric_names(cfg: Mapping[str, Any]) -> list[str]:
         else record.OBJECTIVES[o].metric
         if o in record.OBJECTIVES
         else o
-        for o in cfg["objectives"]
+        for o in cfg.objectives
     ]
 
 
-def check_objectives(cfg: Mapping[str, Any]) -> None:
+def check_objectives(cfg: Config) -> None:
     """`objectives` must name quality (or the task's metric), params, latency, each once."""
-    objectives = list(cfg["objectives"])
+    objectives = list(cfg.objectives)
     metric, direction = task_metric(cfg)
     known = [record.QUALITY, *record.OBJECTIVES]
     if not objectives:
@@ -184,18 +184,19 @@ def check_objectives(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("task.direction", f"must be maximize or minimize, got {direction!r}")
 
 
-def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
-    """Check the whole configuration against the model, data and storage; write nothing."""
+def prepare(cfg: Config | Mapping[str, Any], console: Console | None = None) -> Setup:
+    """Check the whole configuration against the model, data and storage; write nothing
+    (`cfg` as plain data is loaded first: `tnsearch.config.load`)."""
     from hydra.utils import instantiate
 
     quiet()
+    cfg = cfg if isinstance(cfg, Config) else load(cfg, Config)
     check_task(cfg)
     check_objectives(cfg)
-    check_basic(cfg)
     use_threads(cfg)
-    resolve_compile(cfg)
+    cfg = resolve_compile(cfg)
     try:
-        datamodule = instantiate(cfg["data"], _convert_="all")
+        datamodule = instantiate(cfg.data, _convert_="all")
         if hasattr(datamodule, "check"):
             datamodule.check()
     except ConfigError:
@@ -208,22 +209,22 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
     inputs = data_facts(datamodule)
     try:
         dense = plans.build_dense(
-            plans.make(cfg["model"], inputs, {}), trusted=plans.trusted_models(cfg)
+            plans.make(cfg.model, inputs, {}), trusted=plans.trusted_models(cfg.model)
         )
     except Exception as exc:  # noqa: BLE001 - any constructor error is a model config error
         raise ConfigError.from_exception(_root_cause(exc), "model") from None
-    space = Space.from_config(cfg["space"], dense)
+    space = Space.from_config(cfg.space, dense)
     check_training(cfg, dense)
     check_takes_data(cfg, dense, datamodule)
-    checkpoint = cfg["model"].get("checkpoint")
-    if checkpoint and cfg["pretrain"]["epochs"]:
+    checkpoint = cfg.model.get("checkpoint")
+    if checkpoint and cfg.pretrain.epochs:
         raise ConfigError("pretrain.epochs", "give either model.checkpoint or pretrain.epochs")
     state = warmstart.load_checkpoint(checkpoint, dense) if checkpoint else None
-    if state is None and not cfg["pretrain"]["epochs"] and _comes_trained(cfg["model"]):
+    if state is None and not cfg.pretrain.epochs and _comes_trained(cfg.model):
         # A pretrained model is warm by default: the dense trial is the model itself, and
         # every trial starts from the decomposition of its layers.
         state = {k: v.detach().clone() for k, v in dense.state_dict().items()}
-    warm = state is not None or bool(cfg["pretrain"]["epochs"])
+    warm = state is not None or bool(cfg.pretrain.epochs)
     check_heal(cfg, dense, warm=warm)
     if not warm and _needs_teacher(cfg):
         raise ConfigError(
@@ -232,12 +233,12 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
             "pretrain.epochs, or a model with pretrained weights (model=hf)",
         )
     try:
-        sampler = instantiate(cfg["sampler"])
+        sampler = instantiate(cfg.sampler)
     except Exception as exc:  # noqa: BLE001
         raise ConfigError.from_exception(_root_cause(exc), "sampler") from None
     from tnsearch.study.optuna_internals import reseed
 
-    if cfg["sampler"].get("seed") is not None and not reseed(sampler, 0):
+    if cfg.sampler.get("seed") is not None and not reseed(sampler, 0):
         raise ConfigError(
             "sampler.seed",
             f"{type(sampler).__name__} keeps no random state tnsearch can seed for each trial: "
@@ -246,17 +247,17 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
     from tnsearch.study.storage import check_reachable
     from tnsearch.study.tracking import check_server
 
-    check_reachable(cfg["storage"])
-    check_server(cfg["tracking"])
-    check_writable(Path(cfg["root"]) / cfg["name"])
-    warmstart.check_pretrained(Path(cfg["root"]) / cfg["name"], cfg)
+    check_reachable(cfg.storage)
+    check_server(cfg.tracking)
+    check_writable(cfg.study_dir)
+    warmstart.check_pretrained(cfg.study_dir, cfg)
     setup = Setup(
-        cfg=dict(cfg),
+        cfg=cfg,
         space=space,
         datamodule=datamodule,
         inputs=inputs,
         dense_params=tn.n_params(dense),
-        study_dir=Path(cfg["root"]) / cfg["name"],
+        study_dir=cfg.study_dir,
         pretrained=state,
         pruner=pruning.from_config(cfg, maximize=task_metric(cfg)[1] == "maximize", warm=warm),
         console=console or Console(),
@@ -266,25 +267,23 @@ def prepare(cfg: Mapping[str, Any], console: Console | None = None) -> Setup:
     return setup
 
 
-def use_threads(cfg: Mapping[str, Any]) -> int:
+def use_threads(cfg: Config) -> int:
     """Set this process's CPU threads (`threads`; null: what fits the CPUs it may use, shared
     with the local workers and less what others keep busy: `tnsearch.threads`)."""
     from tnsearch import threads
     from tnsearch.study import workers
 
-    given = cfg.get("threads")
-    if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < 1):
-        raise ConfigError("threads", f"must be a positive integer or null, got {given!r}")
+    given = cfg.threads
     local = 1
-    if cfg.get("worker") is None and not workers.is_spawned():
-        local = workers.count(cfg["workers"])
+    if cfg.worker is None and not workers.is_spawned():
+        local = workers.count(cfg.workers)
     return threads.apply(threads.count(given, workers=local))
 
 
 def check_runtime(setup: Setup) -> None:
     """`latency.runtime=onnxruntime` needs onnxruntime and a model of one tensor input (the
     exported ONNX of a token model is not made yet)."""
-    if setup.cfg["latency"].get("runtime", "torch") != "onnxruntime":
+    if setup.cfg.latency.runtime != "onnxruntime":
         return
     try:
         import onnxruntime  # noqa: F401
@@ -302,14 +301,14 @@ def check_runtime(setup: Setup) -> None:
         )
 
 
-def check_takes_data(cfg: Mapping[str, Any], dense: torch.nn.Module, datamodule: Any) -> None:
+def check_takes_data(cfg: Config, dense: torch.nn.Module, datamodule: Any) -> None:
     """The dense model must take the data's inputs as every trial's latency measurement gives
     them (`model(x)`, or `model(**x)` for a dict), so that a text model on image data (or the
     reverse) stops here, not in five failed trials after the study is written. Two examples,
     eval mode, no gradients; a user's own task is validated whole (`check_user_task`)."""
     from tnsearch.measure import latency, training
 
-    target = plans.constructor(str(cfg["task"]["_target_"]))
+    target = plans.constructor(str(cfg.task["_target_"]))
     if not (isinstance(target, type) and issubclass(target, training.Classifier)):
         return
     try:
@@ -329,7 +328,7 @@ def check_takes_data(cfg: Mapping[str, Any], dense: torch.nn.Module, datamodule:
     except Exception as exc:  # noqa: BLE001 - any error means the two do not fit
         raise ConfigError(
             "model",
-            f"{cfg['model']['_target_']} does not take the inputs of {cfg['data']['_target_']} "
+            f"{cfg.model['_target_']} does not take the inputs of {cfg.data['_target_']} "
             f"({_describe(example)}): {type(exc).__name__}: {_first_line(exc)}",
         ) from None
     finally:
@@ -352,10 +351,10 @@ def check_user_task(setup: Setup, dense: torch.nn.Module) -> None:
 
     from tnsearch.measure import training
 
-    target = plans.constructor(str(setup.cfg["task"]["_target_"]))
+    target = plans.constructor(str(setup.cfg.task["_target_"]))
     if isinstance(target, type) and issubclass(target, training.Classifier):
         return  # tnsearch's own tasks
-    optimizer = instantiate(dict(setup.cfg["trainer"]["optimizer"]))
+    optimizer = instantiate(dict(setup.cfg.trainer.optimizer))
     try:
         module = setup.task(copy.deepcopy(dense), optimizer)
         training.check_logs(module, setup.datamodule, setup.metric)
@@ -378,23 +377,23 @@ def data_facts(datamodule: Any) -> dict[str, int]:
     return {name: int(getattr(datamodule, name)) for name in FACTS if hasattr(datamodule, name)}
 
 
-def check_training(cfg: Mapping[str, Any], dense: torch.nn.Module) -> None:
+def check_training(cfg: Config, dense: torch.nn.Module) -> None:
     """Build the optimizer once on the dense model, and check the scheduler and the latency
     device, so that a wrong value stops here and not after a few failed trials."""
     from hydra.utils import instantiate
 
-    trainer = cfg["trainer"]
-    if trainer.get("scheduler", "cosine") not in SCHEDULERS:
+    trainer = cfg.trainer
+    if trainer.scheduler not in SCHEDULERS:
         raise ConfigError(
             "trainer.scheduler",
-            f"must be one of {', '.join(SCHEDULERS)}, got {trainer.get('scheduler')!r}",
+            f"must be one of {', '.join(SCHEDULERS)}, got {trainer.scheduler!r}",
         )
     try:
-        make = instantiate(dict(trainer["optimizer"]))
+        make = instantiate(dict(trainer.optimizer))
         make(dense.parameters())
     except Exception as exc:  # noqa: BLE001 - any optimizer error is a config error
         raise ConfigError("trainer.optimizer", _first_line(_root_cause(exc))) from None
-    device = cfg["latency"].get("device")
+    device = cfg.latency.device
     if device is not None:
         try:
             where = torch.device(device)
@@ -404,24 +403,24 @@ def check_training(cfg: Mapping[str, Any], dense: torch.nn.Module) -> None:
             raise ConfigError("latency.device", f"{device!r}: no CUDA device is visible")
 
 
-def check_task(cfg: Mapping[str, Any]) -> None:
+def check_task(cfg: Config) -> None:
     """`task._target_` must import and be a LightningModule class (or factory)."""
-    target = cfg["task"].get("_target_")
+    target = cfg.task.get("_target_")
     try:
         plans.constructor(str(target))
     except ImportError as exc:
         raise ConfigError("task._target_", str(exc).split(": ", 1)[-1]) from None
 
 
-def check_heal(cfg: Mapping[str, Any], dense: torch.nn.Module, *, warm: bool) -> None:
+def check_heal(cfg: Config, dense: torch.nn.Module, *, warm: bool) -> None:
     """`heal.distill` needs `task=classify` and a trained dense model to teach; `heal.features`
     a Linear layer whose input to match, read by hooks on an eager (not compiled) model."""
     from tnsearch.measure.distill import last_linear
 
-    heal = cfg.get("heal") or {}
-    if not heal.get("distill"):
+    heal = cfg.heal
+    if not heal.distill:
         return
-    target = str(cfg["task"]["_target_"])
+    target = str(cfg.task["_target_"])
     if target != CLASSIFY:
         raise ConfigError(
             "heal.distill",
@@ -434,18 +433,18 @@ def check_heal(cfg: Mapping[str, Any], dense: torch.nn.Module, *, warm: bool) ->
             "needs a trained dense model to teach: give model.checkpoint, pretrain.epochs, or "
             "a model with pretrained weights (model=hf)",
         )
-    if heal["features"]:
+    if heal.features:
         if last_linear(dense) is None:
             raise ConfigError("heal.features", "the model has no nn.Linear whose input to match")
-        if cfg["trainer"]["compile"] != "none":
+        if cfg.trainer.compile != "none":
             raise ConfigError(
                 "heal.features",
                 "reads the features with forward hooks on the eager model: set "
-                f"trainer.compile=none (it is {cfg['trainer']['compile']})",
+                f"trainer.compile=none (it is {cfg.trainer.compile})",
             )
 
 
-def _needs_teacher(cfg: Mapping[str, Any]) -> bool:
+def _needs_teacher(cfg: Config) -> bool:
     import inspect
 
     found = plans.constructor(str(task_node(cfg)["_target_"]))
@@ -482,21 +481,23 @@ def _first_line(exc: BaseException) -> str:
     return text[:300]
 
 
-def resolve_compile(cfg: dict[str, Any]) -> None:
+def resolve_compile(cfg: Config) -> Config:
     """Turn `compile: auto` into a mode: CUDA graphs on a GPU, where a tensorized model's many
     small kernels cost launches (measured on an H100: eager ResNet-20 with Tucker-2 convs infers
     at 2.10x the dense time, compiled with reduce-overhead at 1.18x); eager on a CPU, where
     compiling a ResNet-20 costs 1-2 minutes per trial and makes a Tucker-2 model train slower
     (measured on 2 cores: 224 ms eager, 309 ms compiled; bench/RESULTS.md)."""
-    on_gpu = trial_device(cfg).type == "cuda"
-    for node in (cfg["trainer"], cfg["latency"]):
-        if node["compile"] == "auto":
-            node["compile"] = "reduce-overhead" if on_gpu else "none"
+    mode = "reduce-overhead" if trial_device(cfg).type == "cuda" else "none"
+    trainer, latency_ = cfg.trainer, cfg.latency
+    return cfg.but(
+        trainer=trainer.but(compile=mode) if trainer.compile == "auto" else trainer,
+        latency=latency_.but(compile=mode) if latency_.compile == "auto" else latency_,
+    )
 
 
-def trial_device(cfg: Mapping[str, Any]) -> torch.device:
+def trial_device(cfg: Config) -> torch.device:
     """The device trials train on: a GPU when present and allowed, else the CPU."""
-    accelerator = cfg["trainer"]["accelerator"]
+    accelerator = cfg.trainer.accelerator
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
@@ -517,15 +518,15 @@ def open_study(setup: Setup) -> optuna.Study:
     from hydra.utils import instantiate
 
     cfg = setup.cfg
-    storage = instantiate(cfg["storage"])
-    joined = next((s for s in storage.get_all_studies() if s.study_name == cfg["name"]), None)
+    storage = instantiate(cfg.storage)
+    joined = next((s for s in storage.get_all_studies() if s.study_name == cfg.name), None)
     added: list[str] = []
     if joined is not None:  # before anything is written to it
         stored = joined.user_attrs.get(identity.ATTR)
-        added = identity.check(stored, identity.made_with(cfg), f"study {cfg['name']!r}")
+        added = identity.check(stored, identity.made_with(cfg), f"study {cfg.name!r}")
     study = create_study_with_retry(
         storage=storage,
-        study_name=cfg["name"],
+        study_name=cfg.name,
         directions=setup.directions,
         sampler=make_sampler(cfg),
         load_if_exists=True,
@@ -536,7 +537,7 @@ def open_study(setup: Setup) -> optuna.Study:
     elif _keys(study.metric_names) != _keys(setup.metric_names):  # older names are the same
         raise ConfigError(
             "objectives",
-            f"study {cfg['name']!r} was created with {study.metric_names}; "
+            f"study {cfg.name!r} was created with {study.metric_names}; "
             "use another name= for other objectives",
         )
     try:
@@ -567,19 +568,19 @@ def _keys(names) -> list[str]:
     return [record.objective_key(n) or n for n in names]
 
 
-def make_sampler(cfg: Mapping[str, Any]) -> optuna.samplers.BaseSampler:
+def make_sampler(cfg: Config) -> optuna.samplers.BaseSampler:
     """The configured sampler (it is seeded again for each trial, see `seed_for`)."""
     from hydra.utils import instantiate
 
-    return instantiate(dict(cfg["sampler"]))
+    return instantiate(dict(cfg.sampler))
 
 
-def seed_for(cfg: Mapping[str, Any], number: int) -> int | None:
+def seed_for(cfg: Config, number: int) -> int | None:
     """The sampler seed of trial `number`: derived from `sampler.seed` and the trial's number,
     which Optuna makes unique across every process of a study. So two commands started together
     do not propose the same plans, a continued study does not repeat its first run's proposals,
     and a study's history is reproducible (None: the sampler is not seeded)."""
-    base = cfg["sampler"].get("seed")
+    base = cfg.sampler.get("seed")
     if base is None:
         return None
     return (int(base) * 1_000_003 + 7919 * (number + 1)) % 2**32

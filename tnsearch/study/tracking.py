@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tnsearch.config import TrackingConfig
 from tnsearch.study import mlflow_store, record
 from tnsearch.study.background_tracking import BackgroundTracker
 from tnsearch.study.tracker import Tracker
@@ -352,7 +353,9 @@ def _open(uri: str, artifacts: str, experiment: str) -> MlflowTracker | NullTrac
 PROBE_S = 3.0
 
 
-def check_server(tracking_cfg: Mapping[str, Any], *, timeout: float = PROBE_S) -> None:
+def check_server(
+    tracking_cfg: TrackingConfig | Mapping[str, Any], *, timeout: float = PROBE_S
+) -> None:
     """An `http(s)://` tracking URI must answer within `timeout` seconds (any HTTP answer will
     do): MLflow's own client retries an unreachable server for minutes, and says so only after
     the trials. Raises ConfigError on `tracking.uri`; writes nothing.
@@ -363,8 +366,9 @@ def check_server(tracking_cfg: Mapping[str, Any], *, timeout: float = PROBE_S) -
     from tnsearch.config import ConfigError
     from tnsearch.study.storage import redact
 
-    uri = str(tracking_cfg.get("uri") or "")
-    if not tracking_cfg.get("enabled") or not uri.startswith(("http://", "https://")):
+    tracking = TrackingConfig.of(tracking_cfg)
+    uri = str(tracking.uri or "")
+    if not tracking.enabled or not uri.startswith(("http://", "https://")):
         return
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
@@ -380,13 +384,14 @@ def check_server(tracking_cfg: Mapping[str, Any], *, timeout: float = PROBE_S) -
 
 
 def from_config(
-    tracking_cfg: Mapping[str, Any], experiment: str, *, background: bool = False
+    tracking_cfg: TrackingConfig | Mapping[str, Any], experiment: str, *, background: bool = False
 ) -> Tracker:
     """The tracker the `tracking.*` config asks for (`background`: a BackgroundTracker, which
     opens the store on its thread)."""
-    if not tracking_cfg["enabled"]:
+    tracking = TrackingConfig.of(tracking_cfg)
+    if not tracking.enabled:
         return NullTracker()
-    uri, artifacts = tracking_cfg["uri"], tracking_cfg["artifacts"]
+    uri, artifacts = tracking.uri, tracking.artifacts
     if background:
         return BackgroundTracker(lambda: _open(uri, artifacts, experiment), uri=uri)
     return _open(uri, artifacts, experiment)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tnsearch.config import ConfigError
+from tnsearch.config import Config, ConfigError
 from tnsearch.files import atomic_path
 
 PRETRAINED = "pretrained.pt"  # in the study folder
@@ -90,7 +90,7 @@ def pretrained(
     train: Any,
     *,
     say: Callable[[str], None] | None = None,
-    cfg: Mapping[str, Any] | None = None,
+    cfg: Config | None = None,
 ) -> dict[str, torch.Tensor]:
     """The study's trained dense weights: trained once by the first worker, read by all others.
 
@@ -130,12 +130,12 @@ def pretrained(
     return saved["state_dict"]
 
 
-def check_pretrained(study_dir: Path, cfg: Mapping[str, Any]) -> None:
+def check_pretrained(study_dir: Path, cfg: Config) -> None:
     """Before anything is written: the study's `pretrained.pt`, if there is one, must read
     back and have been trained with this config's `model`, `data` and `pretrain` keys
     (ConfigError naming the file, or the first differing key, and what to do)."""
     target = Path(study_dir) / PRETRAINED
-    if cfg["pretrain"]["epochs"] and target.exists():
+    if cfg.pretrain.epochs and target.exists():
         _check_saved(target, read_pretrained(target, mmap=True), cfg)
 
 
@@ -158,7 +158,7 @@ def read_pretrained(path: Path, *, mmap: bool = False) -> dict[str, Any]:
     return saved
 
 
-def _check_saved(path: Path, saved: Mapping[str, Any], cfg: Mapping[str, Any]) -> None:
+def _check_saved(path: Path, saved: Mapping[str, Any], cfg: Config) -> None:
     from tnsearch.study import identity
 
     current = identity.made_with(cfg, PRETRAINED_WITH)

@@ -12,7 +12,7 @@ from tnsearch.report._html import esc, note, png
 
 def newest(data: ReportData) -> Profile | None:
     """The study folder's most recent profile, if any."""
-    folder = Path(data.cfg["root"]) / data.name / "profile"
+    folder = Path(data.cfg.root) / data.name / "profile"
     if not folder.is_dir():
         return None
     for path in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):

@@ -21,7 +21,7 @@ from torch import nn
 from tnsearch import plan as plans
 from tnsearch.budget import allocate, calibration
 from tnsearch.budget.profile import Profile
-from tnsearch.config import ConfigError
+from tnsearch.config import Config, ConfigError
 from tnsearch.study import record
 from tnsearch.study.setup import Setup, task_metric
 
@@ -41,7 +41,8 @@ def dense_model(setup: Setup) -> nn.Module:
             "pretrained model (model=hf)",
         )
     model = plans.build_dense(
-        plans.make(setup.cfg["model"], setup.inputs, {}), trusted=plans.trusted_models(setup.cfg)
+        plans.make(setup.cfg.model, setup.inputs, {}),
+        trusted=plans.trusted_models(setup.cfg.model),
     )
     model.load_state_dict(setup.pretrained)
     return model.eval()
@@ -57,7 +58,7 @@ def calibration_inputs(setup: Setup) -> list[Any]:
     found = getattr(setup, "_calibration_inputs", None)
     if found is not None:
         return found
-    examples = setup.cfg["decompose"]["calibration"]
+    examples = setup.cfg.decompose.calibration
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
         raise ConfigError(
             "decompose.calibration", f"must be a number of examples >= 1, got {examples!r}"
@@ -98,7 +99,7 @@ def evaluator(
 
     from tnsearch.measure.training import Classifier
 
-    module = setup.task(model, instantiate(dict(setup.cfg["trainer"]["optimizer"])))
+    module = setup.task(model, instantiate(dict(setup.cfg.trainer.optimizer)))
     if not isinstance(module, Classifier):
         raise ConfigError(
             "task._target_",
@@ -108,7 +109,7 @@ def evaluator(
     dm = setup.datamodule
     dm.setup(split)
     if examples == -1:
-        examples = setup.cfg["profile"]["examples"]
+        examples = setup.cfg.profile.examples
     loader = dm.test_dataloader() if split == "test" else dm.val_dataloader()
     held_out = calibration.batches(
         loader, examples if examples is not None else 2**62, inputs_only=False
@@ -135,13 +136,13 @@ def _settings(setup: Setup) -> dict[str, Any]:
     cfg = setup.cfg
     return {
         "fit": FIT,  # the data-aware fit's version: a changed method measures anew
-        "calibration": cfg["decompose"]["calibration"],
-        "steps": cfg["profile"]["steps"],
-        "examples": cfg["profile"]["examples"],
-        "batch_size": cfg["latency"]["batch_size"],
-        "threads": cfg["latency"].get("threads"),
-        "task": cfg["task"],
-        "data": cfg["data"],
+        "calibration": cfg.decompose.calibration,
+        "steps": cfg.profile.steps,
+        "examples": cfg.profile.examples,
+        "batch_size": cfg.latency.batch_size,
+        "threads": cfg.latency.threads,
+        "task": cfg.task,
+        "data": cfg.data,
     }
 
 
@@ -149,12 +150,12 @@ def profile_budgets(setup: Setup) -> list[dict[str, float | None]]:
     """The budgets the profile must be right for: `budget.params` / `budget.latency` when given
     (compress), else the ladder's (`search.budgets`) and `profile.budgets`."""
     cfg = setup.cfg
-    given = {k: (cfg.get("budget") or {}).get(k) for k in ("params", "latency")}
+    given = cfg.budget.to_dict()
     if any(v is not None for v in given.values()):
         return [{k: None if v is None else float(v) for k, v in given.items()}]
-    fractions = [*(cfg["search"]["budgets"] or ()), *(cfg["profile"].get("budgets") or ())]
+    fractions = [*(cfg.search.budgets or ()), *(cfg.profile.budgets or ())]
     asked = [{"params": float(f), "latency": None} for f in sorted(set(fractions), reverse=True)]
-    latency = sorted(set(cfg["search"].get("latency") or ()), reverse=True)
+    latency = sorted(set(cfg.search.latency or ()), reverse=True)
     return asked + [{"params": a["params"], "latency": float(g)} for a in asked for g in latency]
 
 
@@ -189,7 +190,7 @@ def profile(
     timing = setup.timing.but(**profiles.TIMING)
     example = latency.example_batch(setup.datamodule, timing.batch_size)
     profiler = profiles.Profiler(
-        model, setup.space, stats, evaluate, example, steps=cfg["profile"]["steps"],
+        model, setup.space, stats, evaluate, example, steps=cfg.profile.steps,
         timing=timing,
     )  # fmt: skip
     with cache.hold(("dense", "", 0, 0)):  # one process measures the reference, others wait
@@ -205,7 +206,7 @@ def profile(
         for k, e in cache.entries().items()
         if k in by_key and e.layers == by_key[k].layers
     }
-    measure_all = cfg["profile"].get("measure", "candidates") == "all"
+    measure_all = cfg.profile.measure == "all"
     say(
         f"profile: {len(known)} of {len(menu)} options already measured; "
         + (
@@ -308,10 +309,10 @@ def build(
     model = dense_model(setup)
     with Steps("decompose", len(layers), say=say, enabled=False if say is None else None) as steps:
         errors = calibration.tensorize(
-            model, layers, stats, steps=setup.cfg["decompose"]["steps"],
+            model, layers, stats, steps=setup.cfg.decompose.steps,
             progress=(lambda name: steps.advance(note=name)) if say is not None else None,
         )  # fmt: skip
-    if setup.cfg["decompose"]["batchnorm"]:
+    if setup.cfg.decompose.batchnorm:
         calibration.reestimate_batchnorm(model, inputs)
     return model, errors
 
@@ -327,7 +328,7 @@ def budget_plan(setup: Setup, profile_: Profile, **budget: float | None) -> allo
 def hopeless(setup: Setup, found: Profile) -> dict[str, set[tuple[str, int, int]]]:
     """Per group, the options worth trying: those whose zero-shot quality loses at most
     `space.hopeless` of the dense quality (the profile measured each alone)."""
-    limit = float(setup.cfg["space"]["hopeless"]) * abs(found.dense_quality)
+    limit = float(setup.cfg.space.hopeless) * abs(found.dense_quality)
     keep: dict[str, set[tuple[str, int, int]]] = {g: set() for g in found.groups}
     for e in found.entries:
         if e.loss(found.dense_quality, found.maximize) <= limit:
@@ -338,7 +339,7 @@ def hopeless(setup: Setup, found: Profile) -> dict[str, set[tuple[str, int, int]
 def narrow(setup: Setup, *, say: Callable[[str], None] | None = None) -> None:
     """With `space.from_profile=true` (and trained weights), drop the options the profile
     marks hopeless from the setup's space."""
-    if not setup.cfg["space"].get("from_profile") or setup.pretrained is None:
+    if not setup.cfg.space.from_profile or setup.pretrained is None:
         return
     found, _ = profile(setup, say=say)
     before = sum(1 for _ in found.entries)
@@ -357,12 +358,12 @@ def enqueue_ladder(setup: Setup, study, *, say: Callable[[str], None] | None = N
     """Enqueue, once per study, the budget plans of `search.budgets` (fractions of the dense
     parameters, largest first), and of each of them within each of `search.latency` (fractions
     of its latency), right after the dense trial; return how many were enqueued."""
-    budgets = list(setup.cfg["search"]["budgets"] or ())
-    latency = list(setup.cfg["search"].get("latency") or ())
+    budgets = list(setup.cfg.search.budgets or ())
+    latency = list(setup.cfg.search.latency or ())
     if not budgets or setup.pretrained is None or record.ladder(study) is not None:
         return 0
     found, _ = profile(setup, say=say)
-    if setup.cfg["space"].get("from_profile"):
+    if setup.cfg.space.from_profile:
         allowed = hopeless(setup, found)
         found = replace(
             found,
@@ -398,11 +399,10 @@ def enqueue_ladder(setup: Setup, study, *, say: Callable[[str], None] | None = N
     return count
 
 
-def check_budget(cfg: Mapping[str, Any]) -> dict[str, float | None]:
+def check_budget(cfg: Config) -> dict[str, float | None]:
     """`budget.params` / `budget.latency`: fractions in (0, 1], at least one given."""
     given = {}
-    for key in ("params", "latency"):
-        value = (cfg.get("budget") or {}).get(key)
+    for key, value in cfg.budget.to_dict().items():
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1
         ):
@@ -422,7 +422,8 @@ def smallest_params(setup: Setup) -> float:
     from tnsearch.budget import profile as profiles
 
     dense = plans.build_dense(  # the structure is enough: no trained weights needed
-        plans.make(setup.cfg["model"], setup.inputs, {}), trusted=plans.trusted_models(setup.cfg)
+        plans.make(setup.cfg.model, setup.inputs, {}),
+        trusted=plans.trusted_models(setup.cfg.model),
     )
     total = tn.n_params(dense)
     left = total
