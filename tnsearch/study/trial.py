@@ -25,7 +25,7 @@ from tnsearch.measure import latency, training
 from tnsearch.study import budgets, liveness, pruning, record
 from tnsearch.study.record import Outcome, Record
 from tnsearch.study.setup import Setup
-from tnsearch.ui.console import short_name, test_name
+from tnsearch.ui.console import test_name, trial_line
 
 #: The constraint a repeated plan's trial violates: it holds no trained model of its own.
 UNTRAINED = "untrained"
@@ -407,30 +407,11 @@ class _Trial:
             trial_line(
                 self.rec,
                 plans.summary(self.plan),
-                outcome,
+                outcome.value,
                 time.perf_counter() - self.start,
                 metric=self.setup.metric,
             )
         )
-
-
-def trial_line(
-    rec: Record, summary: str, outcome: Outcome, seconds: float, *, metric: str = "accuracy"
-) -> str:
-    """One console line per trial: number, plan summary, quality (under the task's name),
-    params (compression), latency, time; or why it was not trained."""
-    head = f"trial {rec.number:>3}  {summary[:48]:<48}"
-    if outcome == Outcome.COMPLETE:
-        return (
-            f"{head}  {short_name(metric)} {rec.quality:.4f}  params {rec.params:>10,} "
-            f"({rec.compression:.1f}x)  {rec.latency_text()}  {seconds:.1f} s"
-        )
-    if outcome == Outcome.INFEASIBLE:
-        return f"{head}  infeasible: {rec.infeasible or ''}"
-    if outcome == Outcome.DUPLICATE:
-        return f"{head}  same plan as trial {rec.duplicate_of}: not trained again"
-    reason = rec.fail_reason or rec.prune_reason or ""
-    return f"{head}  {outcome.value.upper()}: {reason}"
 
 
 def _compile(model: torch.nn.Module, mode: str) -> torch.nn.Module:

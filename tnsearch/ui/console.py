@@ -1,4 +1,5 @@
-"""Lines for the user on the console, and the one-line error of a command that stops."""
+"""Lines for the user on the console (one per trial among them), and the one-line error of a
+command that stops."""
 
 from __future__ import annotations
 
@@ -58,6 +59,41 @@ def headers(metric: str) -> tuple[str, str]:
     """Short column headers of the validation and test quality ("val acc", "test f1")."""
     short = short_name(metric.removeprefix("val_"))
     return f"val {short}", f"test {short}"
+
+
+class Figures(Protocol):
+    """What a trial's console line reads of its record (`study.record.Record`)."""
+
+    number: int
+    quality: float | None
+    params: int | None
+    compression: float | None
+    infeasible: str | None
+    duplicate_of: int | None
+    fail_reason: str | None
+    prune_reason: str | None
+
+    def latency_text(self) -> str: ...
+
+
+def trial_line(
+    rec: Figures, summary: str, outcome: str, seconds: float, *, metric: str = "accuracy"
+) -> str:
+    """One console line per trial: number, plan summary, quality (under the task's name),
+    params (compression), latency, time; or why it was not trained. `outcome`: how the trial
+    ended, by name (`study.record.Outcome`'s value: complete, infeasible, duplicate, ...)."""
+    head = f"trial {rec.number:>3}  {summary[:48]:<48}"
+    if outcome == "complete":
+        return (
+            f"{head}  {short_name(metric)} {rec.quality:.4f}  params {rec.params:>10,} "
+            f"({rec.compression:.1f}x)  {rec.latency_text()}  {seconds:.1f} s"
+        )
+    if outcome == "infeasible":
+        return f"{head}  infeasible: {rec.infeasible or ''}"
+    if outcome == "duplicate":
+        return f"{head}  same plan as trial {rec.duplicate_of}: not trained again"
+    reason = rec.fail_reason or rec.prune_reason or ""
+    return f"{head}  {outcome.upper()}: {reason}"
 
 
 def warn(text: str) -> None:
