@@ -25,7 +25,8 @@ from tnsearch.measure import latency, training
 from tnsearch.study import budgets, liveness, pruning, record
 from tnsearch.study.record import Outcome, Record
 from tnsearch.study.setup import Setup
-from tnsearch.ui.console import test_name, trial_line
+from tnsearch.ui.console import trial_line
+from tnsearch.ui.names import rounded, shown
 
 #: The constraint a repeated plan's trial violates: it holds no trained model of its own.
 UNTRAINED = "untrained"
@@ -444,34 +445,22 @@ def _constraints(constraints: Mapping[str, Any], rec: Record) -> dict[str, float
     return out
 
 
+#: The record fields a trial's run ends with as metrics.
+_FIGURES = (
+    "quality",
+    "test_quality",
+    "zero_shot_quality",
+    "params",
+    "compression",
+    *(name for name in latency.FIELDS if name not in latency.TAG_FIELDS),
+)
+
+
 def _final_metrics(rec: Record, metric: str) -> dict[str, float]:
-    """A trial's final MLflow metrics; the quality under the task's name (e.g. `accuracy`,
-    `test_accuracy`, `zero_shot_accuracy`)."""
-    names = {
-        "quality": metric,
-        "test_quality": test_name(metric),
-        "zero_shot_quality": f"zero_shot_{metric}",
-        "params": "param_count",
-        "compression": "compression",
-        **{name: name for name in latency.FIELDS if name not in latency.TAG_FIELDS},
-    }
-    return {
-        name: _rounded(name, float(getattr(rec, k)))
-        for k, name in names.items()
-        if getattr(rec, k) is not None
-    }
-
-
-def _rounded(name: str, value: float) -> float:
-    """A figure as people read it in MLflow's runs table, which shows what it is given:
-    compression to 2 decimals, latency ratios to 3, milliseconds to 4 significant digits."""
-    if name == "compression":
-        return round(value, 2)
-    if name.startswith("latency_ratio"):
-        return round(value, 3)
-    if name.endswith("_ms"):
-        return float(f"{value:.4g}")
-    return value
+    """A trial's final MLflow metrics, the quality under the task's name `metric` (e.g.
+    `accuracy`, `test_accuracy`, `zero_shot_accuracy`)."""
+    found = {shown(field, metric): getattr(rec, field) for field in _FIGURES}
+    return {name: rounded(name, value) for name, value in found.items() if value is not None}
 
 
 def _latency_tags(rec: Record) -> dict[str, str]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from typing import Protocol, TextIO
 
+from tnsearch.ui.names import short_name
+
 
 class StatusLine(Protocol):
     """A live line at the bottom of the console (e.g. the study's `ui.progress.Progress`)."""
@@ -38,27 +40,6 @@ class Console:
             self.status.print_above(text)
         else:
             print(text, file=self.stream or sys.stdout, flush=True)
-
-
-def short_name(metric: str) -> str:
-    """How the console abbreviates a quality's name ("acc" for accuracy)."""
-    return {"accuracy": "acc"}.get(metric, metric)
-
-
-def val_name(metric: str) -> str:
-    """The validation figure's name: `val_f1` as it is, else `val_<metric>` (val_accuracy)."""
-    return metric if metric.startswith("val_") else f"val_{metric}"
-
-
-def test_name(metric: str) -> str:
-    """The test figure's name: `val_f1` -> `test_f1`, else `test_<metric>` (test_accuracy)."""
-    return "test_" + metric.removeprefix("val_")
-
-
-def headers(metric: str) -> tuple[str, str]:
-    """Short column headers of the validation and test quality ("val acc", "test f1")."""
-    short = short_name(metric.removeprefix("val_"))
-    return f"val {short}", f"test {short}"
 
 
 class Figures(Protocol):
