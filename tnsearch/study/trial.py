@@ -22,6 +22,7 @@ from tnsearch.budget import calibration
 from tnsearch.files import atomic_path
 from tnsearch.interrupts import Interrupted
 from tnsearch.measure import latency, training
+from tnsearch.measure.trial_latency import trial_latency
 from tnsearch.study import budgets, liveness, pruning, record
 from tnsearch.study.record import Outcome, Record
 from tnsearch.study.setup import Setup
@@ -198,75 +199,17 @@ class _Trial:
         return model
 
     def measure(self, model: torch.nn.Module) -> None:
-        """Latency of the whole model in eval mode, as a ratio to the dense model timed beside
-        it on the same inputs: in torch, compiled as `latency.compile` says
-        (`latency.paired`), or as exported ONNX in onnxruntime (`latency.runtime`); all as the
-        study's `latency.Timing` says."""
-        timing = self.setup.timing
-        example = latency.example_batch(self.setup.datamodule, timing.batch_size)
-        if not self.plan["layers"] and timing.runtime == "torch":
-            stats = self.measure_dense(model, example, timing)
-        elif timing.runtime == "onnxruntime":
-            stats = self.measure_onnx(model, example, timing)
-        else:
-            stats = self.measure_torch(model, example, timing)
+        """Time the model beside the dense reference, as the study's `latency.Timing` says."""
+        stats = trial_latency(
+            model,
+            self.setup.datamodule,
+            self.setup.timing,
+            tensorized=bool(self.plan["layers"]),
+            reference=self.setup.latency_reference,
+            reference_onnx=self.setup.latency_reference_onnx,
+            train_compile=self.cfg["trainer"]["compile"],
+        )
         self.update(**stats.fields())
-
-    def measure_dense(
-        self, model: torch.nn.Module, example, timing: latency.Timing
-    ) -> latency.PairedStats:
-        """The dense plan is the reference itself: its ratio is 1 by definition, and timing it
-        alone gives its milliseconds in half the time of the pairs (a worker's first trial)."""
-        if timing.compile != "none":
-            torch._dynamo.reset()
-            model = _compile(model, timing.compile)
-        return latency.PairedStats.itself(latency.measure(model, example, timing))
-
-    def measure_torch(
-        self, model: torch.nn.Module, example, timing: latency.Timing
-    ) -> latency.PairedStats:
-        reference = self.setup.latency_reference()
-        if timing.compile != "none" or self.cfg["trainer"]["compile"] != "none":
-            # Every trial is a new model behind the same forward functions: start Dynamo
-            # afresh, or its per-function recompile limit turns compilation off after 8 trials.
-            torch._dynamo.reset()
-            self.freeze_paths(model, torch.device(timing.device))
-        if timing.compile != "none":
-            model, reference = _compile(model, timing.compile), _compile(reference, timing.compile)
-        return latency.paired(model, reference, example, timing)
-
-    def measure_onnx(
-        self, model: torch.nn.Module, example, timing: latency.Timing
-    ) -> latency.PairedStats:
-        """The trial's exported ONNX (each layer on the path it takes for `example`) timed in
-        onnxruntime beside the dense model's, on the CPU: what a deployment runs."""
-        import tempfile
-        from pathlib import Path
-
-        from tnsearch.measure import onnx
-
-        reference = self.setup.latency_reference_onnx(example)
-        with tempfile.TemporaryDirectory(prefix="tnsearch-latency-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            onnx.export(model.cpu(), example, path, check=False)
-            return onnx.paired(path, reference, example, timing)
-
-    def freeze_paths(self, model: torch.nn.Module, device: torch.device) -> None:
-        """Choose every tensorized layer's path for the shapes it will see, then fix them, so
-        that torch.compile traces one graph with no measuring in it."""
-        dm = self.setup.datamodule
-        model.to(device)
-        was_training = model.training
-        model.train()
-        measured = self.cfg["latency"]["batch_size"]
-        train_size = getattr(dm, "batch_size", measured)
-        example = latency.to_device(latency.example_batch(dm, train_size), device)
-        tn.freeze_paths(model, example, grad=True)
-        model.eval()
-        for size in {measured, getattr(dm, "eval_batch_size", measured)}:
-            example = latency.to_device(latency.example_batch(dm, size), device)
-            tn.freeze_paths(model, example, grad=False)
-        model.train(was_training)
 
     def infeasible(self) -> bool:
         """Record the constraints; an infeasible trial is told at once and not trained."""
@@ -297,7 +240,7 @@ class _Trial:
         torch.manual_seed(self.seed)
         mode = cfg["trainer"]["compile"]
         module = setup.task(
-            model if mode == "none" else _compile(model, mode), _instantiate(self.optimizer)
+            model if mode == "none" else latency.compiled(model, mode), _instantiate(self.optimizer)
         )
         finished = (
             record.records(self.study, (TrialState.COMPLETE,)) if setup.pruner is not None else []
@@ -413,11 +356,6 @@ class _Trial:
                 metric=self.setup.metric,
             )
         )
-
-
-def _compile(model: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """torch.compile with tnsearch's mode names ("default", "reduce-overhead", "max-autotune")."""
-    return torch.compile(model, mode=None if mode == "default" else mode)
 
 
 def _reason(exc: BaseException) -> str:
