@@ -23,7 +23,7 @@ from tnsearch.files import atomic_path
 from tnsearch.interrupts import Interrupted
 from tnsearch.measure import latency, training
 from tnsearch.measure.trial_latency import trial_latency
-from tnsearch.study import budgets, liveness, pruning, record
+from tnsearch.study import budgets, duplicates, liveness, pruning, record
 from tnsearch.study.record import Outcome, Record
 from tnsearch.study.setup import Setup
 from tnsearch.ui.console import trial_line
@@ -62,7 +62,8 @@ class _Trial:
     def run(self) -> Outcome:
         try:
             self.propose()
-            earlier = self.duplicate_of()
+            proposed = self.rec.replace(plan=self.plan, training_choices=self.training_choices)
+            earlier = duplicates.find(self.study, proposed, self.setup.console, self.tracker)
             if earlier is not None:
                 return self.duplicate(earlier)
             model = self.build()
@@ -103,53 +104,13 @@ class _Trial:
         self.optimizer = healing_optimizer(self.cfg, warm=setup.pretrained is not None)
         self.optimizer.update(self.training_choices)  # a searched lr is used as chosen
 
-    def same_plan(self, other: Record) -> bool:
-        return (
-            other.number != self.trial.number
-            and other.plan is not None
-            and other.layers == self.plan["layers"]
-            and dict(other.training_choices or {}) == self.training_choices
-        )
-
-    def duplicate_of(self, *, poll_s: float = 1.0) -> Record | None:
-        """An earlier trained trial with exactly this plan, if any (samplers do repeat). A plan
-        that another worker is training counts as taken: this trial waits for that one."""
-        while True:
-            for other in record.records(self.study, (TrialState.COMPLETE,)):
-                if other.is_trained and self.same_plan(other):
-                    return other
-            running = [
-                r for r in record.records(self.study, (TrialState.RUNNING,)) if self.same_plan(r)
-            ]
-            if not running:
-                return None
-            self.setup.console.say(
-                f"trial {self.trial.number:>3}  the same plan is training as trial "
-                f"{running[0].number}: waiting for it"
-            )
-            while any(
-                r.state == TrialState.RUNNING
-                for r in record.records(self.study, (TrialState.RUNNING,))
-                if r.number == running[0].number
-            ):
-                time.sleep(poll_s)
-                liveness.reap(self.study, self.tracker)
-
     def duplicate(self, earlier: Record) -> Outcome:
         """Tell the earlier trial's values again instead of training the same plan twice.
 
         Its one constraint, `untrained`, is violated, so that Optuna and optuna-dashboard never
         offer this copy as a best trial (its model was not trained: the earlier one's was)."""
         self.trial.set_constraint(UNTRAINED, 1.0)
-        self.update(
-            plan=earlier.plan,
-            params=earlier.params,
-            compression=earlier.compression,
-            **{name: getattr(earlier, name) for name in latency.FIELDS},
-            trained=False,
-            duplicate_of=earlier.number,
-            quality=earlier.quality,
-        )
+        self.update(**duplicates.copied(earlier))
         self.end(Outcome.DUPLICATE, values=list(earlier.values))
         return Outcome.DUPLICATE
 
