@@ -25,13 +25,6 @@ def test_metrics_tell_the_study_rounded():
     assert found["hypervolume"] == round(found["hypervolume"], 4)
 
 
-def test_rounded_as_people_read_them():
-    assert summary.rounded("compression", 8.390294561) == 8.39
-    assert summary.rounded("latency_ratio", 0.612345) == 0.612
-    assert summary.rounded("latency_ms", 12.34567) == 12.35
-    assert summary.rounded("param_count", 50610) == 50610
-
-
 def test_description_is_the_front_as_a_markdown_table():
     text = summary.description(_study(), ["accuracy", "param_count", "latency_ratio"])
     assert "| trial | accuracy | param_count |" in text

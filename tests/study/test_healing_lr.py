@@ -5,7 +5,7 @@ import pytest
 from tests.helpers import compose_cfg
 from tnsearch.cli import resolve
 from tnsearch.config import ConfigError, check_heal
-from tnsearch.study.trial import healing_optimizer
+from tnsearch.study.trial_training import healing_optimizer
 
 
 def test_a_warm_trial_heals_at_a_scaled_learning_rate():

@@ -1,5 +1,5 @@
 """Helpers of the worker loop and the trial runner, without training anything:
-`loop._Stuck`, `loop._surplus`, `trial._constraints`, `trial.trial_line`, `workers.cpu_sets`,
+`loop._Stuck`, `loop._surplus`, `trial._constraints`, `ui.console.trial_line`, `workers.cpu_sets`,
 `workers.tag`, and the Optuna parameter names of `tnsearch.space`."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from tnsearch import space
 from tnsearch.study import record, workers
 from tnsearch.study.loop import StudyStopped, _Stuck, _surplus
 from tnsearch.study.record import Outcome, Record
-from tnsearch.study.trial import _constraints, trial_line
+from tnsearch.study.trial import _constraints
+from tnsearch.ui.console import trial_line
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -149,10 +150,10 @@ def test_constraints_of_zero_are_a_limit_too():
     }
 
 
-# -- trial.trial_line ----------------------------------------------------------------------------
+# -- ui.console.trial_line -----------------------------------------------------------------------
 def test_trial_line_complete():
     rec = Record(number=7, quality=0.91234, params=12345, compression=4.06, latency_ms=0.1234)
-    line = trial_line(rec, "fc1: cp r4", Outcome.COMPLETE, 12.34)
+    line = trial_line(rec, "fc1: cp r4", Outcome.COMPLETE.value, 12.34)
     assert line.startswith("trial   7  fc1: cp r4")
     assert "acc 0.9123" in line
     assert "params     12,345 (4.1x)" in line
@@ -164,9 +165,9 @@ def test_trial_line_shows_the_ratio_to_dense_and_says_when_it_was_noisy():
     rec = Record(
         number=3, quality=0.9, params=100, compression=2.0, latency_ms=0.431, latency_ratio=0.62
     )
-    line = trial_line(rec, "fc1: cp r4", Outcome.COMPLETE, 1.0)
+    line = trial_line(rec, "fc1: cp r4", Outcome.COMPLETE.value, 1.0)
     assert "0.62x dense (0.431 ms)" in line and "noisy" not in line
-    noisy = trial_line(rec.replace(latency_noisy=True), "fc1: cp r4", Outcome.COMPLETE, 1.0)
+    noisy = trial_line(rec.replace(latency_noisy=True), "fc1: cp r4", Outcome.COMPLETE.value, 1.0)
     assert "0.62x dense (0.431 ms, noisy)" in noisy
 
 
@@ -181,35 +182,39 @@ def test_the_latency_constraint_is_a_ratio_and_the_ms_one_absolute():
 
 def test_trial_line_cuts_a_long_summary_to_48_characters():
     rec = Record(number=1000, quality=0.5, params=1, compression=1.0, latency_ms=1.0)
-    line = trial_line(rec, "x" * 100, Outcome.COMPLETE, 1.0)
+    line = trial_line(rec, "x" * 100, Outcome.COMPLETE.value, 1.0)
     assert line.startswith("trial 1000  " + "x" * 48 + "  acc")
 
 
 def test_trial_line_pads_a_short_summary():
-    short = trial_line(Record(number=1, infeasible="a"), "dense", Outcome.INFEASIBLE, 0)
-    long = trial_line(Record(number=1, infeasible="a"), "d" * 48, Outcome.INFEASIBLE, 0)
+    short = trial_line(Record(number=1, infeasible="a"), "dense", Outcome.INFEASIBLE.value, 0)
+    long = trial_line(Record(number=1, infeasible="a"), "d" * 48, Outcome.INFEASIBLE.value, 0)
     assert len(short) == len(long)
 
 
 def test_trial_line_infeasible():
     rec = Record(number=2, infeasible="max_params exceeded by 10")
-    line = trial_line(rec, "dense", Outcome.INFEASIBLE, 1.0)
+    line = trial_line(rec, "dense", Outcome.INFEASIBLE.value, 1.0)
     assert line.endswith("  infeasible: max_params exceeded by 10")
     assert "acc" not in line
-    assert trial_line(Record(number=2), "dense", Outcome.INFEASIBLE, 1.0).endswith("infeasible: ")
+    assert trial_line(Record(number=2), "dense", Outcome.INFEASIBLE.value, 1.0).endswith(
+        "infeasible: "
+    )
 
 
 def test_trial_line_duplicate():
-    line = trial_line(Record(number=5, duplicate_of=3), "dense", Outcome.DUPLICATE, 0.1)
+    line = trial_line(Record(number=5, duplicate_of=3), "dense", Outcome.DUPLICATE.value, 0.1)
     assert line.endswith("  same plan as trial 3: not trained again")
 
 
 def test_trial_line_pruned_and_failed_give_the_reason():
-    pruned = trial_line(Record(number=4, prune_reason="dominated"), "s", Outcome.PRUNED, 1.0)
+    pruned = trial_line(Record(number=4, prune_reason="dominated"), "s", Outcome.PRUNED.value, 1.0)
     assert pruned.endswith("  PRUNED: dominated")
-    failed = trial_line(Record(number=4, fail_reason="ValueError: x"), "s", Outcome.FAILED, 1.0)
+    failed = trial_line(
+        Record(number=4, fail_reason="ValueError: x"), "s", Outcome.FAILED.value, 1.0
+    )
     assert failed.endswith("  FAILED: ValueError: x")
-    assert trial_line(Record(number=4), "s", Outcome.FAILED, 1.0).endswith("FAILED: ")
+    assert trial_line(Record(number=4), "s", Outcome.FAILED.value, 1.0).endswith("FAILED: ")
 
 
 def test_trial_line_covers_every_outcome():
@@ -223,7 +228,7 @@ def test_trial_line_covers_every_outcome():
         duplicate_of=0,
         fail_reason="f",
     )
-    lines = {outcome: trial_line(rec, "s", outcome, 1.0) for outcome in Outcome}
+    lines = {outcome: trial_line(rec, "s", outcome.value, 1.0) for outcome in Outcome}
     assert len(set(lines.values())) == len(Outcome)
 
 

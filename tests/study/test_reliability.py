@@ -442,37 +442,3 @@ def test_a_root_that_cannot_be_written_stops_at_once(tmp_path):
     with pytest.raises(ConfigError, match=r"^root: cannot write .*is not a folder"):
         run_search(compose_cfg([f"root={blocker}/studies", *TINY]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
-
-
-def test_a_plan_running_on_another_worker_counts_as_taken():
-    import threading
-    import time
-    from types import SimpleNamespace
-
-    from tnsearch.study import liveness, record
-    from tnsearch.study.record import Record
-    from tnsearch.study.trial import _Trial
-    from tnsearch.ui import Console
-
-    study = optuna.create_study()
-    plan = {"layers": {"fc1": {"topology": "mpo", "rank": 4}}}
-    twin = study.ask()
-    record.write_fields(
-        twin, plan=plan, training_choices={}, worker=liveness.worker_id(), heartbeat=time.time()
-    )
-    mine = study.ask()
-    runner = _Trial.__new__(_Trial)  # only what duplicate_of reads
-    runner.study, runner.trial, runner.tracker = study, mine, None
-    runner.plan, runner.training_choices = plan, {}
-    runner.setup = SimpleNamespace(console=Console())
-
-    def finish():
-        time.sleep(0.5)
-        record.write(twin, Record(trained=True, quality=0.9, params=10, latency_ms=1.0))
-        study.tell(twin, 0.9)
-
-    threading.Thread(target=finish).start()
-    started = time.monotonic()
-    found = runner.duplicate_of(poll_s=0.05)
-    assert found is not None and found.number == twin.number
-    assert time.monotonic() - started >= 0.4  # it waited for the twin, not trained the plan

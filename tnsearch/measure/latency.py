@@ -220,6 +220,12 @@ class Timing:
         return replace(self, **changes)
 
 
+def compiled(model: nn.Module, mode: str) -> nn.Module:
+    """torch.compile with tnsearch's mode names ("default", "reduce-overhead", "max-autotune"),
+    those of `Timing.compile` and `trainer.compile`."""
+    return torch.compile(model, mode=None if mode == "default" else mode)
+
+
 @dataclass(frozen=True)
 class Calls:
     """What `paired_calls` measured: one value per pair, each list sorted."""

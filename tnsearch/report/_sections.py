@@ -35,7 +35,7 @@ from tnsearch.report._html import (
 from tnsearch.results import pareto
 from tnsearch.study import record
 from tnsearch.study.record import Record
-from tnsearch.ui.console import headers, test_name
+from tnsearch.ui.names import headers, test_name
 
 
 class Section(NamedTuple):

@@ -144,7 +144,7 @@ def compress(cfg: Config, console: Console | None = None) -> Path:
         from hydra.utils import instantiate
 
         console.say(f"healing for {heal} epochs")
-        from tnsearch.study.trial import healing_optimizer
+        from tnsearch.study.trial_training import healing_optimizer
 
         module = ready.task(model, instantiate(healing_optimizer(cfg, warm=True)))
         result = training.fit(

@@ -16,7 +16,7 @@ from tnsearch.files import atomic_path
 from tnsearch.study import optuna_internals, record
 from tnsearch.study.record import Record, front
 from tnsearch.ui import Console
-from tnsearch.ui.console import headers, test_name
+from tnsearch.ui.names import headers, shown, test_name
 
 __all__ = [
     "COLUMNS",
@@ -36,15 +36,7 @@ __all__ = [
 
 def columns(metric: str = "accuracy") -> tuple[str, ...]:
     """The columns of pareto.csv; the quality under the task's name (accuracy, fidelity...)."""
-    return (
-        "number",
-        metric,
-        test_name(metric),
-        "param_count",
-        "compression",
-        *LATENCY_COLUMNS,
-        "plan",
-    )
+    return tuple(shown(field, metric) for field in _FIELDS)
 
 
 #: The latency columns of pareto.csv: the objective (a ratio to the dense model timed beside the
@@ -60,6 +52,10 @@ LATENCY_COLUMNS = (
 )
 
 
+#: The record fields pareto.csv holds, a column each (named as `ui.names.shown` names them).
+_FIELDS = ("number", "quality", "test_quality", "params", "compression", *LATENCY_COLUMNS, "plan")
+
+
 #: The columns of a classification study.
 COLUMNS = columns()
 
@@ -67,12 +63,7 @@ COLUMNS = columns()
 def row(trial: Record, metric: str = "accuracy") -> dict[str, Any]:
     """One line of pareto.csv for a finished trial."""
     return {
-        "number": trial.number,
-        metric: trial.quality,
-        test_name(metric): trial.test_quality,
-        "param_count": trial.params,
-        "compression": trial.compression,
-        **{name: getattr(trial, name) for name in LATENCY_COLUMNS},
+        **{shown(field, metric): getattr(trial, field) for field in _FIELDS[:-1]},
         "plan": plans.summary(trial.plan) if trial.plan else "",
     }
 

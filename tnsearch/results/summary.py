@@ -18,20 +18,9 @@ from tnsearch.config import Config
 from tnsearch.results import pareto
 from tnsearch.study import record
 from tnsearch.study.record import Record
+from tnsearch.ui.names import rounded, shown
 
-__all__ = ["description", "metrics", "params", "rounded"]
-
-#: How many decimals each figure is shown (and logged) with; others: 4 significant digits.
-DECIMALS = {"compression": 2, "latency_ratio": 3, "hypervolume": 4}
-
-
-def rounded(name: str, value: float) -> float:
-    """`value` rounded as people read figure `name` (MLflow shows what it is given)."""
-    if name in DECIMALS:
-        return round(float(value), DECIMALS[name])
-    if isinstance(value, int) or float(value).is_integer():
-        return float(value)
-    return float(f"{float(value):.4g}") if abs(value) >= 1 else round(float(value), 4)
+__all__ = ["description", "metrics", "params"]
 
 
 def metrics(study: optuna.Study) -> dict[str, float]:
@@ -51,10 +40,8 @@ def metrics(study: optuna.Study) -> dict[str, float]:
         out[f"best_{metric}"] = max(t.quality for t in done)
     dense = record.dense(done)
     if dense is not None:
-        out[f"dense_{metric}"] = dense.quality
-        out["dense_param_count"] = dense.params
-        if dense.latency_ms is not None:
-            out["dense_latency_ms"] = dense.latency_ms
+        for field in ("quality", "params", "latency_ms"):
+            out[f"dense_{shown(field, metric)}"] = getattr(dense, field)
     return {k: rounded(k, v) for k, v in out.items() if v is not None}
 
 

@@ -1,7 +1,10 @@
 """One trial: plan -> model -> parameters and latency -> (if feasible) training -> record.
 
 Everything a trial measures goes to three places: the Optuna trial (values and user
-attributes), its MLflow run, and its folder `${root}/${name}/trials/<number>/`.
+attributes), its MLflow run, and its folder `${root}/${name}/trials/<number>/`. The steps run
+here, in order; what each step does at length lives beside it: `duplicates` (a repeated plan),
+`measure.trial_latency` (the latency objective), `trial_training` (training), `trial_mlflow`
+(the run's params, metrics and tags) and `ui.console.trial_line` (the console's line).
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import errno
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -21,17 +24,24 @@ from tnsearch import plan as plans
 from tnsearch.budget import calibration
 from tnsearch.files import atomic_path
 from tnsearch.interrupts import Interrupted
-from tnsearch.measure import latency, training
-from tnsearch.study import budgets, liveness, pruning, record
+from tnsearch.measure.trial_latency import trial_latency
+from tnsearch.study import budgets, duplicates, liveness, record, trial_mlflow, trial_training
 from tnsearch.study.record import Outcome, Record
 from tnsearch.study.setup import Setup
-from tnsearch.ui.console import short_name, test_name
+from tnsearch.study.tracker import Tracker
+from tnsearch.ui.console import trial_line
+
+__all__ = ["UNTRAINED", "run_trial"]
 
 #: The constraint a repeated plan's trial violates: it holds no trained model of its own.
 UNTRAINED = "untrained"
+#: What ends a trial as interrupted (its run KILLED) and goes on up: Ctrl-C, SIGTERM, exit.
+_INTERRUPTS = (Interrupted, KeyboardInterrupt, SystemExit)
+#: The Optuna state of each way a trial ends (the others: COMPLETE).
+_STATES = {Outcome.PRUNED: TrialState.PRUNED, Outcome.FAILED: TrialState.FAIL}
 
 
-def run_trial(setup: Setup, study: optuna.Study, trial: optuna.Trial, tracker) -> Outcome:
+def run_trial(setup: Setup, study: optuna.Study, trial: optuna.Trial, tracker: Tracker) -> Outcome:
     """Run one trial to its end; return how it ended.
 
     A trial that raises is recorded as failed with its reason and the worker goes on;
@@ -42,17 +52,21 @@ def run_trial(setup: Setup, study: optuna.Study, trial: optuna.Trial, tracker) -
 
 
 class _Trial:
-    """The steps of one trial, sharing its state."""
+    """The steps of one trial, in order, sharing its state."""
 
-    def __init__(self, setup: Setup, study: optuna.Study, trial: optuna.Trial, tracker) -> None:
+    def __init__(self, setup: Setup, study: optuna.Study, trial: optuna.Trial, tracker: Tracker):
         self.setup, self.cfg = setup, setup.cfg
         self.study, self.trial, self.tracker = study, trial, tracker
         self.start = time.perf_counter()
-        self.run_id = None
+        self.run_id: Any = None  # the trial's MLflow run, once made
         self.told = False  # Optuna knows how the trial ended
         self.ended: Outcome | None = None
         self.rec = Record(number=trial.number)  # what this trial has measured so far
         self.plan: dict[str, Any] = {"layers": {}}
+        self.training_choices: dict[str, Any] = {}
+        self.optimizer: dict[str, Any] = {}  # trainer.optimizer as this trial uses it
+        self.seed = self.cfg["seed"] + trial.number
+        self.folder = setup.study_dir / "trials" / str(trial.number)
 
     def update(self, **fields: Any) -> None:
         self.rec = self.rec.replace(**fields)
@@ -60,7 +74,8 @@ class _Trial:
     def run(self) -> Outcome:
         try:
             self.propose()
-            earlier = self.duplicate_of()
+            proposed = self.rec.replace(plan=self.plan, training_choices=self.training_choices)
+            earlier = duplicates.find(self.study, proposed, self.setup.console, self.tracker)
             if earlier is not None:
                 return self.duplicate(earlier)
             model = self.build()
@@ -70,310 +85,95 @@ class _Trial:
             self.train(model)
             return Outcome.COMPLETE
         except optuna.TrialPruned as exc:
-            # Pruned at the zero-shot rung, before its first epoch, a trial was not trained
-            # (and does not count towards `trials`); after an epoch, it was.
-            self.update(
-                trained=bool(self.rec.history),
-                prune_reason=str(exc),
-                seconds=time.perf_counter() - self.start,
-            )
-            self.end(Outcome.PRUNED, state=TrialState.PRUNED, tags={"prune_reason": str(exc)})
+            # at the zero-shot rung, before an epoch: not trained (nor counted in `trials`)
+            seconds = time.perf_counter() - self.start
+            self.update(trained=bool(self.rec.history), prune_reason=str(exc), seconds=seconds)
+            self.end(Outcome.PRUNED, prune_reason=str(exc))
             return Outcome.PRUNED
-        except Interrupted as exc:
-            self.fail(f"interrupted ({exc.name})", killed=True)
-            raise
-        except (KeyboardInterrupt, SystemExit) as exc:
-            self.fail(f"interrupted ({type(exc).__name__})", killed=True)
+        except _INTERRUPTS as exc:
+            self.fail(exc)
             raise
         except Exception as exc:  # noqa: BLE001 - a failing trial is recorded, the study goes on
             if self.told:  # it was recorded and told; what failed came after
                 return self.ended
-            self.fail(_reason(exc), trace=traceback.format_exc())
+            self.fail(exc)
             liveness.retry(self.study, self.trial.number, self.cfg["retries"])
             return Outcome.FAILED
 
-    # -- steps ------------------------------------------------------------------------------
     def propose(self) -> None:
         """Ask the sampler for this trial's plan (and training choices)."""
         setup, trial = self.setup, self.trial
         self.plan = plans.make(self.cfg["model"], setup.inputs, setup.space.suggest(trial))
         self.training_choices = setup.space.suggest_training(trial)
-        self.optimizer = healing_optimizer(self.cfg, warm=setup.pretrained is not None)
+        self.optimizer = trial_training.healing_optimizer(
+            self.cfg, warm=setup.pretrained is not None
+        )
         self.optimizer.update(self.training_choices)  # a searched lr is used as chosen
 
-    def same_plan(self, other: Record) -> bool:
-        return (
-            other.number != self.trial.number
-            and other.plan is not None
-            and other.layers == self.plan["layers"]
-            and dict(other.training_choices or {}) == self.training_choices
-        )
-
-    def duplicate_of(self, *, poll_s: float = 1.0) -> Record | None:
-        """An earlier trained trial with exactly this plan, if any (samplers do repeat). A plan
-        that another worker is training counts as taken: this trial waits for that one."""
-        while True:
-            for other in record.records(self.study, (TrialState.COMPLETE,)):
-                if other.is_trained and self.same_plan(other):
-                    return other
-            running = [
-                r for r in record.records(self.study, (TrialState.RUNNING,)) if self.same_plan(r)
-            ]
-            if not running:
-                return None
-            self.setup.console.say(
-                f"trial {self.trial.number:>3}  the same plan is training as trial "
-                f"{running[0].number}: waiting for it"
-            )
-            while any(
-                r.state == TrialState.RUNNING
-                for r in record.records(self.study, (TrialState.RUNNING,))
-                if r.number == running[0].number
-            ):
-                time.sleep(poll_s)
-                liveness.reap(self.study, self.tracker)
-
     def duplicate(self, earlier: Record) -> Outcome:
-        """Tell the earlier trial's values again instead of training the same plan twice.
-
-        Its one constraint, `untrained`, is violated, so that Optuna and optuna-dashboard never
-        offer this copy as a best trial (its model was not trained: the earlier one's was)."""
+        """Tell the earlier trial's values again instead of training the same plan twice, with
+        the one constraint `untrained` violated: Optuna and optuna-dashboard never offer this
+        copy as a best trial (its model was not trained: the earlier one's was)."""
         self.trial.set_constraint(UNTRAINED, 1.0)
-        self.update(
-            plan=earlier.plan,
-            params=earlier.params,
-            compression=earlier.compression,
-            **{name: getattr(earlier, name) for name in latency.FIELDS},
-            trained=False,
-            duplicate_of=earlier.number,
-            quality=earlier.quality,
-        )
-        self.end(Outcome.DUPLICATE, values=list(earlier.values))
+        self.update(**duplicates.copied(earlier))
+        self.end(Outcome.DUPLICATE, list(earlier.values))
         return Outcome.DUPLICATE
 
     def build(self) -> torch.nn.Module:
-        """Build the planned model (from the trained dense weights when warm)."""
+        """Build the planned model, record its size, and make the trial's MLflow run."""
         setup, trial = self.setup, self.trial
         record.write_fields(trial, training_choices=self.training_choices)
-        self.seed = self.cfg["seed"] + trial.number
         torch.manual_seed(self.seed)
-        model = plans.build_dense(self.plan, trusted=plans.trusted_models(self.cfg))
-        if setup.pretrained is not None:
-            model.load_state_dict(setup.pretrained)
-        warm = setup.pretrained is not None
-        if warm and self.cfg["decompose"]["calibration"] and self.plan["layers"]:
-            inputs, stats = budgets.calibrated(setup)  # measured once per worker
-            steps = self.cfg["decompose"]["steps"]
-            calibration.tensorize(model, self.plan["layers"], stats, steps=steps)
-            if self.cfg["decompose"]["batchnorm"]:
-                calibration.reestimate_batchnorm(model, inputs)
-        else:
-            plans.tensorize(model, self.plan, init="decompose" if warm else "random")
-        self.plan["params"] = tn.n_params(model)
-        self.update(
-            plan=self.plan,
-            training_choices=self.training_choices,
-            params=self.plan["params"],
-            compression=setup.dense_params / self.plan["params"],
-        )
+        model = _model(setup, self.plan)
+        params = self.plan["params"] = tn.n_params(model)
+        self.update(plan=self.plan, params=params, compression=setup.dense_params / params)
+        self.update(training_choices=self.training_choices)
         record.write_fields(trial, plan=self.plan)
-        self.folder = setup.study_dir / "trials" / str(trial.number)
         plans.save(self.plan, self.folder / "plan.json")
-        # The run is made on the tracker's thread, which stores its id with the trial (liveness
-        # closes a dead worker's run by it); self.rec never holds it, so the record written at
-        # the end leaves it be.
-        self.run_id = self.tracker.start_trial(
-            trial.number,
-            self.plan,
-            _run_params(
-                self.cfg,
-                self.plan,
-                self.seed,
-                self.optimizer,
-                [layer.name for layer in setup.space.layers],
-            ),
-            on_run_id=lambda run_id: record.write_fields(trial, mlflow_run_id=run_id),
-        )
+        searched = [layer.name for layer in setup.space.layers]
+        mlflow = trial_mlflow.run_params(self.cfg, self.plan, self.seed, self.optimizer, searched)
+        self.run_id = trial_mlflow.start_run(self.tracker, trial, self.plan, mlflow)
         return model
 
     def measure(self, model: torch.nn.Module) -> None:
-        """Latency of the whole model in eval mode, as a ratio to the dense model timed beside
-        it on the same inputs: in torch, compiled as `latency.compile` says
-        (`latency.paired`), or as exported ONNX in onnxruntime (`latency.runtime`); all as the
-        study's `latency.Timing` says."""
-        timing = self.setup.timing
-        example = latency.example_batch(self.setup.datamodule, timing.batch_size)
-        if not self.plan["layers"] and timing.runtime == "torch":
-            stats = self.measure_dense(model, example, timing)
-        elif timing.runtime == "onnxruntime":
-            stats = self.measure_onnx(model, example, timing)
-        else:
-            stats = self.measure_torch(model, example, timing)
+        """Time the model beside the dense reference, as the study's `latency.Timing` says."""
+        stats = trial_latency(
+            model,
+            self.setup.datamodule,
+            self.setup.timing,
+            tensorized=bool(self.plan["layers"]),
+            reference=self.setup.latency_reference,
+            reference_onnx=self.setup.latency_reference_onnx,
+            train_compile=self.cfg["trainer"]["compile"],
+        )
         self.update(**stats.fields())
 
-    def measure_dense(
-        self, model: torch.nn.Module, example, timing: latency.Timing
-    ) -> latency.PairedStats:
-        """The dense plan is the reference itself: its ratio is 1 by definition, and timing it
-        alone gives its milliseconds in half the time of the pairs (a worker's first trial)."""
-        if timing.compile != "none":
-            torch._dynamo.reset()
-            model = _compile(model, timing.compile)
-        return latency.PairedStats.itself(latency.measure(model, example, timing))
-
-    def measure_torch(
-        self, model: torch.nn.Module, example, timing: latency.Timing
-    ) -> latency.PairedStats:
-        reference = self.setup.latency_reference()
-        if timing.compile != "none" or self.cfg["trainer"]["compile"] != "none":
-            # Every trial is a new model behind the same forward functions: start Dynamo
-            # afresh, or its per-function recompile limit turns compilation off after 8 trials.
-            torch._dynamo.reset()
-            self.freeze_paths(model, torch.device(timing.device))
-        if timing.compile != "none":
-            model, reference = _compile(model, timing.compile), _compile(reference, timing.compile)
-        return latency.paired(model, reference, example, timing)
-
-    def measure_onnx(
-        self, model: torch.nn.Module, example, timing: latency.Timing
-    ) -> latency.PairedStats:
-        """The trial's exported ONNX (each layer on the path it takes for `example`) timed in
-        onnxruntime beside the dense model's, on the CPU: what a deployment runs."""
-        import tempfile
-        from pathlib import Path
-
-        from tnsearch.measure import onnx
-
-        reference = self.setup.latency_reference_onnx(example)
-        with tempfile.TemporaryDirectory(prefix="tnsearch-latency-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            onnx.export(model.cpu(), example, path, check=False)
-            return onnx.paired(path, reference, example, timing)
-
-    def freeze_paths(self, model: torch.nn.Module, device: torch.device) -> None:
-        """Choose every tensorized layer's path for the shapes it will see, then fix them, so
-        that torch.compile traces one graph with no measuring in it."""
-        dm = self.setup.datamodule
-        model.to(device)
-        was_training = model.training
-        model.train()
-        measured = self.cfg["latency"]["batch_size"]
-        train_size = getattr(dm, "batch_size", measured)
-        example = latency.to_device(latency.example_batch(dm, train_size), device)
-        tn.freeze_paths(model, example, grad=True)
-        model.eval()
-        for size in {measured, getattr(dm, "eval_batch_size", measured)}:
-            example = latency.to_device(latency.example_batch(dm, size), device)
-            tn.freeze_paths(model, example, grad=False)
-        model.train(was_training)
-
     def infeasible(self) -> bool:
-        """Record the constraints; an infeasible trial is told at once and not trained."""
+        """Record the constraints; an infeasible trial is told at once and not trained (the
+        sampler still learns that this region is infeasible)."""
         violations = _constraints(self.cfg["constraints"], self.rec)
         for key, value in violations.items():
             self.trial.set_constraint(key, value)
-        broken = [k for k, v in violations.items() if v > 0]
+        broken = ", ".join(f"{k} exceeded by {v:.4g}" for k, v in violations.items() if v > 0)
         if not broken:
             return False
-        # Not trained: the sampler still learns that this region is infeasible.
-        self.update(
-            trained=False,
-            quality=0.0,
-            infeasible=", ".join(f"{k} exceeded by {violations[k]:.4g}" for k in broken),
-        )
-        self.end(
-            Outcome.INFEASIBLE,
-            values=self.rec.values_for(self.cfg["objectives"]),
-            tags={"infeasible": self.rec.infeasible},
-        )
+        self.update(trained=False, quality=0.0, infeasible=broken)
+        self.end(Outcome.INFEASIBLE, self.rec.values_for(self.cfg["objectives"]), infeasible=broken)
         return True
 
     def train(self, model: torch.nn.Module) -> None:
         """Train (or, for the warm-started dense model, only evaluate), then record."""
-        cfg, setup = self.cfg, self.setup
-        warm = setup.pretrained is not None
-        epochs = 0 if warm and not self.plan["layers"] else cfg["epochs"]
-        torch.manual_seed(self.seed)
-        mode = cfg["trainer"]["compile"]
-        module = setup.task(
-            model if mode == "none" else _compile(model, mode), _instantiate(self.optimizer)
-        )
-        finished = (
-            record.records(self.study, (TrialState.COMPLETE,)) if setup.pruner is not None else []
-        )
-
-        def judge(epoch: int, quality: float) -> None:
-            # Only while training is left to save: never after the last epoch.
-            if setup.pruner is not None and epoch + 1 < epochs:
-                reason = setup.pruner.dominator(finished, self.rec, epoch, quality)
-                if reason:
-                    raise optuna.TrialPruned(reason)
-
-        def on_epoch(metrics: dict[str, float]) -> None:
-            self.update(history=(*(self.rec.history or ()), metrics))
-            self.tracker.log_metrics(
-                self.run_id,
-                # the validation quality by epoch, under the name of the final one: one figure
-                {"train_loss": metrics["train_loss"], setup.metric: metrics["val_acc"]},
-                step=int(metrics["epoch"]),
-            )
-            judge(int(metrics["epoch"]), metrics["val_acc"])
-
-        def on_zero_shot(value: float) -> None:  # kept even when the trial is pruned here
-            self.update(zero_shot_quality=value)
-            judge(pruning.ZERO_SHOT, value)
-
-        spectra = self.bond_logger(model)
-        result = training.fit(
-            module,
-            setup.datamodule,
-            epochs=epochs,
-            trainer_cfg=cfg["trainer"],
-            on_epoch=on_epoch,
-            metric=setup.metric,
-            on_zero_shot=on_zero_shot if warm and self.plan["layers"] else None,
-            callbacks=[spectra] if spectra is not None else [],
-        )
-        if spectra is not None:
-            self.tracker.log_metrics(self.run_id, {"bonds_seconds": spectra.seconds})
-        self.update(
-            trained=True,
-            quality=result.val_acc,
-            test_quality=result.test_acc,
-            history=tuple(result.history),
-            seconds=time.perf_counter() - self.start,
-        )
+        self.update(**trial_training.fit(self, model), seconds=time.perf_counter() - self.start)
         with atomic_path(self.folder / "weights.pt") as tmp:  # never half a file
             torch.save(model.state_dict(), tmp)
-        self.end(Outcome.COMPLETE, values=self.rec.values_for(cfg["objectives"]))
+        self.end(Outcome.COMPLETE, self.rec.values_for(self.cfg["objectives"]))
 
-    def bond_logger(self, model: torch.nn.Module) -> training.BondsPerEpoch | None:
-        """With `tracking.bonds` (and a tensorized layer, a tracker): each epoch's bond spectrum
-        summary goes to the trial's MLflow run, step = epochs trained (0: before training)."""
-        if not (self.plan["layers"] and self.tracker.enabled):
-            return None
-        if (self.cfg.get("tracking") or {}).get("bonds") is False:
-            return None
-
-        def sink(step: int, metrics: dict[str, float]) -> None:
-            self.tracker.log_metrics(self.run_id, metrics, step=step)
-
-        return training.BondsPerEpoch(model, sink)
-
-    # -- endings ----------------------------------------------------------------------------
     def end(
-        self,
-        outcome: Outcome,
-        *,
-        values: list[float] | None = None,
-        state: TrialState = TrialState.COMPLETE,
-        tags: dict[str, Any] | None = None,
-        mlflow_state: str | None = None,
+        self, outcome: Outcome, values: list[float] | None = None, killed: bool = False, **tags: str
     ) -> None:
-        """Record the trial, tell Optuna, close its MLflow run, say it: the one way a trial ends.
-
-        A signal in the middle waits until the trial is told (`interrupts.deferred`), so a trial
-        is never left half-recorded nor told twice."""
+        """Record, tell Optuna (a signal waits: never half-recorded nor told twice), close the
+        MLflow run (with `tags`; KILLED when `killed`), say it: the one way a trial ends."""
+        state = _STATES.get(outcome, TrialState.COMPLETE)
         with interrupts.deferred():
             if outcome == Outcome.FAILED:
                 record.write_fields(self.trial, fail_reason=self.rec.fail_reason)
@@ -381,64 +181,46 @@ class _Trial:
                 record.write(self.trial, self.rec)
             self.study.tell(self.trial, values, state=state)
             self.told, self.ended = True, outcome
-        metrics = {} if outcome == Outcome.FAILED else _final_metrics(self.rec, self.setup.metric)
-        state_name = mlflow_state or ("PRUNED" if state == TrialState.PRUNED else state.name)
-        if self.run_id is not None:
-            tags = {**_latency_tags(self.rec), **(tags or {})}
-            self.tracker.end_trial(self.run_id, state=state_name, metrics=metrics, tags=tags)
-        self.say(outcome)
+        mlflow = "KILLED" if killed else state.name
+        trial_mlflow.end_run(self.tracker, self.run_id, mlflow, self.rec, self.setup.metric, tags)
+        seconds, summary = time.perf_counter() - self.start, plans.summary(self.plan)
+        line = trial_line(self.rec, summary, outcome.value, seconds, metric=self.setup.metric)
+        self.setup.console.say(line)
 
-    def fail(self, reason: str, *, killed: bool = False, trace: str | None = None) -> None:
-        if self.told:  # it ended before the error (e.g. in MLflow after the tell)
+    def fail(self, exc: BaseException) -> None:
+        """End the trial as failed by `exc` (an interrupt's run KILLED, an error's traceback
+        with its run), unless it ended before (e.g. in MLflow after the tell)."""
+        if self.told:
             return
-        self.update(fail_reason=reason)
-        tags = {"fail_reason": reason}
-        if trace:
-            tags["traceback"] = trace[-4000:]
-        self.end(
-            Outcome.FAILED,
-            state=TrialState.FAIL,
-            tags=tags,
-            mlflow_state="KILLED" if killed else "FAIL",
-        )
-
-    def say(self, outcome: Outcome) -> None:
-        self.setup.console.say(
-            trial_line(
-                self.rec,
-                plans.summary(self.plan),
-                outcome,
-                time.perf_counter() - self.start,
-                metric=self.setup.metric,
-            )
-        )
+        killed = isinstance(exc, _INTERRUPTS)
+        self.update(fail_reason=_reason(exc))
+        trace = {} if killed else {"traceback": traceback.format_exc()[-4000:]}
+        self.end(Outcome.FAILED, killed=killed, fail_reason=self.rec.fail_reason, **trace)
 
 
-def trial_line(
-    rec: Record, summary: str, outcome: Outcome, seconds: float, *, metric: str = "accuracy"
-) -> str:
-    """One console line per trial: number, plan summary, quality (under the task's name),
-    params (compression), latency, time; or why it was not trained."""
-    head = f"trial {rec.number:>3}  {summary[:48]:<48}"
-    if outcome == Outcome.COMPLETE:
-        return (
-            f"{head}  {short_name(metric)} {rec.quality:.4f}  params {rec.params:>10,} "
-            f"({rec.compression:.1f}x)  {rec.latency_text()}  {seconds:.1f} s"
-        )
-    if outcome == Outcome.INFEASIBLE:
-        return f"{head}  infeasible: {rec.infeasible or ''}"
-    if outcome == Outcome.DUPLICATE:
-        return f"{head}  same plan as trial {rec.duplicate_of}: not trained again"
-    reason = rec.fail_reason or rec.prune_reason or ""
-    return f"{head}  {outcome.value.upper()}: {reason}"
-
-
-def _compile(model: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """torch.compile with tnsearch's mode names ("default", "reduce-overhead", "max-autotune")."""
-    return torch.compile(model, mode=None if mode == "default" else mode)
+def _model(setup: Setup, plan: dict[str, Any]) -> torch.nn.Module:
+    """The planned model: the dense one (with the trained weights when warm), its planned
+    layers tensorized (decomposed from those weights when warm, with `decompose.calibration`
+    from calibration statistics)."""
+    cfg = setup.cfg
+    model = plans.build_dense(plan, trusted=plans.trusted_models(cfg))
+    if setup.pretrained is not None:
+        model.load_state_dict(setup.pretrained)
+    warm = setup.pretrained is not None
+    if warm and cfg["decompose"]["calibration"] and plan["layers"]:
+        inputs, stats = budgets.calibrated(setup)  # measured once per worker
+        steps = cfg["decompose"]["steps"]
+        calibration.tensorize(model, plan["layers"], stats, steps=steps)
+        if cfg["decompose"]["batchnorm"]:
+            calibration.reestimate_batchnorm(model, inputs)
+    else:
+        plans.tensorize(model, plan, init="decompose" if warm else "random")
+    return model
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, _INTERRUPTS):
+        return f"interrupted ({exc.name if isinstance(exc, Interrupted) else type(exc).__name__})"
     if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
         return f"out of memory: {' '.join(str(exc).split())[:300]}"
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
@@ -461,92 +243,3 @@ def _constraints(constraints: Mapping[str, Any], rec: Record) -> dict[str, float
     if constraints.get("max_latency_ms") is not None:
         out["max_latency_ms"] = float(rec.latency_ms - constraints["max_latency_ms"])
     return out
-
-
-def _final_metrics(rec: Record, metric: str) -> dict[str, float]:
-    """A trial's final MLflow metrics; the quality under the task's name (e.g. `accuracy`,
-    `test_accuracy`, `zero_shot_accuracy`)."""
-    names = {
-        "quality": metric,
-        "test_quality": test_name(metric),
-        "zero_shot_quality": f"zero_shot_{metric}",
-        "params": "param_count",
-        "compression": "compression",
-        **{name: name for name in latency.FIELDS if name not in latency.TAG_FIELDS},
-    }
-    return {
-        name: _rounded(name, float(getattr(rec, k)))
-        for k, name in names.items()
-        if getattr(rec, k) is not None
-    }
-
-
-def _rounded(name: str, value: float) -> float:
-    """A figure as people read it in MLflow's runs table, which shows what it is given:
-    compression to 2 decimals, latency ratios to 3, milliseconds to 4 significant digits."""
-    if name == "compression":
-        return round(value, 2)
-    if name.startswith("latency_ratio"):
-        return round(value, 3)
-    if name.endswith("_ms"):
-        return float(f"{value:.4g}")
-    return value
-
-
-def _latency_tags(rec: Record) -> dict[str, str]:
-    """MLflow tags of a trial's latency measurement: the device's name, and whether it was
-    noisy (ratios are compared within one device only)."""
-    values = {name: getattr(rec, name) for name in latency.TAG_FIELDS}
-    return {
-        name: str(bool(value)).lower() if name == "latency_noisy" else str(value)
-        for name, value in values.items()
-        if value is not None
-    }
-
-
-def _instantiate(node: Mapping[str, Any]):
-    from hydra.utils import instantiate
-
-    return instantiate(dict(node))
-
-
-def _run_params(
-    cfg: Mapping[str, Any],
-    plan: Mapping[str, Any],
-    seed: int,
-    optimizer: Mapping[str, Any],
-    searched: Sequence[str] = (),
-) -> dict[str, Any]:
-    """MLflow params of a trial: the flattened plan (the `searched` layers it keeps dense as
-    `topology=dense`) and the training hyperparameters."""
-    params = plans.flatten(plan, dense=searched)
-    params.update(
-        epochs=cfg["epochs"],
-        seed=seed,
-        batch_size=cfg["data"].get("batch_size"),
-        data=cfg["data"]["_target_"].rsplit(".", 1)[-1],
-        compile=cfg["trainer"]["compile"],
-        latency_compile=cfg["latency"]["compile"],
-        latency_dtype=cfg["latency"]["dtype"],
-        warm_start=cfg["model"].get("checkpoint")
-        or (
-            f"pretrain {cfg['pretrain']['epochs']} epochs" if cfg["pretrain"]["epochs"] else "none"
-        ),
-    )
-    for key, value in optimizer.items():
-        if not key.startswith("_"):
-            params[f"optimizer.{key}"] = value
-    params["optimizer"] = optimizer["_target_"].rsplit(".", 1)[-1]
-    return params
-
-
-def healing_optimizer(cfg: Mapping[str, Any], *, warm: bool) -> dict[str, Any]:
-    """`trainer.optimizer`, its learning rate times `heal.lr_scale` when the trial heals a
-    decomposed trained model (warm): fine-tuning wants a smaller step than training from
-    scratch (a ResNet-20 at 0.96 zero-shot fell to 0.10 in one epoch at the SGD preset's 0.05,
-    and kept 0.96 at 0.005)."""
-    node = dict(cfg["trainer"]["optimizer"])
-    scale = float((cfg.get("heal") or {}).get("lr_scale", 1.0))
-    if warm and "lr" in node and scale != 1.0:
-        node["lr"] = float(node["lr"]) * scale
-    return node

@@ -1,9 +1,12 @@
-"""Lines for the user on the console, and the one-line error of a command that stops."""
+"""Lines for the user on the console (one per trial among them), and the one-line error of a
+command that stops."""
 
 from __future__ import annotations
 
 import sys
 from typing import Protocol, TextIO
+
+from tnsearch.ui.names import short_name
 
 
 class StatusLine(Protocol):
@@ -39,25 +42,39 @@ class Console:
             print(text, file=self.stream or sys.stdout, flush=True)
 
 
-def short_name(metric: str) -> str:
-    """How the console abbreviates a quality's name ("acc" for accuracy)."""
-    return {"accuracy": "acc"}.get(metric, metric)
+class Figures(Protocol):
+    """What a trial's console line reads of its record (`study.record.Record`)."""
+
+    number: int
+    quality: float | None
+    params: int | None
+    compression: float | None
+    infeasible: str | None
+    duplicate_of: int | None
+    fail_reason: str | None
+    prune_reason: str | None
+
+    def latency_text(self) -> str: ...
 
 
-def val_name(metric: str) -> str:
-    """The validation figure's name: `val_f1` as it is, else `val_<metric>` (val_accuracy)."""
-    return metric if metric.startswith("val_") else f"val_{metric}"
-
-
-def test_name(metric: str) -> str:
-    """The test figure's name: `val_f1` -> `test_f1`, else `test_<metric>` (test_accuracy)."""
-    return "test_" + metric.removeprefix("val_")
-
-
-def headers(metric: str) -> tuple[str, str]:
-    """Short column headers of the validation and test quality ("val acc", "test f1")."""
-    short = short_name(metric.removeprefix("val_"))
-    return f"val {short}", f"test {short}"
+def trial_line(
+    rec: Figures, summary: str, outcome: str, seconds: float, *, metric: str = "accuracy"
+) -> str:
+    """One console line per trial: number, plan summary, quality (under the task's name),
+    params (compression), latency, time; or why it was not trained. `outcome`: how the trial
+    ended, by name (`study.record.Outcome`'s value: complete, infeasible, duplicate, ...)."""
+    head = f"trial {rec.number:>3}  {summary[:48]:<48}"
+    if outcome == "complete":
+        return (
+            f"{head}  {short_name(metric)} {rec.quality:.4f}  params {rec.params:>10,} "
+            f"({rec.compression:.1f}x)  {rec.latency_text()}  {seconds:.1f} s"
+        )
+    if outcome == "infeasible":
+        return f"{head}  infeasible: {rec.infeasible or ''}"
+    if outcome == "duplicate":
+        return f"{head}  same plan as trial {rec.duplicate_of}: not trained again"
+    reason = rec.fail_reason or rec.prune_reason or ""
+    return f"{head}  {outcome.upper()}: {reason}"
 
 
 def warn(text: str) -> None:

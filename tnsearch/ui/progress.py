@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import TextIO
 
-from tnsearch.ui.console import short_name
+from tnsearch.ui.names import short_name
 
 __all__ = ["Progress", "Snapshot", "Steps", "clock", "render", "steps_line"]
 
