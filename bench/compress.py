@@ -92,8 +92,8 @@ def main() -> None:
 
     from tnsearch.budget import allocate
     from tnsearch.cli import resolve
-    from tnsearch.study import loop, setup, warm
-    from tnsearch.study.warm import dense_model, evaluator
+    from tnsearch.study import loop, sensitivity, setup
+    from tnsearch.study.sensitivity import dense_model, evaluator
     from tnsearch.tn import n_params
 
     args = [a for a in sys.argv[1:] if a != "--baselines"]
@@ -107,7 +107,7 @@ def main() -> None:
     started = time.perf_counter()
     ready = setup.prepare(cfg)
     loop.ensure_pretrained(ready)
-    found, _ = warm.profile(ready, say=print)
+    found, _ = sensitivity.profile(ready, say=print)
     profiled = time.perf_counter() - started
     dense = dense_model(ready)
     total = n_params(dense)
@@ -116,7 +116,7 @@ def main() -> None:
 
     def measure(label: str, layers) -> None:
         t = time.perf_counter()
-        model, _ = warm.build(ready, layers)
+        model, _ = sensitivity.build(ready, layers)
         built = time.perf_counter() - t
         rows.append((label, n_params(model), evaluator(ready, model, examples=None)(), built))
         print(f"{label}: {rows[-1][1]:,} params, {found.metric} {rows[-1][2]:.4f}", flush=True)
@@ -142,7 +142,7 @@ def main() -> None:
         except allocate.UnreachableBudget as exc:
             print(f"profile, {topology}: {exc}")
     if "--baselines" in sys.argv:
-        _, stats = warm.calibrated(ready)
+        _, stats = sensitivity.calibrated(ready)
         names = [layer.name for layer in ready.space.layers]
         linear = sum(
             dense.get_submodule(n).weight.numel()

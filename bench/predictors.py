@@ -34,13 +34,13 @@ def main() -> None:
     from tnsearch.budget import allocate
     from tnsearch.budget.profile import Option, assemble
     from tnsearch.cli import resolve
-    from tnsearch.study import loop, setup, warm
+    from tnsearch.study import loop, sensitivity, setup
 
     with initialize_config_module("tnsearch.conf", version_base=None):
         cfg = resolve(compose("config", overrides=[*overrides, "profile.measure=all"]))
     ready = setup.prepare(cfg)
     loop.ensure_pretrained(ready)
-    full, _ = warm.profile(ready, say=print)
+    full, _ = sensitivity.profile(ready, say=print)
     q0, up = full.dense_quality, full.maximize
 
     def loss(e) -> float:
@@ -80,10 +80,10 @@ def main() -> None:
     for name, asked in cases:
         known: dict = {}
         rounds = 0
-        while rounds < warm.MAX_ROUNDS:
+        while rounds < sensitivity.MAX_ROUNDS:
             found = assemble(dense, menu, known, key="", metric=full.metric, maximize=up)
-            todo = allocate.candidates(found, asked, neighbours=warm.NEIGHBOURS,
-                                       tolerance=warm.TOLERANCE * abs(q0))  # fmt: skip
+            todo = allocate.candidates(found, asked, neighbours=sensitivity.NEIGHBOURS,
+                                       tolerance=sensitivity.TOLERANCE * abs(q0))  # fmt: skip
             todo = [k for k in todo if k not in known]
             if not todo:
                 break

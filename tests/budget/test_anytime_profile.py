@@ -35,11 +35,11 @@ def ready_setup(root, *extra):
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
     """Every option of the small space measured (`profile.measure=all`), and its setup."""
-    from tnsearch.study import warm
+    from tnsearch.study import sensitivity
 
     root = tmp_path_factory.mktemp("full")
     ready = ready_setup(root, "profile.measure=all")
-    found, _ = warm.profile(ready)
+    found, _ = sensitivity.profile(ready)
     assert all(e.measured for e in found.entries)
     return found, root
 
@@ -63,7 +63,7 @@ def test_the_spectra_rank_the_measured_losses_within_a_topology(full):
 
 @pytest.mark.slow  # a pretrained LeNet-300-100 and its whole profile: ~20 s
 def test_the_anytime_profile_measures_a_fraction_and_allocates_as_well(full, tmp_path):
-    from tnsearch.study import warm
+    from tnsearch.study import sensitivity
 
     whole, root = full
     ready = ready_setup(root, "budget.params=0.3")  # the same study: its pretrained weights
@@ -71,12 +71,12 @@ def test_the_anytime_profile_measures_a_fraction_and_allocates_as_well(full, tmp
     (tmp_path / "anytime").mkdir()
     (tmp_path / "anytime" / "pretrained.pt").symlink_to(root / "mlp" / "pretrained.pt")
     lines: list[str] = []
-    found, _ = warm.profile(ready, say=lines.append)
+    found, _ = sensitivity.profile(ready, say=lines.append)
     measured = found.measured
     assert 0 < len(measured) <= 0.4 * len(found.entries), (len(measured), len(found.entries))
     assert any("0 of" in line and "already measured" in line for line in lines)
     truth = {e.option: e for e in whole.entries}
-    chosen = warm.budget_plan(ready, found, params=0.3, latency=None)
+    chosen = sensitivity.budget_plan(ready, found, params=0.3, latency=None)
     best = allocate.allocate(whole, params=0.3)
     picked = sum(loss(whole, truth[e.option]) for e in chosen.choices.values() if e is not None)
     assert all(e is None or e.measured for e in chosen.choices.values())
@@ -85,14 +85,14 @@ def test_the_anytime_profile_measures_a_fraction_and_allocates_as_well(full, tmp
 
 @pytest.mark.slow  # a pretrained LeNet-300-100 and its whole profile: ~20 s
 def test_each_measured_option_is_a_file_and_a_rerun_measures_none(full):
-    from tnsearch.study import warm
+    from tnsearch.study import sensitivity
 
     found, root = full
     files = sorted((root / "mlp" / "profile" / found.key).glob("*--*.json"))
     assert len(files) == len(found.entries)
     ready = ready_setup(root, "profile.measure=all")
     lines: list[str] = []
-    again, _ = warm.profile(ready, say=lines.append)
+    again, _ = sensitivity.profile(ready, say=lines.append)
     assert f"profile: {len(files)} of {len(files)} options already measured" in lines[0]
     assert not any(line.startswith("profile 1/") for line in lines)  # nothing measured
     assert [e.quality for e in again.entries] == [e.quality for e in found.entries]
@@ -100,7 +100,7 @@ def test_each_measured_option_is_a_file_and_a_rerun_measures_none(full):
 
 @pytest.mark.slow  # a pretrained LeNet-300-100 and its whole profile: ~20 s
 def test_a_damaged_entry_is_set_aside_with_one_warning_and_measured_again(full, capsys):
-    from tnsearch.study import warm
+    from tnsearch.study import sensitivity
 
     found, root = full
     folder = root / "mlp" / "profile" / found.key
@@ -111,7 +111,7 @@ def test_a_damaged_entry_is_set_aside_with_one_warning_and_measured_again(full, 
     capsys.readouterr()
     ready = ready_setup(root, "profile.measure=all")
     lines: list[str] = []
-    again, _ = warm.profile(ready, say=lines.append)
+    again, _ = sensitivity.profile(ready, say=lines.append)
     warnings = [w for w in capsys.readouterr().err.splitlines() if w.startswith("warning:")]
     assert len(warnings) == 1 and "2 damaged or outdated entries" in warnings[0], warnings
     assert len(list(folder.glob("*.damaged-*"))) == 2
@@ -217,13 +217,13 @@ def test_the_ladder_has_a_latency_rung(full):
     """`search.latency`: the plan that loses least within a fraction of the dense latency."""
     import optuna
 
-    from tnsearch.study import warm
+    from tnsearch.study import sensitivity
 
     _, root = full
     ready = ready_setup(root, "profile.measure=all", "search.budgets=[0.5]", "search.latency=[3.0]")
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     lines: list[str] = []
-    count = warm.enqueue_ladder(ready, study, say=lines.append)
+    count = sensitivity.enqueue_ladder(ready, study, say=lines.append)
     rung = next(line for line in lines if line.startswith("budget 0.5 within latency 3x:"))
     predicted = float(re.search(r"predicted latency ([\d.]+)x", rung)[1])
     assert predicted <= 3.0

@@ -41,7 +41,7 @@ def test_the_budget_plans_come_right_after_the_dense_trial(tmp_path):
 
 
 def test_from_profile_drops_the_hopeless_options(tmp_path):
-    from tnsearch.study import loop, setup, warm
+    from tnsearch.study import loop, sensitivity, setup
 
     cfg = compose_cfg(
         [f"root={tmp_path}", *TINY, *SMALL, "space.from_profile=true", "space.hopeless=0.02"]
@@ -51,10 +51,10 @@ def test_from_profile_drops_the_hopeless_options(tmp_path):
     ready = setup.prepare(resolve(cfg))
     loop.ensure_pretrained(ready)
     before = ready.space
-    found, _ = warm.profile(ready)
-    warm.narrow(ready)
+    found, _ = sensitivity.profile(ready)
+    sensitivity.narrow(ready)
     after = ready.space
-    keep = warm.hopeless(ready, found)
+    keep = sensitivity.hopeless(ready, found)
     assert sum(len(v) for v in keep.values()) < len(found.entries)  # some were hopeless
     for group in after.groups:
         assert set(after.group_ranks[group]) <= set(before.ranks)

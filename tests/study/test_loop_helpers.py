@@ -10,6 +10,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from tnsearch import space
+from tnsearch.config import ConstraintsConfig as C
 from tnsearch.study import record, workers
 from tnsearch.study.loop import StudyStopped, _Stuck, _surplus
 from tnsearch.study.record import Outcome, Record
@@ -123,28 +124,28 @@ def test_no_surplus_on_an_empty_study():
     assert _surplus(study, trial, 0)
 
 
-# -- trial._constraints --------------------------------------------------------------------------
+# -- trial._constraints (C: the `constraints` section) ------------------------------------------
 def test_constraints_only_for_limits_that_are_set():
     rec = Record(params=1000, latency_ms=2.5)
-    assert _constraints({}, rec) == {}
-    assert _constraints({"max_params": None, "max_latency_ms": None}, rec) == {}
-    assert _constraints({"max_params": 1500, "max_latency_ms": None}, rec) == {"max_params": -500.0}
-    assert _constraints({"max_latency_ms": 2.0}, rec) == {"max_latency_ms": 0.5}
+    assert _constraints(C(), rec) == {}
+    assert _constraints(C(max_params=None, max_latency_ms=None), rec) == {}
+    assert _constraints(C(max_params=1500, max_latency_ms=None), rec) == {"max_params": -500.0}
+    assert _constraints(C(max_latency_ms=2.0), rec) == {"max_latency_ms": 0.5}
 
 
 def test_constraints_sign_le_zero_is_satisfied():
     rec = Record(params=1000, latency_ms=2.0)
-    found = _constraints({"max_params": 1000, "max_latency_ms": 1.5}, rec)
+    found = _constraints(C(max_params=1000, max_latency_ms=1.5), rec)
     assert found == {"max_params": 0.0, "max_latency_ms": 0.5}
     assert all(isinstance(v, float) for v in found.values())
     assert found["max_params"] <= 0  # at the limit: met
     assert found["max_latency_ms"] > 0  # over: broken
-    assert _constraints({"max_params": 999}, rec)["max_params"] > 0
+    assert _constraints(C(max_params=999), rec)["max_params"] > 0
 
 
 def test_constraints_of_zero_are_a_limit_too():
     rec = Record(params=10, latency_ms=0.1)
-    assert _constraints({"max_params": 0, "max_latency_ms": 0}, rec) == {
+    assert _constraints(C(max_params=0, max_latency_ms=0), rec) == {
         "max_params": 10.0,
         "max_latency_ms": 0.1,
     }
@@ -173,8 +174,8 @@ def test_trial_line_shows_the_ratio_to_dense_and_says_when_it_was_noisy():
 
 def test_the_latency_constraint_is_a_ratio_and_the_ms_one_absolute():
     rec = Record(params=10, latency_ratio=0.8, latency_ms=4.0)
-    assert _constraints({"max_latency": 0.5}, rec) == {"max_latency": pytest.approx(0.3)}
-    assert _constraints({"max_latency": 1.0, "max_latency_ms": 5.0}, rec) == {
+    assert _constraints(C(max_latency=0.5), rec) == {"max_latency": pytest.approx(0.3)}
+    assert _constraints(C(max_latency=1.0, max_latency_ms=5.0), rec) == {
         "max_latency": pytest.approx(-0.2),
         "max_latency_ms": -1.0,
     }

@@ -12,7 +12,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from tests.helpers import TINY, compose_cfg
 from tnsearch.__main__ import run as run_search
-from tnsearch.config import ConfigError
+from tnsearch.config import Config, ConfigError, LatencyConfig
 from tnsearch.study.setup import check_runtime
 
 
@@ -39,7 +39,8 @@ def test_onnxruntime_needs_a_model_of_one_tensor_input():
         def example_input(self, size):
             return {"input_ids": torch.zeros(size, 4, dtype=torch.long)}
 
-    setup = SimpleNamespace(cfg={"latency": {"runtime": "onnxruntime"}}, datamodule=Tokens())
+    cfg = Config(latency=LatencyConfig(runtime="onnxruntime"))
+    setup = SimpleNamespace(cfg=cfg, datamodule=Tokens())
     with pytest.raises(ConfigError, match=r"latency.runtime.*one tensor input"):
         check_runtime(setup)
     setup.cfg.latency.runtime = "torch"

@@ -9,6 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.helpers import TINY, compose_cfg, run_cli, start_cli
+from tnsearch.config import Config
 from tnsearch.study import storage
 
 
@@ -151,7 +152,7 @@ def test_train_loss_is_the_epochs_own(tmp_path):
         optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
     )
     result = training.fit(
-        module, dm, epochs=2, trainer_cfg={"accelerator": "cpu", "default_root_dir": tmp_path}
+        module, dm, epochs=2, trainer_cfg={"accelerator": "cpu"}
     )
     losses = [point["train_loss"] for point in result.history]
     assert all(math.isfinite(v) for v in losses), losses
@@ -405,7 +406,7 @@ def _propose(study, cfg) -> float:
 def test_processes_joining_a_study_do_not_repeat_each_others_proposals(tmp_path):
     """Two commands started together used to get one sampler seed (the same plans), and a
     continued study repeated its first run's proposals."""
-    cfg = {"sampler": {"seed": 0}}
+    cfg = Config(sampler={"seed": 0})
 
     def run(folder):
         path = str(folder / "optuna.journal")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from tnsearch.bonds import QUANTITIES
 from tnsearch.budget.profile import Entry, Profile
-from tnsearch.report import _profile
+from tnsearch.report import _sensitivity
 from tnsearch.report._data import ReportData
 from tnsearch.report._html import esc, note, png, table
 
@@ -229,7 +229,7 @@ def calls_table(calls: list[GroupCall], quantity: str) -> str:
 
 
 def render(data: ReportData) -> str:
-    found = _profile.newest(data)
+    found = _sensitivity.newest(data)
     if found is None:
         return note(
             "No profile yet: <code>python -m tnsearch.profile</code> measures one, with the bond "

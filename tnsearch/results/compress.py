@@ -18,7 +18,7 @@ import torch
 from tnsearch import plan as plans
 from tnsearch import tn
 from tnsearch.config import Config, ConfigError
-from tnsearch.study import warm
+from tnsearch.study import sensitivity
 from tnsearch.study.record import Record
 from tnsearch.ui import Console
 
@@ -32,8 +32,8 @@ def _ready(cfg: Config, console: Console, *, checks=None):
 
     ready = setup.prepare(cfg, console)
     if ready.pretrained is None and not cfg.pretrain.epochs:
-        warm.dense_model(ready)  # raises: nothing trained to compress
-    warm.calibration_inputs(ready)  # an empty or unreadable calibration split stops here
+        sensitivity.dense_model(ready)  # raises: nothing trained to compress
+    sensitivity.calibration_inputs(ready)  # an empty or unreadable calibration split stops here
     if checks is not None:
         checks(ready)
     loop.ensure_pretrained(ready)
@@ -46,7 +46,7 @@ def profile_command(cfg: Config, console: Console | None = None) -> Path:
 
     console = console or Console()
     ready = _ready(cfg, console)
-    found, path = warm.profile(ready, say=console.say)
+    found, path = sensitivity.profile(ready, say=console.say)
     console.say(
         f"profile of {cfg.name}: {len(found.entries)} options over {len(found.groups)} "
         f"groups in {found.seconds:.0f} s; dense {found.metric} {found.dense_quality:.4f}, "
@@ -101,7 +101,7 @@ def compress(cfg: Config, console: Console | None = None) -> Path:
     from tnsearch.study import tracking
 
     console = console or Console()
-    budget = warm.check_budget(cfg)
+    budget = sensitivity.check_budget(cfg)
     heal = cfg.heal.epochs
     out = out_folder(cfg, budget)
     existing = out
@@ -115,7 +115,7 @@ def compress(cfg: Config, console: Console | None = None) -> Path:
     def reachable(ready) -> None:
         if budget["params"] is None:
             return
-        smallest = warm.smallest_params(ready)
+        smallest = sensitivity.smallest_params(ready)
         if smallest > budget["params"]:
             raise ConfigError(
                 "budget.params",
@@ -125,21 +125,21 @@ def compress(cfg: Config, console: Console | None = None) -> Path:
 
     ready = _ready(cfg, console, checks=reachable)
     cfg = ready.cfg  # its compile modes resolved
-    found, path = warm.profile(ready, say=console.say)
-    chosen = warm.budget_plan(ready, found, **budget)
+    found, path = sensitivity.profile(ready, say=console.say)
+    chosen = sensitivity.budget_plan(ready, found, **budget)
     asked = ", ".join(f"budget.{k}={v:g}" for k, v in budget.items() if v is not None)
     console.say(
         f"allocation for {asked}: {plans.summary({'layers': chosen.layers})}; predicted "
         f"params {chosen.params_fraction:.3f}, latency {chosen.latency_fraction:.3f} of dense, "
         f"{found.metric} loss {chosen.loss:.4f}"
     )
-    model, errors = warm.build(ready, chosen.layers, say=console.say)
-    dense = warm.dense_model(ready)
-    full = warm.evaluator(ready, dense, examples=None)
+    model, errors = sensitivity.build(ready, chosen.layers, say=console.say)
+    dense = sensitivity.dense_model(ready)
+    full = sensitivity.evaluator(ready, dense, examples=None)
     dense_quality = full()
-    zero_shot = warm.evaluator(ready, model, examples=None)()
+    zero_shot = sensitivity.evaluator(ready, model, examples=None)()
     quality = zero_shot
-    test = warm.evaluator(ready, dense, examples=None, split="test")
+    test = sensitivity.evaluator(ready, dense, examples=None, split="test")
     if heal:
         from hydra.utils import instantiate
 
@@ -153,7 +153,7 @@ def compress(cfg: Config, console: Console | None = None) -> Path:
         quality = result.val_acc
         model = model.cpu().eval()
     dense_test = test()
-    test_quality = warm.evaluator(ready, model, examples=None, split="test")()
+    test_quality = sensitivity.evaluator(ready, model, examples=None, split="test")()
     timing = ready.timing  # as a trial's objective is measured
     example = latency.example_batch(ready.datamodule, timing.batch_size)
     timed = latency.paired(model, dense, example, timing)

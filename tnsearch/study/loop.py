@@ -14,7 +14,7 @@ import torch
 from optuna.trial import TrialState
 
 from tnsearch import plan as plans
-from tnsearch.study import liveness, optuna_internals, record, warm, warmstart, workers
+from tnsearch.study import liveness, optuna_internals, record, sensitivity, warmstart, workers
 from tnsearch.study.record import Outcome, Record
 from tnsearch.study.setup import Setup, seed_for
 from tnsearch.study.trial import run_trial
@@ -42,8 +42,8 @@ def work(setup: Setup, study: optuna.Study, tracker, *, show_status: bool | None
             "model): no trial is trained, their accuracies are an untrained model's; only "
             "parameters and latency are measured"
         )
-    warm.narrow(setup, say=console.say)
-    warm.enqueue_ladder(setup, study, say=console.say)
+    sensitivity.narrow(setup, say=console.say)
+    sensitivity.enqueue_ladder(setup, study, say=console.say)
     console.say(
         f"worker {liveness.worker_id()} joined study {study.study_name!r}: "
         f"{record.counted(study)}/{target} trials done"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import time
 import traceback
-from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -22,10 +21,11 @@ from optuna.trial import TrialState
 from tnsearch import interrupts, tn
 from tnsearch import plan as plans
 from tnsearch.budget import calibration
+from tnsearch.config import ConstraintsConfig
 from tnsearch.files import atomic_path
 from tnsearch.interrupts import Interrupted
 from tnsearch.measure.trial_latency import trial_latency
-from tnsearch.study import budgets, duplicates, liveness, record, trial_mlflow, trial_training
+from tnsearch.study import duplicates, liveness, record, sensitivity, trial_mlflow, trial_training
 from tnsearch.study.record import Outcome, Record
 from tnsearch.study.setup import Setup
 from tnsearch.study.tracker import Tracker
@@ -65,7 +65,7 @@ class _Trial:
         self.plan: dict[str, Any] = {"layers": {}}
         self.training_choices: dict[str, Any] = {}
         self.optimizer: dict[str, Any] = {}  # trainer.optimizer as this trial uses it
-        self.seed = self.cfg["seed"] + trial.number
+        self.seed = self.cfg.seed + trial.number
         self.folder = setup.study_dir / "trials" / str(trial.number)
 
     def update(self, **fields: Any) -> None:
@@ -97,13 +97,13 @@ class _Trial:
             if self.told:  # it was recorded and told; what failed came after
                 return self.ended
             self.fail(exc)
-            liveness.retry(self.study, self.trial.number, self.cfg["retries"])
+            liveness.retry(self.study, self.trial.number, self.cfg.retries)
             return Outcome.FAILED
 
     def propose(self) -> None:
         """Ask the sampler for this trial's plan (and training choices)."""
         setup, trial = self.setup, self.trial
-        self.plan = plans.make(self.cfg["model"], setup.inputs, setup.space.suggest(trial))
+        self.plan = plans.make(self.cfg.model, setup.inputs, setup.space.suggest(trial))
         self.training_choices = setup.space.suggest_training(trial)
         self.optimizer = trial_training.healing_optimizer(
             self.cfg, warm=setup.pretrained is not None
@@ -144,21 +144,21 @@ class _Trial:
             tensorized=bool(self.plan["layers"]),
             reference=self.setup.latency_reference,
             reference_onnx=self.setup.latency_reference_onnx,
-            train_compile=self.cfg["trainer"]["compile"],
+            train_compile=self.cfg.trainer.compile,
         )
         self.update(**stats.fields())
 
     def infeasible(self) -> bool:
         """Record the constraints; an infeasible trial is told at once and not trained (the
         sampler still learns that this region is infeasible)."""
-        violations = _constraints(self.cfg["constraints"], self.rec)
+        violations = _constraints(self.cfg.constraints, self.rec)
         for key, value in violations.items():
             self.trial.set_constraint(key, value)
         broken = ", ".join(f"{k} exceeded by {v:.4g}" for k, v in violations.items() if v > 0)
         if not broken:
             return False
         self.update(trained=False, quality=0.0, infeasible=broken)
-        self.end(Outcome.INFEASIBLE, self.rec.values_for(self.cfg["objectives"]), infeasible=broken)
+        self.end(Outcome.INFEASIBLE, self.rec.values_for(self.cfg.objectives), infeasible=broken)
         return True
 
     def train(self, model: torch.nn.Module) -> None:
@@ -166,7 +166,7 @@ class _Trial:
         self.update(**trial_training.fit(self, model), seconds=time.perf_counter() - self.start)
         with atomic_path(self.folder / "weights.pt") as tmp:  # never half a file
             torch.save(model.state_dict(), tmp)
-        self.end(Outcome.COMPLETE, self.rec.values_for(self.cfg["objectives"]))
+        self.end(Outcome.COMPLETE, self.rec.values_for(self.cfg.objectives))
 
     def end(
         self, outcome: Outcome, values: list[float] | None = None, killed: bool = False, **tags: str
@@ -203,15 +203,15 @@ def _model(setup: Setup, plan: dict[str, Any]) -> torch.nn.Module:
     layers tensorized (decomposed from those weights when warm, with `decompose.calibration`
     from calibration statistics)."""
     cfg = setup.cfg
-    model = plans.build_dense(plan, trusted=plans.trusted_models(cfg))
+    model = plans.build_dense(plan, trusted=plans.trusted_models(cfg.model))
     if setup.pretrained is not None:
         model.load_state_dict(setup.pretrained)
     warm = setup.pretrained is not None
-    if warm and cfg["decompose"]["calibration"] and plan["layers"]:
-        inputs, stats = budgets.calibrated(setup)  # measured once per worker
-        steps = cfg["decompose"]["steps"]
+    if warm and cfg.decompose.calibration and plan["layers"]:
+        inputs, stats = sensitivity.calibrated(setup)  # measured once per worker
+        steps = cfg.decompose.steps
         calibration.tensorize(model, plan["layers"], stats, steps=steps)
-        if cfg["decompose"]["batchnorm"]:
+        if cfg.decompose.batchnorm:
             calibration.reestimate_batchnorm(model, inputs)
     else:
         plans.tensorize(model, plan, init="decompose" if warm else "random")
@@ -233,13 +233,11 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:500]
 
 
-def _constraints(constraints: Mapping[str, Any], rec: Record) -> dict[str, float]:
+def _constraints(constraints: ConstraintsConfig, rec: Record) -> dict[str, float]:
     """Constraint values (<= 0 means satisfied), for the limits that are set."""
-    out = {}
-    if constraints.get("max_params") is not None:
-        out["max_params"] = float(rec.params - constraints["max_params"])
-    if constraints.get("max_latency") is not None:  # a ratio to the dense model's latency
-        out["max_latency"] = float(rec.latency_ratio - constraints["max_latency"])
-    if constraints.get("max_latency_ms") is not None:
-        out["max_latency_ms"] = float(rec.latency_ms - constraints["max_latency_ms"])
-    return out
+    measured = {  # max_latency: a ratio to the dense model's latency
+        "max_params": rec.params,
+        "max_latency": rec.latency_ratio,
+        "max_latency_ms": rec.latency_ms,
+    }
+    return {key: float(measured[key] - limit) for key, limit in constraints.limits().items()}

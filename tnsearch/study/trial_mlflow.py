@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 
 from tnsearch import plan as plans
+from tnsearch.config import Config
 from tnsearch.measure import latency
 from tnsearch.study import record
 from tnsearch.study.record import Record
@@ -30,7 +31,7 @@ FIGURES = (
 
 
 def run_params(
-    cfg: Mapping[str, Any],
+    cfg: Config,
     plan: Mapping[str, Any],
     seed: int,
     optimizer: Mapping[str, Any],
@@ -40,16 +41,16 @@ def run_params(
     `topology=dense`) and the training hyperparameters."""
     params = plans.flatten(plan, dense=searched)
     params.update(
-        epochs=cfg["epochs"],
+        epochs=cfg.epochs,
         seed=seed,
-        batch_size=cfg["data"].get("batch_size"),
-        data=cfg["data"]["_target_"].rsplit(".", 1)[-1],
-        compile=cfg["trainer"]["compile"],
-        latency_compile=cfg["latency"]["compile"],
-        latency_dtype=cfg["latency"]["dtype"],
-        warm_start=cfg["model"].get("checkpoint")
+        batch_size=cfg.data.get("batch_size"),
+        data=cfg.data["_target_"].rsplit(".", 1)[-1],
+        compile=cfg.trainer.compile,
+        latency_compile=cfg.latency.compile,
+        latency_dtype=cfg.latency.dtype,
+        warm_start=cfg.model.get("checkpoint")
         or (
-            f"pretrain {cfg['pretrain']['epochs']} epochs" if cfg["pretrain"]["epochs"] else "none"
+            f"pretrain {cfg.pretrain.epochs} epochs" if cfg.pretrain.epochs else "none"
         ),
     )
     for key, value in optimizer.items():

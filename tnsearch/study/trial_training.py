@@ -10,6 +10,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from tnsearch.config import Config
 from tnsearch.measure import latency, training
 from tnsearch.study import pruning, record
 from tnsearch.study.record import Record
@@ -40,9 +41,9 @@ def fit(trial: Training, model: torch.nn.Module) -> dict[str, Any]:
     recorded and judged by the pruner as it comes (a pruned trial keeps what it measured)."""
     setup, cfg = trial.setup, trial.setup.cfg
     warm = setup.pretrained is not None
-    epochs = 0 if warm and not trial.plan["layers"] else cfg["epochs"]
+    epochs = 0 if warm and not trial.plan["layers"] else cfg.epochs
     torch.manual_seed(trial.seed)
-    mode = cfg["trainer"]["compile"]
+    mode = cfg.trainer.compile
     module = setup.task(
         model if mode == "none" else latency.compiled(model, mode), _instantiate(trial.optimizer)
     )
@@ -76,7 +77,7 @@ def fit(trial: Training, model: torch.nn.Module) -> dict[str, Any]:
         module,
         setup.datamodule,
         epochs=epochs,
-        trainer_cfg=cfg["trainer"],
+        trainer_cfg=cfg.trainer,
         on_epoch=on_epoch,
         metric=setup.metric,
         on_zero_shot=on_zero_shot if warm and trial.plan["layers"] else None,
@@ -97,7 +98,7 @@ def _bond_logger(trial: Training, model: torch.nn.Module) -> training.BondsPerEp
     summary goes to the trial's MLflow run, step = epochs trained (0: before training)."""
     if not (trial.plan["layers"] and trial.tracker.enabled):
         return None
-    if (trial.setup.cfg.get("tracking") or {}).get("bonds") is False:
+    if trial.setup.cfg.tracking.bonds is False:
         return None
 
     def sink(step: int, metrics: dict[str, float]) -> None:
@@ -112,13 +113,13 @@ def _instantiate(node: Mapping[str, Any]):
     return instantiate(dict(node))
 
 
-def healing_optimizer(cfg: Mapping[str, Any], *, warm: bool) -> dict[str, Any]:
+def healing_optimizer(cfg: Config, *, warm: bool) -> dict[str, Any]:
     """`trainer.optimizer`, its learning rate times `heal.lr_scale` when the trial heals a
     decomposed trained model (warm): fine-tuning wants a smaller step than training from
     scratch (a ResNet-20 at 0.96 zero-shot fell to 0.10 in one epoch at the SGD preset's 0.05,
     and kept 0.96 at 0.005)."""
-    node = dict(cfg["trainer"]["optimizer"])
-    scale = float((cfg.get("heal") or {}).get("lr_scale", 1.0))
+    node = dict(cfg.trainer.optimizer)
+    scale = float(cfg.heal.lr_scale)
     if warm and "lr" in node and scale != 1.0:
         node["lr"] = float(node["lr"]) * scale
     return node
