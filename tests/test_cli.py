@@ -156,13 +156,14 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
 
 def test_the_next_commands_name_the_study_as_the_command_line_did():
     from tnsearch.__main__ import next_steps
+    from tnsearch.config import Config, TrackingConfig
 
-    cfg = {
-        "root": "studies",
-        "name": "mine",
-        "tracking": {"uri": "sqlite:///studies/mlflow.db"},
-        "storage": {"path": "studies/mine/optuna.journal"},
-    }
+    cfg = Config(
+        root="studies",
+        name="mine",
+        tracking=TrackingConfig(uri="sqlite:///studies/mlflow.db"),
+        storage={"path": "studies/mine/optuna.journal"},
+    )
     text = next_steps(cfg, ["model=custom", "space.orders=[1,2]", "trials=9", "workers=2"], "7")
     assert "#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=tnsearch" in text
     assert "python -m tnsearch.report model=custom 'space.orders=[1,2]'\n" in text
@@ -170,12 +171,11 @@ def test_the_next_commands_name_the_study_as_the_command_line_did():
     assert "optuna-dashboard studies/mine/optuna.journal" in text
     plain = next_steps(cfg, [], None)  # in-process, tracking off
     assert "mlflow ui" not in plain and "tnsearch.export root=studies name=mine" in plain
-    spaced = {  # paths with spaces were printed unquoted: a copied command split them
-        **cfg,
-        "root": "my studies",
-        "tracking": {"uri": "sqlite:///my studies/mlflow.db"},
-        "storage": {"path": "my studies/mine/optuna.journal"},
-    }
+    spaced = cfg.but(  # paths with spaces were printed unquoted: a copied command split them
+        root="my studies",
+        tracking=TrackingConfig(uri="sqlite:///my studies/mlflow.db"),
+        storage={"path": "my studies/mine/optuna.journal"},
+    )
     text = next_steps(spaced, [], "7")
     assert "mlflow ui --backend-store-uri 'sqlite:///my studies/mlflow.db'\n" in text
     assert "python -m tnsearch.report 'root=my studies' name=mine\n" in text

@@ -109,8 +109,8 @@ def test_what_only_the_model_and_data_reveal_stops_before_anything_is_written(
     cases above show the command's one line and exit code)."""
     from tests.helpers import compose_cfg
     from tnsearch.cli import resolve
+    from tnsearch.compress import compress
     from tnsearch.config import ConfigError
-    from tnsearch.results.compress import compress
 
     cfg = resolve(compose_cfg([f"root={tmp_path}", *BASE, *args]))
     with pytest.raises(ConfigError) as found:
@@ -129,8 +129,8 @@ def test_what_only_the_model_and_data_reveal_stops_before_anything_is_written(
 def test_heal_epochs_and_an_out_folder_under_a_file_stop_first(tmp_path, args, key, expected):
     from tests.helpers import compose_cfg
     from tnsearch.cli import resolve
+    from tnsearch.compress import compress
     from tnsearch.config import ConfigError
-    from tnsearch.results.compress import compress
 
     (tmp_path / "FILE").write_text("a regular file")
     args = [a.replace("FILE", str(tmp_path / "FILE")) for a in args]
@@ -146,7 +146,7 @@ def test_compress_logs_its_model_to_mlflow_and_says_where_to_look(tmp_path, caps
 
     from tests.helpers import compose_cfg
     from tnsearch.cli import resolve
-    from tnsearch.results.compress import compress
+    from tnsearch.compress import compress
 
     args = [a for a in BASE if a != "tracking.enabled=false"]
     out = compress(resolve(compose_cfg([f"root={tmp_path}", "budget.params=0.3", *args])))

@@ -30,32 +30,19 @@ import contextlib
 import functools
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from tnsearch import interrupts
 from tnsearch.config import ConfigError, register
+from tnsearch.environ import ENV_OVERRIDES, ENV_SPAWNED
 from tnsearch.ui import console
+from tnsearch.ui.chatter import quiet
 
-__all__ = ["CONFIG_PATH", "command", "quiet", "resolve"]
+__all__ = ["CONFIG_PATH", "command", "quiet", "resolve"]  # quiet: tnsearch.ui.chatter
 
 #: Where every command's configs are found (conf/ at the top of the repository).
 CONFIG_PATH = "pkg://tnsearch.conf"
-#: Set in the local workers a `workers=N` command starts (`tnsearch.study.workers.spawn`).
-ENV_SPAWNED = "TNSEARCH_SPAWNED"
-#: A local worker's overrides (JSON list), handed over by its parent.
-ENV_OVERRIDES = "TNSEARCH_OVERRIDES"
-
-
-def quiet() -> None:
-    """Silence library chatter that says nothing to a tnsearch user."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
-    warnings.filterwarnings("ignore", message=".*multivariate.*")
 
 
 def resolve(cfg, schema: type | str | None = None):

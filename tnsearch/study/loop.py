@@ -14,11 +14,12 @@ import torch
 from optuna.trial import TrialState
 
 from tnsearch import plan as plans
+from tnsearch.config import Config
 from tnsearch.study import liveness, optuna_internals, record, sensitivity, warmstart, workers
 from tnsearch.study.record import Outcome, Record
 from tnsearch.study.setup import Setup, seed_for
 from tnsearch.study.trial import run_trial
-from tnsearch.ui import Progress, Snapshot, warn
+from tnsearch.ui import Console, Progress, Snapshot, warn
 
 
 class StudyStopped(RuntimeError):
@@ -140,6 +141,22 @@ class _Stuck:
                 f"{self.failed} failed trials in a row (see their fail_reason): "
                 "something is wrong beyond one plan"
             )
+
+
+def trained_setup(cfg: Config, console: Console, *, checks=None) -> Setup:
+    """The checked setup of a command that works on the trained dense model (the profile,
+    compress), with its weights (pretrained once if asked); `checks` (a callable of the setup)
+    runs before anything is trained or written."""
+    from tnsearch.study import setup
+
+    ready = setup.prepare(cfg, console)
+    if ready.pretrained is None and not cfg.pretrain.epochs:
+        sensitivity.dense_model(ready)  # raises: nothing trained to compress
+    sensitivity.calibration_inputs(ready)  # an empty or unreadable calibration split stops here
+    if checks is not None:
+        checks(ready)
+    ensure_pretrained(ready)
+    return ready
 
 
 def ensure_pretrained(setup: Setup) -> None:

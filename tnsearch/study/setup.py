@@ -17,13 +17,13 @@ import torch
 
 from tnsearch import plan as plans
 from tnsearch import tn
-from tnsearch.cli import quiet
 from tnsearch.config import Config, ConfigError, load
 from tnsearch.measure import latency
 from tnsearch.space import Space
 from tnsearch.study import identity, pruning, record, warmstart
 from tnsearch.study.pruning import ParetoPruner
 from tnsearch.ui import Console
+from tnsearch.ui.chatter import quiet
 
 
 @dataclass

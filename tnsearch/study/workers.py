@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tnsearch.cli import ENV_OVERRIDES, ENV_SPAWNED
 from tnsearch.config import ConfigError
+from tnsearch.environ import ENV_OVERRIDES, ENV_SPAWNED
 from tnsearch.interrupts import Interrupted
 
 ENV_CPUS = "TNSEARCH_CPUS"  # comma-separated CPU ids this worker owns
