@@ -253,18 +253,18 @@ def test_truncated_plan_rebuilds_the_truncated_model():
     plan = plans.make(model_cfg, {"in_channels": 1, "image_size": 8, "num_classes": 10}, layers)
     torch.manual_seed(0)
     model = plans.build(plan)
-    plan["params"] = tn.n_params(model)
+    plan = plan.but(params=tn.n_params(model))
     small = bonds.truncate(model, energy=0.8)
     assert tn.n_params(small) < tn.n_params(model)
     new_plan = bonds.truncated_plan(plan, small)
-    assert new_plan["params"] == tn.n_params(small) and plan["layers"]["fc1"]["rank"] == 16
+    assert new_plan["params"] == tn.n_params(small) and plan.layers["fc1"]["rank"] == 16
     rebuilt = plans.build(new_plan)
     rebuilt.load_state_dict(small.state_dict())
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), small(x))
     with pytest.raises(ValueError, match="^plan: layer 'fc1' is not a cp layer"):
-        bonds.truncated_plan({**plan, "layers": {"fc1": {"topology": "cp"}}}, small)
+        bonds.truncated_plan(plan.but(layers={"fc1": {"topology": "cp"}}), small)
 
 
 @pytest.mark.parametrize("energy", [0, 1.5, -0.1, "0.9", True])
@@ -295,7 +295,7 @@ def _trial(number, accuracy, layers, root):
     folder.mkdir(parents=True)
     torch.save(model.state_dict(), folder / "weights.pt")
     params = tn.n_params(model)
-    attrs = {"plan": {**plan, "params": params}, "params": params, "accuracy": accuracy}
+    attrs = {"plan": plan.but(params=params).to_json(), "params": params, "accuracy": accuracy}
     attrs.update(latency_ms=0.1, trained=True, compression=2618 / params)
     return optuna.trial.create_trial(values=[accuracy, params, 0.1], user_attrs=attrs)
 

@@ -189,4 +189,4 @@ def test_a_user_factory_on_a_user_lightning_datamodule(tmp_path):
     )
     done = record.trained(study)
     assert len(done) == 3 and record.dense(done).quality > 0.9  # blobs are easy
-    assert record.dense(done).plan["inputs"] == {"num_classes": 4, "vocab_size": 0}
+    assert record.dense(done).plan.inputs == {"num_classes": 4, "vocab_size": 0}

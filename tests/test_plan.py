@@ -38,16 +38,16 @@ def test_space_to_plan_to_model(name, tmp_path):
     for i, plan in enumerate(sampled_plans(MODELS[name], 4)):
         torch.manual_seed(i)
         model = plans.build(plan)
-        plan["params"] = tn.n_params(model)
-        tensorized += len(plan["layers"])
-        for layer_name in plan["layers"]:
+        plan = plan.but(params=tn.n_params(model))
+        tensorized += len(plan.layers)
+        for layer_name in plan.layers:
             assert isinstance(model.get_submodule(layer_name), tn.TNLayer)
         # JSON round trip: the same architecture, and the trained weights load into it.
         plans.save(plan, tmp_path / f"{i}.json")
         again = plans.load(tmp_path / f"{i}.json")
         assert again == plan
         rebuilt = plans.build(again)
-        assert tn.n_params(rebuilt) == plan["params"]
+        assert tn.n_params(rebuilt) == plan.params
         rebuilt.load_state_dict(model.state_dict())
         model.eval(), rebuilt.eval()
         torch.testing.assert_close(rebuilt(x), model(x))

@@ -111,7 +111,7 @@ def compress(cfg: Config, console: Console | None = None) -> Path:
     model, dense = model.cpu(), dense.cpu()  # timed where trials are; written from the CPU
     ratio, dense_s = timed.ratio, timed.reference_ms / 1e3
     params, dense_params = tn.n_params(model), tn.n_params(dense)
-    plan = {**plans.make(cfg.model, ready.inputs, chosen.layers), "params": params}
+    plan = plans.make(cfg.model, ready.inputs, chosen.layers).but(params=params)
     metric = ready.metric
     rows = [
         (f"{metric} (validation)", f"{dense_quality:.4f}", f"{quality:.4f}",
@@ -228,7 +228,7 @@ def _readme(name, asked, plan, lines, heal, errors) -> str:
     layers = "\n".join(
         f"- `{n}`: {s['topology']}, order {s['order']}, modes {s['in_modes']} -> "
         f"{s['out_modes']}, rank {s['rank']} (output error {errors.get(n, float('nan')):.3f})"
-        for n, s in plan["layers"].items()
+        for n, s in plan.layers.items()
     )
     healed = f"healed for {heal} epochs" if heal else "not healed (one shot)"
     return f"""# {name}, compressed to {asked}

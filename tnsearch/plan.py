@@ -1,6 +1,8 @@
-"""Plans: the plain data that says how to build one trial's model.
+"""Plans: what says how to build one trial's model.
 
-A plan is a JSON-able dict::
+In memory a plan is a `Plan` (typed, frozen); at the storage edges (Optuna's user attributes, a
+package's plan.json, MLflow) it is the JSON object `Plan.to_json` gives and `Plan.from_json`
+reads back::
 
     {"version": 1,
      "model": {"_target_": "tnsearch.models.ResNet", "depth": 20, "width": 16},
@@ -9,7 +11,8 @@ A plan is a JSON-able dict::
                                    "out_modes": [4, 4], "rank": 8}, ...},
      "params": 61402}
 
-Layers not listed stay dense. `build(plan)` rebuilds the model from the plan alone.
+Layers not listed stay dense. `build(plan)` rebuilds the model from the plan alone. Every
+function here takes a `Plan` or its JSON object (`Plan.of`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import copy
 import json
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +48,73 @@ def model_config(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {k: copy.deepcopy(v) for k, v in model_cfg.items() if k not in NON_MODEL_KEYS}
 
 
+@dataclass(frozen=True)
+class Plan:
+    """One trial's model: its constructor (`model`, with `_target_`), the data's facts it is
+    built for (`inputs`), the layers it tensorizes (name -> spec: topology, order, in_modes,
+    out_modes, rank[, path]) and, once built, its parameter count."""
+
+    model: Mapping[str, Any] = field(default_factory=dict)
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    layers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    params: int | None = None
+    version: int = VERSION
+
+    @classmethod
+    def of(cls, plan: Plan | Mapping[str, Any]) -> Plan:
+        """`plan` as a Plan: itself, or read from its JSON object."""
+        return plan if isinstance(plan, Plan) else cls.from_json(plan)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Plan:
+        """The plan of a JSON object (`to_json`'s; a key it lacks is empty: a plan file is
+        checked whole by `load`); a key of the wrong type is a ValueError naming it.
+
+        >>> plan = Plan.from_json({"model": {"_target_": "m.MLP"}, "layers": {"fc1": {"rank": 4}}})
+        >>> plan.inputs, plan.layers
+        ({}, {'fc1': {'rank': 4}})
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"plan: must be a JSON object, got {type(data).__name__}")
+        parts = {key: data.get(key, {}) for key in ("model", "inputs", "layers")}
+        for key, value in parts.items():
+            if not isinstance(value, Mapping):
+                raise ValueError(f"plan: {key!r} must be a JSON object, got {type(value).__name__}")
+        params = data.get("params")
+        return cls(
+            model=copy.deepcopy(dict(parts["model"])),
+            inputs=dict(parts["inputs"]),
+            layers={str(name): dict(spec) for name, spec in parts["layers"].items()},
+            params=int(params) if params is not None else None,
+            version=int(data.get("version", VERSION)),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as a JSON object (what storages and files hold)."""
+        out = {
+            "version": self.version,
+            "model": copy.deepcopy(dict(self.model)),
+            "inputs": dict(self.inputs),
+            "layers": {name: dict(spec) for name, spec in self.layers.items()},
+        }
+        if self.params is not None:
+            out["params"] = self.params
+        return out
+
+    def but(self, **changes: Any) -> Plan:
+        """A copy with some fields changed (e.g. `params=` once the model is built)."""
+        return replace(self, **changes)
+
+
 def make(
     model_cfg: Mapping[str, Any], inputs: Mapping[str, int], layers: Mapping[str, Any]
-) -> dict[str, Any]:
+) -> Plan:
     """A plan for `model_cfg` on data of shape `inputs`, tensorizing `layers`."""
-    return {
-        "version": VERSION,
-        "model": model_config(model_cfg),
-        "inputs": dict(inputs),
-        "layers": {name: dict(spec) for name, spec in layers.items()},
-    }
+    return Plan(
+        model=model_config(model_cfg),
+        inputs=dict(inputs),
+        layers={name: dict(spec) for name, spec in layers.items()},
+    )
 
 
 class UntrustedModelError(ValueError):
@@ -97,7 +158,7 @@ def _holds_target(value: Any) -> bool:
 
 
 def build_dense(
-    plan: Mapping[str, Any],
+    plan: Plan | Mapping[str, Any],
     *,
     trusted: Collection[str] = (),
     factory: Callable[..., nn.Module] | None = None,
@@ -111,11 +172,12 @@ def build_dense(
         factory: build the model with this callable instead of the plan's `_target_`
             (called with the plan's model arguments and inputs).
     """
-    arguments = {k: v for k, v in plan["model"].items() if k != "_target_"}
+    plan = Plan.of(plan)
+    arguments = {k: v for k, v in plan.model.items() if k != "_target_"}
     if factory is None:
-        target = check_model(plan["model"], trusted)
+        target = check_model(plan.model, trusted)
         factory = constructor(target)
-    facts = facts_for(factory, plan["inputs"], given=arguments)
+    facts = facts_for(factory, plan.inputs, given=arguments)
     model = factory(**arguments, **facts)
     if not isinstance(model, nn.Module):
         name = getattr(factory, "__qualname__", repr(factory))
@@ -164,7 +226,9 @@ def facts_for(
     return {k: v for k, v in facts.items() if k in names and k not in dict(given)}
 
 
-def tensorize(model: nn.Module, plan: Mapping[str, Any], *, init: str = "random") -> nn.Module:
+def tensorize(
+    model: nn.Module, plan: Plan | Mapping[str, Any], *, init: str = "random"
+) -> nn.Module:
     """Replace, in place, every layer the plan lists by its tensorized version; return `model`.
 
     Args:
@@ -172,7 +236,7 @@ def tensorize(model: nn.Module, plan: Mapping[str, Any], *, init: str = "random"
         plan: the plan.
         init: "random" to train from scratch, "decompose" to start from the dense weights.
     """
-    for name, spec in plan["layers"].items():
+    for name, spec in Plan.of(plan).layers.items():
         try:
             module = model.get_submodule(name)
         except AttributeError:
@@ -200,7 +264,7 @@ def tensorize_module(module: nn.Module, spec: Mapping[str, Any], *, init: str) -
 
 
 def build(
-    plan: Mapping[str, Any],
+    plan: Plan | Mapping[str, Any],
     *,
     init: str = "random",
     trusted: Collection[str] = (),
@@ -216,9 +280,10 @@ def trusted_models(model_cfg: Mapping[str, Any]) -> tuple[str, ...]:
     return (target,) if isinstance(target, str) else ()
 
 
-def summary(plan: Mapping[str, Any], *, eligible: int | None = None) -> str:
-    """One line: e.g. "tucker x6, mpo x2 (order 1-2, rank 4-16)" or "dense"."""
-    layers = plan["layers"]
+def summary(plan: Plan | Mapping[str, Any], *, eligible: int | None = None) -> str:
+    """One line: e.g. "tucker x6, mpo x2 (order 1-2, rank 4-16)" or "dense" (a mapping with
+    only `layers` will do)."""
+    layers = plan.layers if isinstance(plan, Plan) else plan["layers"]
     if not layers:
         return "dense"
     counts = Counter(spec["topology"] for spec in layers.values())
@@ -236,27 +301,28 @@ def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def flatten(plan: Mapping[str, Any], dense: Sequence[str] = ()) -> dict[str, str]:
+def flatten(plan: Plan | Mapping[str, Any], dense: Sequence[str] = ()) -> dict[str, str]:
     """The plan as flat `layer.key -> value` strings (MLflow params); each layer of `dense`
     (searchable but kept dense) as `layer.topology = dense`, `layer.rank = 0`, so that MLflow's
     parallel coordinates show "dense" rather than nothing."""
-    flat = {f"model.{k}": str(v) for k, v in plan["model"].items()}
+    plan = Plan.of(plan)
+    flat = {f"model.{k}": str(v) for k, v in plan.model.items()}
     for name in dense:
-        if name not in plan["layers"]:
+        if name not in plan.layers:
             flat[f"{name}.topology"] = "dense"
             flat[f"{name}.rank"] = "0"
-    for name, spec in plan["layers"].items():
+    for name, spec in plan.layers.items():
         for key, value in spec.items():
             if isinstance(value, list | tuple):
                 value = "x".join(str(v) for v in value)
             flat[f"{name}.{key}"] = str(value)
-    flat["tensorized_layers"] = str(len(plan["layers"]))
+    flat["tensorized_layers"] = str(len(plan.layers))
     return flat
 
 
-def save(plan: Mapping[str, Any], path: str | Path) -> None:
+def save(plan: Plan | Mapping[str, Any], path: str | Path) -> None:
     """Write the plan as JSON (atomically)."""
-    write_text(path, json.dumps(plan, indent=2, sort_keys=True) + "\n")
+    write_text(path, json.dumps(Plan.of(plan).to_json(), indent=2, sort_keys=True) + "\n")
 
 
 #: The keys every plan has, and the JSON type of each.
@@ -271,7 +337,7 @@ class PlanFileError(ValueError):
         super().__init__(f"plan: {reason} in {path}")
 
 
-def load(path: str | Path) -> dict[str, Any]:
+def load(path: str | Path) -> Plan:
     """Read a plan written by `save`.
 
     Raises:
@@ -293,7 +359,7 @@ def load(path: str | Path) -> dict[str, Any]:
     for name, spec in plan["layers"].items():
         if not isinstance(spec, dict):
             raise PlanFileError(path, f"layers.{name} must be a JSON object")
-    return plan
+    return Plan.from_json(plan)
 
 
 def _json_type(value: Any) -> str:

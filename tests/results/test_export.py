@@ -55,7 +55,7 @@ def test_package_files(tiny_study, package):
     trial, out = package
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
     stored = plans.load(out / "plan.json")  # the trial's, each layer's ONNX path added
-    for spec in stored["layers"].values():
+    for spec in stored.layers.values():
         assert spec.pop("path") in tn.TOPOLOGIES[spec["topology"]].available_paths(False)
     assert stored == trial.plan
     readme = (out / "README.md").read_text()

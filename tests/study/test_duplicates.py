@@ -8,6 +8,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
+from tnsearch.plan import Plan
 from tnsearch.study import duplicates, liveness, record
 from tnsearch.study.record import Record
 from tnsearch.ui import Console
@@ -31,7 +32,7 @@ def test_a_repeat_takes_the_earlier_trials_figures_untrained():
     )  # fmt: skip
     found = Record(number=4).replace(**duplicates.copied(earlier))
     assert (found.quality, found.params, found.latency_ratio) == (0.9, 10, 0.5)
-    assert found.trained is False and found.duplicate_of == 3 and found.plan == PLAN
+    assert found.trained is False and found.duplicate_of == 3 and found.plan == Plan.of(PLAN)
 
 
 def test_a_plan_running_on_another_worker_counts_as_taken():

@@ -30,8 +30,8 @@ def test_the_budget_plans_come_right_after_the_dense_trial(tmp_path):
     assert record.ladder(study) == [0.5, 0.1]
     trials = record.records(study)
     dense = trials[0].params
-    assert trials[0].plan["layers"] == {}
-    assert trials[1].params <= 0.5 * dense and trials[1].plan["layers"]
+    assert trials[0].plan.layers == {}
+    assert trials[1].params <= 0.5 * dense and trials[1].plan.layers
     assert trials[2].params <= 0.1 * dense
     assert all(t.zero_shot_quality is not None for t in trials[1:3])
     # continued, the study does not enqueue the ladder again

@@ -337,7 +337,7 @@ def test_a_repeated_plan_is_never_offered_as_a_best_trial():
     runner.setup = SimpleNamespace(console=Console(), metric="accuracy")
     runner.study, runner.trial, runner.tracker = study, study.ask(), None
     runner.run_id, runner.told, runner.start = None, False, _time.perf_counter()
-    runner.rec, runner.plan = Record(number=runner.trial.number), dict(earlier.plan)
+    runner.rec, runner.plan = Record(number=runner.trial.number), earlier.plan
     assert runner.duplicate(earlier) == Outcome.DUPLICATE
     repeat = study.trials[1]
     assert repeat.values == study.trials[0].values and repeat.user_attrs["trained"] is False

@@ -17,7 +17,13 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 #: One value for every user attribute of the schema (as JSON would store them).
 _ALL_ATTRS = {
-    "plan": {"version": 1, "layers": {"fc1": {"topology": "cp", "rank": 4}}, "params": 1234},
+    "plan": {
+        "version": 1,
+        "model": {"_target_": "tnsearch.models.MLP"},
+        "inputs": {"num_classes": 10},
+        "layers": {"fc1": {"topology": "cp", "rank": 4}},
+        "params": 1234,
+    },
     "training_choices": {"lr": 0.01},
     "trained": True,
     "duplicate_of": 3,

@@ -135,7 +135,7 @@ def truncated_plan(plan: Mapping[str, Any], model: nn.Module) -> dict[str, Any]:
         ValueError: ``plan: ...`` when a layer of the plan is not a tensorized layer of ``model``
             with the same topology.
     """
-    out = copy.deepcopy(dict(plan))
+    out = copy.deepcopy(plan.to_json() if hasattr(plan, "to_json") else dict(plan))
     for name, spec in out["layers"].items():
         layer = model.get_submodule(name) if _has(model, name) else None
         if not isinstance(layer, tn.TNLayer) or layer.topology != spec["topology"]:

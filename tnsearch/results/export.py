@@ -18,6 +18,7 @@ import torch
 
 from tnsearch.config import Config, ConfigError, ExportConfig
 from tnsearch.measure.onnx import ONNX_TOLERANCE
+from tnsearch.plan import Plan
 from tnsearch.results import package_onnx
 from tnsearch.results.package import (
     FILES,
@@ -122,7 +123,7 @@ def write_package(
     from tnsearch import hf
     from tnsearch import plan as plans
 
-    plan = dict(trial.plan)
+    plan = trial.plan.to_json()  # the package's files hold the plan's JSON object
     out = Path(out)
     check_out(out, "out")
     state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -197,7 +198,7 @@ def check_data(plan: Mapping[str, Any], data: Any) -> None:
     from tnsearch.study.setup import data_facts
 
     facts = data_facts(data)
-    made = {k: v for k, v in plan["inputs"].items() if k in facts}
+    made = {k: v for k, v in Plan.of(plan).inputs.items() if k in facts}
     differ = {k: (v, facts[k]) for k, v in made.items() if facts[k] != v}
     if differ:
         said = ", ".join(f"{k} {a} (now {b})" for k, (a, b) in differ.items())

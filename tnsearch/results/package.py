@@ -171,10 +171,11 @@ def portable_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def read_plan(folder: Path) -> dict[str, Any]:
+    """The package's plan.json, checked, as its JSON object (what the package's files hold)."""
     from tnsearch import plan as plans
 
     try:
-        return plans.load(folder / "plan.json")
+        return plans.load(folder / "plan.json").to_json()
     except plans.PlanFileError as exc:
         raise PackageError(folder, "plan.json", exc.reason) from None
 

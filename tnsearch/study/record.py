@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tnsearch.plan import Plan
 from tnsearch.study import optuna_internals
 
 __all__ = [
@@ -120,7 +121,7 @@ class Record:
     started: datetime.datetime | None = None
     completed: datetime.datetime | None = None
     # -- user attributes (the schema) --------------------------------------------------------
-    plan: Mapping[str, Any] | None = None
+    plan: Plan | None = None  # stored as its JSON object (Plan.to_json)
     training_choices: Mapping[str, Any] | None = None  # e.g. {"lr": 0.01}; {}: none searched
     trained: bool | None = None  # None: undecided (running) or never told (failed)
     duplicate_of: int | None = None
@@ -150,6 +151,10 @@ class Record:
     machine: str | None = None  # liveness.machine_id() of the worker: hosts may share a name
     heartbeat: float | None = None  # Unix time of the worker's last stamp
 
+    def __post_init__(self) -> None:
+        if self.plan is not None and not isinstance(self.plan, Plan):  # its JSON object
+            object.__setattr__(self, "plan", Plan.of(self.plan))
+
     # -- reading and writing -------------------------------------------------------------------
     @classmethod
     def from_trial(cls, trial: FrozenTrial) -> Record:
@@ -161,6 +166,8 @@ class Record:
                 stored[new] = attrs[old]
         if stored.get("history") is not None:
             stored["history"] = tuple(stored["history"])
+        if stored.get("plan") is not None:
+            stored["plan"] = _plan(stored["plan"])
         return cls(
             number=trial.number,
             state=trial.state,
@@ -179,7 +186,7 @@ class Record:
             value = getattr(self, name)
             if value is None:
                 continue
-            out[name] = list(value) if name == "history" else value
+            out[name] = _stored(name, value)
         return out
 
     def replace(self, **changes: Any) -> Record:
@@ -195,12 +202,12 @@ class Record:
     @property
     def is_dense(self) -> bool:
         """Whether this is the dense reference: a plan that tensorizes nothing."""
-        return self.plan is not None and not self.plan.get("layers")
+        return self.plan is not None and not self.plan.layers
 
     @property
     def layers(self) -> Mapping[str, Mapping[str, Any]]:
         """The plan's tensorized layers (name -> spec); empty for dense or no plan yet."""
-        return (self.plan or {}).get("layers", {})
+        return self.plan.layers if self.plan is not None else {}
 
     @property
     def counts(self) -> bool:
@@ -278,7 +285,23 @@ def write_fields(trial: optuna.Trial, **fields: Any) -> None:
     for key, value in fields.items():
         if key not in _ATTRS:
             raise KeyError(f"{key!r} is not a field of a trial record")
-        trial.set_user_attr(key, value)
+        trial.set_user_attr(key, _stored(key, value))
+
+
+def _stored(name: str, value: Any) -> Any:
+    """A field as its user attribute holds it (JSON): the plan as its JSON object."""
+    if name == "history":
+        return list(value)
+    return value.to_json() if isinstance(value, Plan) else value
+
+
+def _plan(data: Any) -> Plan | None:
+    """The stored plan, or None when the storage holds no plan there (a damaged record: the
+    trial stays, offered to no one, as `Record.candidate` says)."""
+    try:
+        return Plan.from_json(data)
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 def write_finished(study: optuna.Study, record: Record, **fields: Any) -> None:
@@ -286,7 +309,7 @@ def write_finished(study: optuna.Study, record: Record, **fields: Any) -> None:
     for key, value in fields.items():
         if key not in _ATTRS:
             raise KeyError(f"{key!r} is not a field of a trial record")
-        optuna_internals.set_trial_user_attr(study, record.number, key, value)
+        optuna_internals.set_trial_user_attr(study, record.number, key, _stored(key, value))
 
 
 def retry_attrs(number: int) -> dict[str, Any]:

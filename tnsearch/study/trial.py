@@ -62,7 +62,7 @@ class _Trial:
         self.told = False  # Optuna knows how the trial ended
         self.ended: Outcome | None = None
         self.rec = Record(number=trial.number)  # what this trial has measured so far
-        self.plan: dict[str, Any] = {"layers": {}}
+        self.plan = plans.Plan()
         self.training_choices: dict[str, Any] = {}
         self.optimizer: dict[str, Any] = {}  # trainer.optimizer as this trial uses it
         self.seed = self.cfg.seed + trial.number
@@ -125,7 +125,8 @@ class _Trial:
         record.write_fields(trial, training_choices=self.training_choices)
         torch.manual_seed(self.seed)
         model = _model(setup, self.plan)
-        params = self.plan["params"] = tn.n_params(model)
+        params = tn.n_params(model)
+        self.plan = self.plan.but(params=params)
         self.update(plan=self.plan, params=params, compression=setup.dense_params / params)
         self.update(training_choices=self.training_choices)
         record.write_fields(trial, plan=self.plan)
@@ -141,7 +142,7 @@ class _Trial:
             model,
             self.setup.datamodule,
             self.setup.timing,
-            tensorized=bool(self.plan["layers"]),
+            tensorized=bool(self.plan.layers),
             reference=self.setup.latency_reference,
             reference_onnx=self.setup.latency_reference_onnx,
             train_compile=self.cfg.trainer.compile,
@@ -198,7 +199,7 @@ class _Trial:
         self.end(Outcome.FAILED, killed=killed, fail_reason=self.rec.fail_reason, **trace)
 
 
-def _model(setup: Setup, plan: dict[str, Any]) -> torch.nn.Module:
+def _model(setup: Setup, plan: plans.Plan) -> torch.nn.Module:
     """The planned model: the dense one (with the trained weights when warm), its planned
     layers tensorized (decomposed from those weights when warm, with `decompose.calibration`
     from calibration statistics)."""
@@ -207,10 +208,10 @@ def _model(setup: Setup, plan: dict[str, Any]) -> torch.nn.Module:
     if setup.pretrained is not None:
         model.load_state_dict(setup.pretrained)
     warm = setup.pretrained is not None
-    if warm and cfg.decompose.calibration and plan["layers"]:
+    if warm and cfg.decompose.calibration and plan.layers:
         inputs, stats = sensitivity.calibrated(setup)  # measured once per worker
         steps = cfg.decompose.steps
-        calibration.tensorize(model, plan["layers"], stats, steps=steps)
+        calibration.tensorize(model, plan.layers, stats, steps=steps)
         if cfg.decompose.batchnorm:
             calibration.reestimate_batchnorm(model, inputs)
     else:

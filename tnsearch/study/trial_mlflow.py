@@ -61,14 +61,15 @@ def run_params(
 
 
 def start_run(
-    tracker: Tracker, trial: optuna.Trial, plan: Mapping[str, Any], params: Mapping[str, Any]
+    tracker: Tracker, trial: optuna.Trial, plan: plans.Plan, params: Mapping[str, Any]
 ) -> Any:
-    """Make `trial`'s run; its handle. The run is made on the tracker's thread, which stores its
-    id with the trial (liveness closes a dead worker's run by it); the trial's record never holds
-    it, so the record written at the end leaves it be."""
+    """Make `trial`'s run (its plan.json: the plan's JSON object); its handle. The run is made
+    on the tracker's thread, which stores its id with the trial (liveness closes a dead worker's
+    run by it); the trial's record never holds it, so the record written at the end leaves it
+    be."""
     return tracker.start_trial(
         trial.number,
-        plan,
+        plan.to_json(),
         params,
         on_run_id=lambda run_id: record.write_fields(trial, mlflow_run_id=run_id),
     )

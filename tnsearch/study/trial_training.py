@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from tnsearch.config import Config
 from tnsearch.measure import latency, training
+from tnsearch.plan import Plan
 from tnsearch.study import pruning, record
 from tnsearch.study.record import Record
 from tnsearch.study.setup import Setup
@@ -25,7 +26,7 @@ class Training(Protocol):
 
     setup: Setup
     study: optuna.Study
-    plan: dict[str, Any]
+    plan: Plan
     optimizer: dict[str, Any]
     seed: int
     rec: Record
@@ -41,7 +42,7 @@ def fit(trial: Training, model: torch.nn.Module) -> dict[str, Any]:
     recorded and judged by the pruner as it comes (a pruned trial keeps what it measured)."""
     setup, cfg = trial.setup, trial.setup.cfg
     warm = setup.pretrained is not None
-    epochs = 0 if warm and not trial.plan["layers"] else cfg.epochs
+    epochs = 0 if warm and not trial.plan.layers else cfg.epochs
     torch.manual_seed(trial.seed)
     mode = cfg.trainer.compile
     module = setup.task(
@@ -80,7 +81,7 @@ def fit(trial: Training, model: torch.nn.Module) -> dict[str, Any]:
         trainer_cfg=cfg.trainer,
         on_epoch=on_epoch,
         metric=setup.metric,
-        on_zero_shot=on_zero_shot if warm and trial.plan["layers"] else None,
+        on_zero_shot=on_zero_shot if warm and trial.plan.layers else None,
         callbacks=[spectra] if spectra is not None else [],
     )
     if spectra is not None:
@@ -96,7 +97,7 @@ def fit(trial: Training, model: torch.nn.Module) -> dict[str, Any]:
 def _bond_logger(trial: Training, model: torch.nn.Module) -> training.BondsPerEpoch | None:
     """With `tracking.bonds` (and a tensorized layer, a tracker): each epoch's bond spectrum
     summary goes to the trial's MLflow run, step = epochs trained (0: before training)."""
-    if not (trial.plan["layers"] and trial.tracker.enabled):
+    if not (trial.plan.layers and trial.tracker.enabled):
         return None
     if trial.setup.cfg.tracking.bonds is False:
         return None
