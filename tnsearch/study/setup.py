@@ -456,7 +456,7 @@ def _needs_teacher(cfg: Config) -> bool:
 
 def _comes_trained(model_cfg: Mapping[str, Any]) -> bool:
     """Whether the model's constructor loads trained weights (`from_pretrained.pretrained`)."""
-    return bool(getattr(plans.constructor(model_cfg["_target_"]), "pretrained", False))
+    return bool(getattr(plans.constructor(str(model_cfg.get("_target_"))), "pretrained", False))
 
 
 def check_writable(folder: Path) -> None:

@@ -142,7 +142,7 @@ def redact(url: str) -> str:
 def label(storage_cfg) -> str:
     """Where a `storage` config node points: the journal file or the (password-free) URL."""
     if storage_cfg.get("path") is not None:
-        return str(storage_cfg["path"])
+        return str(storage_cfg.get("path"))
     return redact(str(storage_cfg.get("url", "?")))
 
 
