@@ -17,6 +17,7 @@ from tnsearch.study.setup import check_runtime
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # a paired timing: the dense model beside itself reads 2.2x beside another test
 def test_a_study_timed_in_onnxruntime(tmp_path):
     cfg = compose_cfg(
         [f"root={tmp_path}", "trials=2", *TINY, "latency.runtime=onnxruntime", "epochs=1"]
