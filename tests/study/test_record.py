@@ -10,8 +10,9 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from tests.helpers import constructed_study, constructed_trial
+from tnsearch import objectives
 from tnsearch.study import record
-from tnsearch.study.record import OBJECTIVES, SCHEMA_ATTR, SCHEMA_VERSION, Outcome, Record
+from tnsearch.study.record import SCHEMA_ATTR, SCHEMA_VERSION, Outcome, Record
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -37,6 +38,7 @@ _ALL_ATTRS = {
     "latency_ms": 0.25,
     "latency_p10_ms": 0.2,
     "latency_p90_ms": 0.3,
+    "measures": {"flops": 2048.0},
     "history": [
         {"epoch": 0, "train_loss": 1.5, "val_acc": 0.6},
         {"epoch": 1, "train_loss": 0.9, "val_acc": 0.8},
@@ -198,21 +200,32 @@ def test_outcome_trained():
     assert {o for o in Outcome if o.trained} == {Outcome.COMPLETE, Outcome.PRUNED}
 
 
-@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
-def test_value_reads_the_objectives_field(objective):
-    field = OBJECTIVES[objective].field
-    rec = Record(number=7, **{field: 3})
-    assert rec.value(objective) == 3.0
+@pytest.mark.parametrize("objective", sorted(objectives.registered()))
+def test_value_reads_the_objectives_field_or_its_measure(objective):
+    found = objectives.registered()[objective]
+    where = found.field or found.metric
+    rec = (
+        Record(number=7, **{found.field: 3})
+        if found.field
+        else Record(number=7, measures={found.metric: 3})
+    )
+    assert rec.value(objective) == 3.0 == rec.value(found.metric)
     assert isinstance(rec.value(objective), float)
-    with pytest.raises(ValueError, match=f"trial 7 has no {field}"):
-        Record(number=7).value(objective)
+    with pytest.raises(ValueError, match=f"trial 7 has no {where}"):
+        Record(number=7, quality=0.5).value(objective)
+
+
+def test_a_measure_no_module_registers_is_read_by_its_name():
+    rec = Record(number=3, quality=0.5, measures={"peak_mib": 12.5})
+    assert rec.value("peak_mib") == 12.5
+    assert rec.value("accuracy") == 0.5  # any other name: the quality
 
 
 def test_objectives_directions():
-    assert record.objective("accuracy").direction == "maximize"  # any other name: the quality
-    assert record.objective("fidelity", "minimize").direction == "minimize"
-    assert OBJECTIVES["params"].direction == "minimize"
-    assert OBJECTIVES["latency"].direction == "minimize"
+    assert objectives.direction("accuracy") == "maximize"  # any other name: the quality
+    assert objectives.direction("fidelity", "minimize") == "minimize"
+    assert objectives.direction("params") == "minimize"
+    assert objectives.direction("latency_ratio") == "minimize"
 
 
 def test_values_for_keeps_the_study_order():

@@ -214,6 +214,7 @@ class Config(Section):
     seed: int = 0
     threads: int | None = None
     objectives: list[str] = _list("quality", "params", "latency")
+    imports: list[str] = _list()  # modules that register objectives (`tnsearch.objectives`)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     decompose: DecomposeConfig = field(default_factory=DecomposeConfig)

@@ -52,7 +52,7 @@ class ReportData:
 
     @property
     def objectives(self) -> list[str]:
-        return list(self.study.metric_names or [self.metric, *record.OBJECTIVES])
+        return record.metric_names(self.study)
 
     @property
     def metric(self) -> str:

@@ -10,6 +10,7 @@ import io
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from tnsearch import objectives
 from tnsearch import plan as plans
 from tnsearch.report._data import ReportData
 from tnsearch.study.record import Record
@@ -28,8 +29,23 @@ AXES = {
 PROJECTIONS = (("params", "quality"), ("latency", "quality"), ("params", "latency"))
 
 
+def projections(data: ReportData) -> list[tuple[str, str]]:
+    """PROJECTIONS, then the quality against each objective the study's trials measured."""
+    extra = dict.fromkeys(k for t in data.done for k in t.measures or {})
+    return [*PROJECTIONS, *((name, "quality") for name in extra)]
+
+
+def _axis(name: str, data: ReportData) -> tuple[str, bool]:
+    """(label, log scale) of objective `name`'s axis."""
+    if name in AXES:
+        label, log = AXES[name]
+        return label.format(metric=data.metric), log
+    found = objectives.get(name)
+    return (found.name, found.log) if found is not None else (name, False)
+
+
 def _label(axis: str, data: ReportData) -> str:
-    return AXES[axis][0].format(metric=data.metric)
+    return _axis(axis, data)[0]
 
 
 FRONT, OTHER, DENSE = "#1f6fc5", "#b8c0c8", "#d62728"
@@ -90,14 +106,17 @@ def _value(trial: Record, axis: str) -> float:
 
 
 def front_png(data: ReportData) -> bytes:
-    """The three projections side by side, as PNG bytes."""
+    """The projections side by side, as PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
-    for ax, (x, y) in zip(axes, PROJECTIONS, strict=True):
+    shown = projections(data)
+    fig, axes = plt.subplots(
+        1, len(shown), figsize=(14 / 3 * len(shown), 4.2), constrained_layout=True
+    )
+    for ax, (x, y) in zip(axes, shown, strict=True):
         for label, trials, style in _groups(data):
             if not trials:
                 continue
@@ -122,7 +141,7 @@ def front_png(data: ReportData) -> bytes:
         ax.set_xlabel(_label(x, data))
         ax.set_ylabel(_label(y, data))
         for name, axis, set_scale in ((x, ax.xaxis, ax.set_xscale), (y, ax.yaxis, ax.set_yscale)):
-            if AXES[name][1]:
+            if _axis(name, data)[1]:
                 set_scale("log")
                 _major_only(axis, [_value(t, name) for t in data.done])
         ax.grid(alpha=0.3)
@@ -132,12 +151,13 @@ def front_png(data: ReportData) -> bytes:
 
 
 def front_plotly(data: ReportData) -> go.Figure:
-    """The three projections as one interactive plotly figure."""
+    """The projections as one interactive plotly figure."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.07)
-    for col, (x, y) in enumerate(PROJECTIONS, start=1):
+    shown = projections(data)
+    fig = make_subplots(rows=1, cols=len(shown), horizontal_spacing=0.07)
+    for col, (x, y) in enumerate(shown, start=1):
         for label, trials, style in _groups(data):
             fig.add_trace(
                 go.Scatter(
@@ -167,7 +187,7 @@ def front_plotly(data: ReportData) -> go.Figure:
 
 def _plotly_axis(data: ReportData, axis: str) -> dict:
     """A plotly axis of objective `axis`: log with labels on its major ticks only."""
-    if not AXES[axis][1]:
+    if not _axis(axis, data)[1]:
         return {}
     ticks = log_ticks([_value(t, axis) for t in data.done])
     return {"type": "log", "tickvals": ticks, "ticktext": [tick_text(v) for v in ticks]}
@@ -189,6 +209,7 @@ def _hover(t: Record) -> str:
         f"trial {t.number}<br>{plans.summary(t.plan)}<br>quality {t.quality:.4f}"
         f"<br>params {t.params:,} ({t.compression or 1.0:.1f}x)"
         f"<br>latency {t.latency_text()}"
+        + "".join(f"<br>{k} {objectives.text(k, v)}" for k, v in (t.measures or {}).items())
         + (f"<br>on {t.latency_device}" if t.latency_device else "")
     )
 

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import NamedTuple
 
-from tnsearch import __version__, tn
+from tnsearch import __version__, objectives, tn
 from tnsearch.report import (
     _bond_profile,
     _bond_training,
@@ -134,6 +134,7 @@ def front_table(data: ReportData) -> str:
     if not data.front:
         return note("No Pareto-optimal trial yet.")
     rows = []
+    extra = pareto.measured([pareto.row(t, data.metric) for t in data.front], data.metric)
     for t in data.front:
         r = pareto.row(t, data.metric)
         rows.append(
@@ -145,12 +146,13 @@ def front_table(data: ReportData) -> str:
                 _num(r["compression"], ".1f") + "x",
                 esc(_latency_cell(t)),
                 _num(r["latency_ms"], ".3f"),
+                *(esc(objectives.text(name, r.get(name))) for name in extra),
                 esc(r["plan"]),
             ]
         )
     header = ["trial", *headers(data.metric), "param_count", "compression"]
-    header += ["latency x dense (p10-p90)", "ms / batch"]
-    parts = [table([*header, "plan"], rows, numeric=range(1, 7))]
+    header += ["latency x dense (p10-p90)", "ms / batch", *extra]
+    parts = [table([*header, "plan"], rows, numeric=range(1, 7 + len(extra)))]
     noisy = [t.number for t in data.done if t.latency_noisy]
     if noisy:
         parts.append(
@@ -249,25 +251,22 @@ def importances(data: ReportData) -> str:
 def _ranking(label: str, found: dict[str, dict[str, float]], top: int) -> str:
     """Importances per objective (columns), most important first; bars relative to the column's
     largest value."""
-    objectives = list(found)
+    names = list(found)
     names = sorted(
         {f for values in found.values() for f in values},
-        key=lambda f: -max(found[o].get(f, 0.0) for o in objectives),
+        key=lambda f: -max(found[o].get(f, 0.0) for o in names),
     )
-    peak = {o: max(found[o].values(), default=0.0) or 1.0 for o in objectives}
+    peak = {o: max(found[o].values(), default=0.0) or 1.0 for o in names}
     rows = [
         [
             esc(f),
-            *(
-                bar(found[o].get(f, 0.0) / peak[o], f"{found[o].get(f, 0.0):.3f}")
-                for o in objectives
-            ),
+            *(bar(found[o].get(f, 0.0) / peak[o], f"{found[o].get(f, 0.0):.3f}") for o in names),
         ]
         for f in names[:top]
     ]
     hidden = len(names) - top
     more = note(f"{hidden} more, of lower importance, not shown.") if hidden > 0 else ""
-    return table([label, *objectives], rows) + more
+    return table([label, *names], rows) + more
 
 
 def _colour(topology: str) -> str:

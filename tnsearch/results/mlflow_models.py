@@ -37,6 +37,7 @@ from tnsearch.config import Config
 from tnsearch.study import record
 from tnsearch.study.record import Record
 from tnsearch.ui import Console, warn
+from tnsearch.ui.names import rounded
 
 __all__ = [
     "CHOICES",
@@ -128,7 +129,7 @@ def log_models(
     client = MlflowClient(tracking.uri)
     metric = record.quality_metric(study)
     try:
-        share_view(client, study.study_name, metric)
+        share_view(client, study.study_name, metric, record.metric_names(study))
     except Exception as exc:  # noqa: BLE001 - tracking never stops a study
         warn(f"MLflow: the runs view was not saved: {type(exc).__name__}: {exc}"[:300])
     front = {t.number for t in record.front(study)}
@@ -191,15 +192,17 @@ def _loggable(data: Any) -> bool:
     return isinstance(example_inputs(data), torch.Tensor | np.ndarray)
 
 
-def share_view(client, experiment: str, metric: str) -> None:
+def share_view(client, experiment: str, metric: str, names: Sequence[str] = ()) -> None:
     """Save the experiment's runs view the study's URL opens (`&viewStateShareKey=tnsearch`):
     every trial's run, flat (MLflow folds nested runs under their parent), best quality first,
-    with the objectives as columns: what MLflow otherwise shows only after picking columns."""
+    with the objectives as columns (`names`: the study's, by metric name; its measured ones
+    after VIEW_COLUMNS): what MLflow otherwise shows only after picking columns."""
     import json
 
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return
+    shown = set(VIEW_COLUMNS)
     state = {
         "searchFilter": "tags.trial LIKE '%'",
         "orderByKey": f"metrics.`{metric}`",
@@ -208,7 +211,12 @@ def share_view(client, experiment: str, metric: str) -> None:
         "lifecycleFilter": "Active",
         "modelVersionFilter": "All Runs",
         "datasetsFilter": [],
-        "selectedColumns": [f"metrics.`{metric}`", f"metrics.`test_{metric}`", *VIEW_COLUMNS],
+        "selectedColumns": [
+            f"metrics.`{metric}`",
+            f"metrics.`test_{metric}`",
+            *VIEW_COLUMNS,
+            *(f"metrics.`{n}`" for n in names if n != metric and f"metrics.`{n}`" not in shown),
+        ],
     }
     client.set_experiment_tag(
         found.experiment_id, f"mlflow.sharedViewState.{VIEW}", json.dumps(state)
@@ -429,4 +437,6 @@ def _objective_tags(trial: Record, metric: str) -> dict[str, str]:
         tags["compression"] = f"{trial.compression:.2f}"
     if trial.latency_ratio is not None:
         tags["latency_ratio"] = f"{trial.latency_ratio:.3f}"
+    for name, value in (trial.measures or {}).items():  # the measured objectives
+        tags[name] = str(rounded(name, value))
     return tags

@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from tnsearch import objectives
 from tnsearch import plan as plans
 from tnsearch.files import atomic_path
 from tnsearch.study import optuna_internals, record
@@ -61,21 +62,29 @@ COLUMNS = columns()
 
 
 def row(trial: Record, metric: str = "accuracy") -> dict[str, Any]:
-    """One line of pareto.csv for a finished trial."""
+    """One line of pareto.csv for a finished trial: the columns, its measured objectives (by
+    metric name) before the plan."""
     return {
         **{shown(field, metric): getattr(trial, field) for field in _FIELDS[:-1]},
+        **(trial.measures or {}),
         "plan": plans.summary(trial.plan) if trial.plan else "",
     }
 
 
+def measured(rows: Sequence[dict[str, Any]], metric: str = "accuracy") -> list[str]:
+    """The measured objectives' columns of `rows` (see `row`), in the order they come."""
+    known = set(columns(metric))
+    return list(dict.fromkeys(k for r in rows for k in r if k not in known))
+
+
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path, metric: str = "accuracy") -> Path:
     """Write `rows` (see `row`) to `path` atomically."""
-    names = columns(metric)
+    names = [*columns(metric)[:-1], *measured(rows, metric), "plan"]
     with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=names)
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: _fmt(r[k]) for k in names})
+            writer.writerow({k: _fmt(r.get(k)) for k in names})
     return Path(path)
 
 
@@ -110,9 +119,10 @@ def table(rows: Sequence[dict[str, Any]], metric: str = "accuracy") -> str:
     """The front as an aligned text table for the console."""
     val, test = headers(metric)
     width = max(7, len(val)), max(8, len(test))
+    extra = measured(rows, metric)
     header = (
         f"{'trial':>5}  {val:>{width[0]}}  {test:>{width[1]}}  {'param_count':>11}  {'x':>6}  "
-        f"{'latency':>12}  {'ms':>8}  plan"
+        f"{'latency':>12}  {'ms':>8}  " + "".join(f"{name:>8}  " for name in extra) + "plan"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -120,7 +130,9 @@ def table(rows: Sequence[dict[str, Any]], metric: str = "accuracy") -> str:
             f"{r['number']:>5}  {_num(r[metric], '.4f'):>{width[0]}}"
             f"  {_num(r[test_name(metric)], '.4f'):>{width[1]}}"
             f"  {_num(r['param_count'], ',d'):>11}  {_num(r['compression'], '.1f'):>6}"
-            f"  {_ratio(r):>12}  {_num(r['latency_ms'], '.3f'):>8}  {r['plan']}"
+            f"  {_ratio(r):>12}  {_num(r['latency_ms'], '.3f'):>8}  "
+            + "".join(f"{objectives.text(n, r.get(n)):>{max(8, len(n))}}  " for n in extra)
+            + r["plan"]
         )
     return "\n".join(lines)
 
@@ -137,7 +149,8 @@ def _num(value: Any, spec: str) -> str:
 
 
 def plot(study: optuna.Study, path: str | Path) -> Path:
-    """Scatter the quality against parameters and against latency; the front and dense marked."""
+    """Scatter the quality against parameters, against latency and against each of the study's
+    other objectives; the front and dense marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,11 +159,15 @@ def plot(study: optuna.Study, path: str | Path) -> Path:
 
     done = [r for r in record.records(study, (TrialState.COMPLETE,)) if r.candidate]
     best = {t.number for t in front(study)}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    for ax, key, label in (
-        (axes[0], "params", "parameters"),
-        (axes[1], "latency", "latency (x the dense model, timed beside each trial)"),
-    ):
+    metric = record.quality_metric(study)
+    others = [n for n in record.metric_names(study) if _kind(n, metric) is not None]
+    keys = list(dict.fromkeys(["params", "latency", *(objectives.key_of(n) or n for n in others)]))
+    fig, axes = plt.subplots(
+        1, len(keys), figsize=(5.5 * len(keys), 4.2), constrained_layout=True, squeeze=False
+    )
+    for ax, key in zip(axes[0], keys, strict=True):
+        found = objectives.get(key)  # None: measured under a name no module registers here
+        label = _LATENCY_AXIS if key == "latency" else found.name if found else key
         for group, style in (
             ([t for t in done if t.number not in best], {"c": "0.7", "label": "trial"}),
             ([t for t in done if t.number in best], {"c": "tab:blue", "label": "Pareto-optimal"}),
@@ -184,7 +201,7 @@ def plot(study: optuna.Study, path: str | Path) -> Path:
                 label="dense reference",
                 zorder=3,
             )
-        if key == "params":  # sizes span decades; latencies rarely do
+        if _kind(key, metric).log:  # sizes span decades; latencies rarely do
             ax.set_xscale("log")
             ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.xaxis.set_major_formatter(FuncFormatter(_short))
@@ -192,7 +209,7 @@ def plot(study: optuna.Study, path: str | Path) -> Path:
         ax.set_xlabel(label)
         ax.set_ylabel(f"validation {record.quality_metric(study)}")
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="lower right")
+    axes[0][0].legend(loc="lower right")
     pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
     fig.suptitle(
         f"{study.study_name}: {len(done)} trained trials"
@@ -204,6 +221,9 @@ def plot(study: optuna.Study, path: str | Path) -> Path:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
+
+
+_LATENCY_AXIS = "latency (x the dense model, timed beside each trial)"
 
 
 def _short(value: float, _position: object = None) -> str:
@@ -223,45 +243,65 @@ def _running_max(values: Sequence[float]) -> list[float]:
 
 
 #: Reference point of the hypervolume, per objective, in normalized space: quality 0, 10% more
-#: parameters than the dense model, and 3x its latency. Normalized space: 1 - quality (a quality
-#: such as accuracy or fidelity, in [0, 1]), params / dense params, and the latency ratio to the
-#: dense model timed beside each trial, so fronts of different runs and machines compare. The
-#: latency's 3x lets a front of tensorized trials slower than dense count (on a CPU most are:
-#: LeNet-300-100's MPO layers time 1.7-2.3x dense); at 1.1x only the dense trial's box did.
-#: The console, MLflow's parent run, the report and bench/search.py all use this point.
-REFERENCE = {"quality": 1.0, "params": 1.1, "latency": 3.0}
+#: parameters than the dense model, and 3x its latency (each objective's own: `Objective.reference`
+#: in `tnsearch.objectives`). Normalized space: 1 - quality (a quality such as accuracy or
+#: fidelity, in [0, 1]), params / dense params, and the latency ratio to the dense model timed
+#: beside each trial, so fronts of different runs and machines compare. The latency's 3x lets a
+#: front of tensorized trials slower than dense count (on a CPU most are: LeNet-300-100's MPO
+#: layers time 1.7-2.3x dense); at 1.1x only the dense trial's box did. The console, MLflow's
+#: parent run, the report and bench/search.py all use this point.
+REFERENCE = {
+    objectives.QUALITY: objectives.QUALITY_REFERENCE,
+    **{key: found.reference for key, found in objectives.registered().items()},
+}
+#: A measured objective no module registers here (a study made with a user's `imports`): as a
+#: registered one is by default, a ratio to the dense model with its reference at 1.1x.
+_UNKNOWN = objectives.Objective(key="?", metric="?", field="?")
 
 
-def reference_text(metric: str, objectives: Sequence[str] | None = None) -> str:
+def reference_text(metric: str, names: Sequence[str] | None = None) -> str:
     """The reference point as people read it: `accuracy 0 (1 - accuracy = 1), parameters 1.1x
-    dense, latency 3.0x dense`, for the study's objectives (by metric name) only."""
-    parts = {
-        "quality": f"{metric} 0 (1 - {metric} = {REFERENCE['quality']:g})",
-        "params": f"parameters {REFERENCE['params']:g}x dense",
-        "latency": f"latency {REFERENCE['latency']:g}x dense",
-    }
-    keys = (
-        [record.objective_key(n) or "quality" for n in objectives]
-        if objectives is not None else list(parts)
-    )  # fmt: skip
-    return ", ".join(parts[k] for k in keys if k in parts)
-
-
-def _reference(name: str) -> float:
-    return REFERENCE.get(record.objective_key(name) or "quality")
-
-
-def normalized(trial: Record, dense: Record, objectives: Sequence[str]) -> list[float]:
-    """A trial's objectives as losses in normalized space (see REFERENCE)."""
-    out = []
-    for name in objectives:
-        key = record.objective_key(name)
-        if key is None:  # the quality
-            out.append(1.0 - trial.value(name))
-        elif key == "latency":  # already a ratio to the dense model, measured beside it
-            out.append(trial.value(name))
+    dense, latency 3x dense`, for the study's objectives (by metric name; None: the quality and
+    every registered objective)."""
+    quality = f"{metric} 0 (1 - {metric} = {objectives.QUALITY_REFERENCE:g})"
+    if names is None:
+        names = [metric, *objectives.registered()]
+    parts = []
+    for name in names:
+        found = objectives.get(name)
+        if found is not None:
+            parts.append(found.reference_text())
+        elif name == metric or name == objectives.QUALITY:
+            parts.append(quality)
         else:
-            out.append(trial.value(name) / dense.value(name))
+            parts.append(f"{name} {_UNKNOWN.reference:g}x dense")
+    return ", ".join(parts)
+
+
+def _kind(name: str, metric: str) -> objectives.Objective | None:
+    """The objective `name` names; None for the quality (`metric`, the task's name of it)."""
+    found = objectives.get(name)
+    if found is None and name not in (metric, objectives.QUALITY):
+        return _UNKNOWN
+    return found
+
+
+def _reference(name: str, metric: str) -> float:
+    found = _kind(name, metric)
+    return objectives.QUALITY_REFERENCE if found is None else found.reference
+
+
+def normalized(trial: Record, dense: Record, names: Sequence[str], metric: str = "") -> list[float]:
+    """A trial's objectives as losses in normalized space (see REFERENCE); `metric`: the
+    quality's name (default: the first of `names` the registry does not know)."""
+    metric = metric or next((n for n in names if objectives.get(n) is None), "")
+    out = []
+    for name in names:
+        found = _kind(name, metric)
+        if found is None:  # the quality
+            out.append(1.0 - trial.value(name))
+        else:  # a ratio to the dense model, measured beside it or divided by its value here
+            out.append(found.normalized(trial.value(name), dense.value(name)))
     return out
 
 
@@ -275,15 +315,16 @@ def hypervolume_history(study: optuna.Study) -> list[tuple[int, float]]:
     """
     import numpy as np
 
-    objectives = study.metric_names or [record.quality_metric(study), *record.OBJECTIVES]
+    metric = record.quality_metric(study)
+    names = record.metric_names(study)
     done = [r for r in record.records(study, (TrialState.COMPLETE,)) if r.candidate]
     dense = record.dense(done)
     if dense is None:
         return []
-    reference = np.array([_reference(name) for name in objectives])
+    reference = np.array([_reference(name, metric) for name in names])
     history, points = [], []
     for trial in done:
-        point = normalized(trial, dense, objectives)
+        point = normalized(trial, dense, names, metric)
         if all(p < r for p, r in zip(point, reference, strict=True)):
             points.append(point)
         volume = (

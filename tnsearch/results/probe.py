@@ -229,9 +229,7 @@ def probe_trial(cfg: ProbeConfig, console: Console | None = None) -> BondProbe:
         by_label if not text else {},
     )
     result.seconds = time.perf_counter() - start
-    out = Path(
-        cfg.out or cfg.study_dir / "probe" / f"trial-{trial.number}"
-    )
+    out = Path(cfg.out or cfg.study_dir / "probe" / f"trial-{trial.number}")
     stem = f"{name}-bond{bond}"
     with atomic_path(out / f"{stem}.png") as tmp:
         tmp.write_bytes(figure(result))

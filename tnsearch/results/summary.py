@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from tnsearch import objectives
 from tnsearch import plan as plans
 from tnsearch.config import Config
 from tnsearch.results import pareto
@@ -73,6 +74,7 @@ def description(study: optuna.Study, names: Sequence[str]) -> str:
     table (MLflow renders it on the run's page)."""
     metric = record.quality_metric(study)
     front = record.front(study)
+    extra = list(dict.fromkeys(k for t in front for k in t.measures or {}))
     found = metrics(study)
     lines = [
         f"**tnsearch study `{study.study_name}`**: objectives {', '.join(names)}; "
@@ -83,20 +85,25 @@ def description(study: optuna.Study, names: Sequence[str]) -> str:
         f"Pareto front ({len(front)} trials; latency as a ratio to the dense model timed beside "
         "each trial):",
         "",
-        f"| trial | {metric} | param_count | compression | latency_ratio | ms | plan |",
-        "|---:|---:|---:|---:|---:|---:|---|",
+        f"| trial | {metric} | param_count | compression | latency_ratio | ms | "
+        + "".join(f"{name} | " for name in extra)
+        + "plan |",
+        "|---:|---:|---:|---:|---:|---:|" + "---:|" * len(extra) + "---|",
     ]
-    lines += [_row(t) for t in front]
+    lines += [_row(t, extra) for t in front]
     return "\n".join(lines) + "\n"
 
 
-def _row(t: Record) -> str:
+def _row(t: Record, extra: Sequence[str]) -> str:
     def num(value: Any, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
     noisy = " (noisy)" if t.latency_noisy else ""
+    measures = t.measures or {}
     return (
         f"| {t.number} | {num(t.quality, '.4f')} | {num(t.params, ',d')} | "
         f"{num(t.compression, '.2f')}x | {num(t.latency_ratio, '.3f')}x{noisy} | "
-        f"{num(t.latency_ms, '.3f')} | {plans.summary(t.plan) if t.plan else ''} |"
+        f"{num(t.latency_ms, '.3f')} | "
+        + "".join(f"{objectives.text(name, measures.get(name))} | " for name in extra)
+        + f"{plans.summary(t.plan) if t.plan else ''} |"
     )

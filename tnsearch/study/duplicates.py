@@ -69,12 +69,13 @@ def find(
 
 def copied(earlier: Record) -> dict[str, Any]:
     """The record fields a repeat of trial `earlier` takes from it: its plan, size, latency and
-    quality, and which trial it repeats (not trained)."""
+    quality, its measured objectives, and which trial it repeats (not trained)."""
     return {
         "plan": earlier.plan,
         "params": earlier.params,
         "compression": earlier.compression,
         **{name: getattr(earlier, name) for name in latency.FIELDS},
+        "measures": earlier.measures,
         "trained": False,
         "duplicate_of": earlier.number,
         "quality": earlier.quality,

@@ -1,7 +1,8 @@
 """Pareto-aware early stopping for multi-objective studies.
 
 Optuna cannot prune multi-objective studies (Trial.report and should_prune raise there). But
-two of tnsearch's three objectives, parameters and latency, are known before training starts.
+every objective but the quality (parameters, latency, any measured one) is known before training
+starts.
 So a running trial is stopped when an already finished trial dominates it: no more parameters,
 no more latency, and a quality at the same rung higher by more than `margin`. Such a trial cannot
 reach the front unless it learns much faster later than a model that is already at least as
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 
 from optuna.trial import TrialState
 
+from tnsearch import objectives
 from tnsearch.config import Config, ConfigError
-from tnsearch.study import record
 from tnsearch.study.record import Record
 
 #: The rung before the first epoch (epochs count from 0): the zero-shot quality of a warm trial.
@@ -45,10 +46,22 @@ class ParetoPruner:
     each_epoch: bool = True
     zero_shot: bool = False
 
-    @property
-    def keys(self) -> set[str]:
-        """The objectives as "params" / "latency" (by config key or metric name)."""
-        return {record.objective_key(name) or name for name in self.objectives}
+    def no_worse(self, other: Record, mine: Record) -> bool:
+        """Whether `other` is no worse than `mine` on every objective but the quality (all
+        known before training); a noisy latency may be wrong either way: it proves nothing."""
+        for name in self.objectives:
+            found = objectives.get(name)
+            if found is None:  # the quality
+                continue
+            if found.key == "latency" and (mine.latency_noisy or other.latency_noisy):
+                return False
+            try:
+                theirs, ours = other.value(name), mine.value(name)
+            except ValueError:  # not measured (an older record): no proof
+                return False
+            if theirs > ours if found.direction == "minimize" else theirs < ours:
+                return False
+        return True
 
     def judges(self, epoch: int) -> bool:
         """Whether this pruner judges a trial at rung `epoch` (`ZERO_SHOT`, or from 0)."""
@@ -70,14 +83,7 @@ class ParetoPruner:
         for other in finished:
             if other.state != TrialState.COMPLETE or not other.is_trained:
                 continue
-            if "params" in self.keys and other.params > mine.params:
-                continue
-            if "latency" in self.keys and (
-                # A noisy latency may be wrong either way: it proves no dominance.
-                mine.latency_noisy
-                or other.latency_noisy
-                or other.latency_ratio > mine.latency_ratio
-            ):
+            if not self.no_worse(other, mine):
                 continue
             theirs = accuracy_at(other, epoch)
             if theirs is not None and theirs > val_acc + self.margin:
@@ -107,9 +113,7 @@ def accuracy_at(trial: Record, epoch: int) -> float | None:
     return trial.quality
 
 
-def from_config(
-    cfg: Config, *, maximize: bool = True, warm: bool = False
-) -> ParetoPruner | None:
+def from_config(cfg: Config, *, maximize: bool = True, warm: bool = False) -> ParetoPruner | None:
     """The pruner `pruning.*` asks for, or None when it judges no rung.
 
     `pruning.enabled` (the epoch rungs) null means on when epochs >= 3; `pruning.zero_shot` null

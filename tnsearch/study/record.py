@@ -14,19 +14,18 @@ import datetime
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tnsearch import objectives
 from tnsearch.plan import Plan
 from tnsearch.study import optuna_internals
 
 __all__ = [
     "COUNTED",
-    "OBJECTIVES",
     "SCHEMA_VERSION",
-    "Objective",
     "Outcome",
     "Record",
     "dense",
@@ -53,41 +52,6 @@ LADDER_ATTR = "budget_ladder"  # the budgets whose plans the study enqueued (sea
 
 #: Trial states that count towards `trials` (failed and surplus trials do not).
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-class Objective(NamedTuple):
-    """One objective: how Optuna optimizes it, which record field holds its value, and its
-    name in Optuna, MLflow, pareto.csv, the report and the console (one name everywhere)."""
-
-    direction: str  # "maximize" or "minimize"
-    field: str  # the Record attribute
-    metric: str = ""  # "" for the quality: it goes by the task's name (accuracy, fidelity...)
-
-
-#: The objectives besides the task's quality (`objectives: [quality, params, latency]`), the one
-#: map of name -> objective. Any other name is the quality, under the task's own name.
-OBJECTIVES: dict[str, Objective] = {
-    # not "params": MLflow's runs table already has "Parameters", the run's settings
-    "params": Objective("minimize", "params", "param_count"),
-    "latency": Objective("minimize", "latency_ratio", "latency_ratio"),  # see measure.latency
-}
-QUALITY = "quality"  # how a config names the task's quality among the objectives
-
-
-def objective_key(name: str) -> str | None:
-    """ "params" or "latency" for an objective named by its config key or its metric name (or
-    as studies made before the names were one named it); None for the quality."""
-    for key, found in OBJECTIVES.items():
-        if name in (key, found.metric):
-            return key
-    return None
-
-
-def objective(name: str, quality_direction: str = "maximize") -> Objective:
-    """The objective `name` names: params, latency (by key or metric name), or (any other
-    name) the quality."""
-    key = objective_key(name)
-    return OBJECTIVES[key] if key else Objective(quality_direction, "quality")
 
 
 class Outcome(enum.Enum):
@@ -141,6 +105,7 @@ class Record:
     dense_latency_ms: float | None = None  # the dense reference, timed beside it
     latency_device: str | None = None  # e.g. "NVIDIA H200", or the CPU model and threads
     latency_noisy: bool | None = None  # the paired ratios spread wider than NOISY_SPREAD
+    measures: Mapping[str, float] | None = None  # measured objectives by metric (`objectives`)
     history: Sequence[Mapping[str, float]] | None = None  # {"epoch", "train_loss", "val_acc"}
     seconds: float | None = None
     fail_reason: str | None = None
@@ -256,12 +221,21 @@ class Record:
         return f"{self.latency_ratio:.2f}x dense ({self.latency_ms:.3f} ms{noisy})"
 
     def value(self, name: str) -> float:
-        """The value of objective `name` (params, latency, or any other name: the quality)."""
-        field_name = objective(name).field
-        found = getattr(self, field_name)
-        if found is None:
-            raise ValueError(f"trial {self.number} has no {field_name}")
-        return float(found)
+        """The value of objective `name` (by key or metric name): a registered objective's
+        field, a measured objective's entry in `measures` (also one no module registers here),
+        or, for any other name, the quality."""
+        found = objectives.get(name)
+        measures = self.measures or {}
+        if found is not None and found.field:
+            value, what = getattr(self, found.field), found.field
+        elif found is not None or name in measures:
+            metric = found.metric if found is not None else name
+            value, what = measures.get(metric), metric
+        else:
+            value, what = self.quality, "quality"
+        if value is None:
+            raise ValueError(f"trial {self.number} has no {what}")
+        return float(value)
 
     def values_for(self, objectives: Iterable[str]) -> list[float]:
         """The values to tell Optuna, in the study's objective order."""
@@ -368,6 +342,12 @@ def schema(study: optuna.Study) -> int | None:
 def quality_metric(study: optuna.Study) -> str:
     """The task's name of the study's quality (schema 1 studies: accuracy)."""
     return str(study.user_attrs.get(QUALITY_ATTR, "accuracy"))
+
+
+def metric_names(study: optuna.Study) -> list[str]:
+    """The study's objectives by metric name, as Optuna holds them (studies made before Optuna
+    kept names: the quality, param_count, latency_ratio)."""
+    return list(study.metric_names or [quality_metric(study), "param_count", "latency_ratio"])
 
 
 def set_quality_metric(study: optuna.Study, name: str) -> None:

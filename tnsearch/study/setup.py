@@ -15,8 +15,8 @@ from typing import Any
 import optuna
 import torch
 
+from tnsearch import objectives, tn
 from tnsearch import plan as plans
-from tnsearch import tn
 from tnsearch.config import Config, ConfigError, load
 from tnsearch.measure import latency
 from tnsearch.space import Space
@@ -53,7 +53,7 @@ class Setup:
     @property
     def directions(self) -> list[str]:
         quality = task_metric(self.cfg)[1]
-        return [record.objective(name, quality).direction for name in self.metric_names]
+        return [objectives.direction(name, quality) for name in self.metric_names]
 
     def teacher(self) -> torch.nn.Module:
         """The trained dense model (built once per worker), for tasks that learn from it."""
@@ -153,33 +153,36 @@ def task_metric(cfg: Config) -> tuple[str, str]:
 
 def metric_names(cfg: Config) -> list[str]:
     """The objectives by their metric names (Optuna's, MLflow's): `quality` as the task names
-    it, `params` as param_count, `latency` as latency_ratio."""
+    it, a registered objective by its metric (`params` as param_count, `latency` as
+    latency_ratio)."""
     name = task_metric(cfg)[0]
+    registered = objectives.registered()
     return [
-        name
-        if o == record.QUALITY
-        else record.OBJECTIVES[o].metric
-        if o in record.OBJECTIVES
-        else o
+        name if o == objectives.QUALITY else registered[o].metric if o in registered else o
         for o in cfg.objectives
     ]
 
 
 def check_objectives(cfg: Config) -> None:
-    """`objectives` must name quality (or the task's metric), params, latency, each once."""
-    objectives = list(cfg.objectives)
+    """`objectives` must name quality (or the task's metric) and registered objectives (the
+    modules under `imports` register theirs), each once."""
+    names = list(cfg.objectives)
     metric, direction = task_metric(cfg)
-    known = [record.QUALITY, *record.OBJECTIVES]
-    if not objectives:
+    try:
+        objectives.import_modules(cfg.imports)
+    except ImportError as exc:
+        raise ConfigError("imports", f"cannot import: {exc}") from None
+    known = [objectives.QUALITY, *objectives.registered()]
+    if not names:
         raise ConfigError("objectives", f"must name at least one of {', '.join(known)}")
-    for name in objectives:
+    for name in names:
         if name not in (*known, metric):
             raise ConfigError(
                 "objectives",
                 f"unknown {name!r} (known: {', '.join(known)}; the quality is {metric!r})",
             )
-    if len(set(metric_names(cfg))) != len(objectives):
-        raise ConfigError("objectives", f"duplicates in {objectives}")
+    if len(set(metric_names(cfg))) != len(names):
+        raise ConfigError("objectives", f"duplicates in {names}")
     if direction not in ("maximize", "minimize"):
         raise ConfigError("task.direction", f"must be maximize or minimize, got {direction!r}")
 
@@ -565,7 +568,7 @@ def create_study_with_retry(**kwargs) -> optuna.Study:
 
 
 def _keys(names) -> list[str]:
-    return [record.objective_key(n) or n for n in names]
+    return [objectives.key_of(n) or n for n in names]
 
 
 def make_sampler(cfg: Config) -> optuna.samplers.BaseSampler:

@@ -18,12 +18,14 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from tnsearch import interrupts, tn
+from tnsearch import interrupts, objectives, tn
 from tnsearch import plan as plans
 from tnsearch.budget import calibration
 from tnsearch.config import ConstraintsConfig
 from tnsearch.files import atomic_path
 from tnsearch.interrupts import Interrupted
+from tnsearch.measure import latency
+from tnsearch.measure.measured import measured
 from tnsearch.measure.trial_latency import trial_latency
 from tnsearch.study import duplicates, liveness, record, sensitivity, trial_mlflow, trial_training
 from tnsearch.study.record import Outcome, Record
@@ -137,7 +139,7 @@ class _Trial:
         return model
 
     def measure(self, model: torch.nn.Module) -> None:
-        """Time the model beside the dense reference, as the study's `latency.Timing` says."""
+        """Time the model beside the dense model (`latency.Timing`), then measure the rest."""
         stats = trial_latency(
             model,
             self.setup.datamodule,
@@ -148,6 +150,9 @@ class _Trial:
             train_compile=self.cfg.trainer.compile,
         )
         self.update(**stats.fields())
+        if found := objectives.measured(self.cfg.objectives):
+            example = latency.example_batch(self.setup.datamodule, self.setup.timing.batch_size)
+            self.update(measures=measured(model, example, found))
 
     def infeasible(self) -> bool:
         """Record the constraints; an infeasible trial is told at once and not trained (the
@@ -236,9 +241,9 @@ def _reason(exc: BaseException) -> str:
 
 def _constraints(constraints: ConstraintsConfig, rec: Record) -> dict[str, float]:
     """Constraint values (<= 0 means satisfied), for the limits that are set."""
-    measured = {  # max_latency: a ratio to the dense model's latency
+    values = {  # max_latency: a ratio to the dense model's latency
         "max_params": rec.params,
         "max_latency": rec.latency_ratio,
         "max_latency_ms": rec.latency_ms,
     }
-    return {key: float(measured[key] - limit) for key, limit in constraints.limits().items()}
+    return {key: float(values[key] - limit) for key, limit in constraints.limits().items()}

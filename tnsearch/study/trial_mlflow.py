@@ -49,9 +49,7 @@ def run_params(
         latency_compile=cfg.latency.compile,
         latency_dtype=cfg.latency.dtype,
         warm_start=cfg.model.get("checkpoint")
-        or (
-            f"pretrain {cfg.pretrain.epochs} epochs" if cfg.pretrain.epochs else "none"
-        ),
+        or (f"pretrain {cfg.pretrain.epochs} epochs" if cfg.pretrain.epochs else "none"),
     )
     for key, value in optimizer.items():
         if not key.startswith("_"):
@@ -88,8 +86,9 @@ def end_run(
 
 def final_metrics(rec: Record, metric: str) -> dict[str, float]:
     """A trial's final MLflow metrics, the quality under the task's name `metric` (e.g.
-    `accuracy`, `test_accuracy`, `zero_shot_accuracy`)."""
+    `accuracy`, `test_accuracy`, `zero_shot_accuracy`), then the measured objectives."""
     found = {shown(field, metric): getattr(rec, field) for field in FIGURES}
+    found.update(rec.measures or {})  # the measured objectives, by metric name
     return {name: rounded(name, value) for name, value in found.items() if value is not None}
 
 

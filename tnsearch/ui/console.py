@@ -4,8 +4,10 @@ command that stops."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from typing import Protocol, TextIO
 
+from tnsearch import objectives
 from tnsearch.ui.names import short_name
 
 
@@ -53,6 +55,7 @@ class Figures(Protocol):
     duplicate_of: int | None
     fail_reason: str | None
     prune_reason: str | None
+    measures: Mapping[str, float] | None  # the measured objectives, by metric name
 
     def latency_text(self) -> str: ...
 
@@ -61,13 +64,15 @@ def trial_line(
     rec: Figures, summary: str, outcome: str, seconds: float, *, metric: str = "accuracy"
 ) -> str:
     """One console line per trial: number, plan summary, quality (under the task's name),
-    params (compression), latency, time; or why it was not trained. `outcome`: how the trial
-    ended, by name (`study.record.Outcome`'s value: complete, infeasible, duplicate, ...)."""
+    params (compression), latency, the measured objectives, time; or why it was not trained.
+    `outcome`: how the trial ended, by name (`study.record.Outcome`'s value: complete,
+    infeasible, duplicate, ...)."""
     head = f"trial {rec.number:>3}  {summary[:48]:<48}"
     if outcome == "complete":
         return (
             f"{head}  {short_name(metric)} {rec.quality:.4f}  params {rec.params:>10,} "
-            f"({rec.compression:.1f}x)  {rec.latency_text()}  {seconds:.1f} s"
+            f"({rec.compression:.1f}x)  {rec.latency_text()}{measured_text(rec.measures)}  "
+            f"{seconds:.1f} s"
         )
     if outcome == "infeasible":
         return f"{head}  infeasible: {rec.infeasible or ''}"
@@ -75,6 +80,11 @@ def trial_line(
         return f"{head}  same plan as trial {rec.duplicate_of}: not trained again"
     reason = rec.fail_reason or rec.prune_reason or ""
     return f"{head}  {outcome.upper()}: {reason}"
+
+
+def measured_text(measures: Mapping[str, float] | None) -> str:
+    """The measured objectives as the console shows them: `  flops 1.2M` ('' for none)."""
+    return "".join(f"  {k} {objectives.text(k, v)}" for k, v in (measures or {}).items())
 
 
 def warn(text: str) -> None:

@@ -8,6 +8,8 @@ parameter count (`param_count`: MLflow's runs table already has "Parameters", a 
 
 from __future__ import annotations
 
+from tnsearch import objectives
+
 __all__ = ["DECIMALS", "headers", "rounded", "short_name", "shown", "test_name", "val_name"]
 
 #: Decimals a figure is shown (and logged) with, by its shown name.
@@ -43,6 +45,9 @@ def rounded(name: str, value: float) -> float:
     value = float(value)
     if name in DECIMALS:
         return round(value, DECIMALS[name])
+    objective = objectives.get(name)
+    if objective is not None and objective.metric == name and objective.measure is not None:
+        return objective.rounded(value)  # a measured objective, as it says
     if name.endswith("_ms"):
         return float(f"{value:.4g}")
     if name.startswith(("best_", "dense_")) and not value.is_integer():
