@@ -101,7 +101,7 @@ def compress(cfg: Config, console: Console | None = None) -> Path:
         result = training.fit(
             module, ready.datamodule, epochs=heal, trainer_cfg=cfg.trainer, metric=ready.metric
         )
-        quality = result.val_acc
+        quality = result.val_quality
         model = model.cpu().eval()
     dense_test = test()
     test_quality = sensitivity.evaluator(ready, model, examples=None, split="test")()

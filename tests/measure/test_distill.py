@@ -49,10 +49,10 @@ def test_healing_raises_the_fidelity_of_a_truncated_student(tmp_path):
         trainer_cfg={"accelerator": "cpu"},
         on_zero_shot=zero_shot.append,
     )
-    print(f"fidelity zero-shot {zero_shot[0]:.4f}, healed {result.val_acc:.4f}")
+    print(f"fidelity zero-shot {zero_shot[0]:.4f}, healed {result.val_quality:.4f}")
     assert Distill.metric == "fidelity"
     assert 0.0 < zero_shot[0] < 0.99  # the truncation cost fidelity
-    assert result.val_acc > zero_shot[0]  # healing brought it back towards the teacher
+    assert result.val_quality > zero_shot[0]  # healing brought it back towards the teacher
     assert all(
         torch.equal(a, b)
         for a, b in zip(

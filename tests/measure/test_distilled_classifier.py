@@ -101,7 +101,7 @@ def test_features_add_alpha_times_the_mse_of_the_last_linear_s_inputs():
     task.validation_step((x, task.model(x).argmax(dim=1)), 0)
     task.on_validation_epoch_end()
     task.on_fit_end()
-    assert task.val_acc == 1.0
+    assert task.val_quality == 1.0
     mine, theirs = task.model[:3](x), task.teacher[:3](x)  # the input of the last Linear (B, 8)
     expected = distilled_loss(task.model(x), task.teacher(x), y, temperature=2.0, alpha=0.25)
     expected = expected + 0.25 * F.mse_loss(mine, theirs)

@@ -41,8 +41,8 @@ def test_dominated_trial_is_pruned_at_the_first_allowed_epoch():
     pruner = ParetoPruner(OBJECTIVES, margin=0.01, min_epochs=2)
     worse = Record(params=2000, latency_ratio=2.0)
     done = [Record.from_trial(best)]
-    assert pruner.dominator(done, worse, epoch=0, val_acc=0.50) is None  # warm-up
-    reason = pruner.dominator(done, worse, epoch=1, val_acc=0.70)
+    assert pruner.dominator(done, worse, epoch=0, quality=0.50) is None  # warm-up
+    reason = pruner.dominator(done, worse, epoch=1, quality=0.70)
     assert reason and "trial 0" in reason and "epoch 2" in reason
 
 
@@ -60,7 +60,7 @@ def test_a_trial_better_on_any_objective_is_never_pruned(attrs, acc):
     pruner = ParetoPruner(OBJECTIVES, margin=0.01, min_epochs=1)
     for epoch in range(3):
         mine = curve[epoch] - 0.005 if acc is None else acc
-        assert pruner.dominator([Record.from_trial(best)], attrs, epoch=epoch, val_acc=mine) is None
+        assert pruner.dominator([Record.from_trial(best)], attrs, epoch=epoch, quality=mine) is None
 
 
 def test_objectives_not_searched_do_not_protect_a_trial():
@@ -83,7 +83,7 @@ def warm_finished(number, params, latency, zero_shot, final=0.95):
         latency_ratio=latency,
         quality=final,
         zero_shot_quality=zero_shot,
-        history=({"epoch": 0, "val_acc": final, "train_loss": 1.0},),
+        history=({"epoch": 0, "val_quality": final, "train_loss": 1.0},),
     )
 
 
@@ -195,9 +195,9 @@ def test_a_noisy_latency_proves_no_dominance(noisy):
     pruner = ParetoPruner(OBJECTIVES, margin=0.01, min_epochs=1)
     done = [Record.from_trial(best)]
     mine = Record(params=2000, latency_ratio=2.0)
-    assert pruner.dominator(done, mine, epoch=0, val_acc=0.5)  # quiet: dominated
+    assert pruner.dominator(done, mine, epoch=0, quality=0.5)  # quiet: dominated
     if noisy == "mine":
         mine = mine.replace(latency_noisy=True)
     else:
         done = [done[0].replace(latency_noisy=True)]
-    assert pruner.dominator(done, mine, epoch=0, val_acc=0.5) is None
+    assert pruner.dominator(done, mine, epoch=0, quality=0.5) is None

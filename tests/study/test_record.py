@@ -40,8 +40,8 @@ _ALL_ATTRS = {
     "latency_p90_ms": 0.3,
     "measures": {"flops": 2048.0},
     "history": [
-        {"epoch": 0, "train_loss": 1.5, "val_acc": 0.6},
-        {"epoch": 1, "train_loss": 0.9, "val_acc": 0.8},
+        {"epoch": 0, "train_loss": 1.5, "val_quality": 0.6},
+        {"epoch": 1, "train_loss": 0.9, "val_quality": 0.8},
     ],
     "seconds": 12.5,
     "fail_reason": "boom",
@@ -334,6 +334,14 @@ def test_schema_1_quality_is_read_from_its_accuracy_keys():
         "zero_shot_quality": 0.5,
         "trained": True,
     }
+
+
+def test_schema_2_learning_curve_is_read_as_val_quality():
+    curve = [{"epoch": 0, "train_loss": 1.0, "val_acc": 0.7}, {"epoch": 1, "val_quality": 0.8}]
+    trial = optuna.trial.create_trial(values=[0.8], user_attrs={"history": curve})
+    rec = Record.from_trial(trial)
+    assert [p["val_quality"] for p in rec.history] == [0.7, 0.8]
+    assert all("val_acc" not in p for p in rec.history)
 
 
 def test_mark_schema_refuses_a_newer_study():

@@ -34,11 +34,11 @@ def _study():
 
 
 def test_render_shows_trials_time_eta_best_and_front():
-    line = render(Snapshot(done=4, target=12, elapsed=192, eta=400, best_accuracy=0.925, front=3))
+    line = render(Snapshot(done=4, target=12, elapsed=192, eta=400, best_quality=0.925, front=3))
     assert line == (
         "trials 4/12 [######------------] | 3m12s elapsed | ETA 6m40s | best acc 0.9250 | front 3"
     )
-    empty = render(Snapshot(done=0, target=5, elapsed=3, eta=None, best_accuracy=None, front=0))
+    empty = render(Snapshot(done=0, target=5, elapsed=3, eta=None, best_quality=None, front=0))
     assert "trials 0/5 [------------------]" in empty and "ETA -" in empty
     assert "best acc -" in empty
     narrow = render(Snapshot(4, 12, 192, 400, 0.925, 3), width=40)
@@ -55,7 +55,7 @@ def test_clock(seconds, text):
 def test_snapshot_counts_trained_trials_and_estimates_from_the_mean_trial_time():
     s = snapshot(_study(), target=5, elapsed=42.0)
     assert (s.done, s.target, s.elapsed, s.front) == (3, 5, 42.0, 2)  # pruned trials count
-    assert s.best_accuracy == 0.97  # of finished trials
+    assert s.best_quality == 0.97  # of finished trials
     mean = (10 + 30 + 2) / 3  # every finished trial took time, infeasible ones too
     assert s.eta == pytest.approx(mean * 2, rel=0.05)
     assert snapshot(_study(), target=7, elapsed=0, workers=4).eta == pytest.approx(mean, rel=0.05)

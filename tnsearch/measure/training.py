@@ -18,7 +18,7 @@ from torch import nn
 from tnsearch import bonds
 from tnsearch.config import TrainerConfig
 
-#: Epoch metrics handed to the epoch callback: {"epoch": int, "train_loss": float, "val_acc": float}
+#: Epoch metrics handed to the epoch callback: {"epoch", "train_loss", "val_quality"} (floats).
 EpochSink = Callable[[dict[str, float]], None]
 #: Bond metrics handed to the bond callback: (epochs trained, {"bonds/<layer>/entropy_<k>": ...}).
 BondSink = Callable[[int, dict[str, float]], None]
@@ -89,7 +89,7 @@ class Classifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return logits(self.model(x), self._output)
 
-    #: The name of the quality `val_acc` / `test_acc` hold (a subclass may measure another).
+    #: The name of the quality `val_quality` / `test_quality` hold (a subclass may measure another).
     metric = "accuracy"
 
     def loss(self, batch: Any) -> torch.Tensor:
@@ -144,7 +144,7 @@ class Classifier(pl.LightningModule):
         self._count(batch)
 
     def on_validation_epoch_end(self) -> None:
-        self.val_acc = self._correct / max(self._seen, 1)
+        self.val_quality = self._correct / max(self._seen, 1)
 
     def on_test_epoch_start(self) -> None:
         self._correct, self._seen = 0, 0
@@ -153,7 +153,7 @@ class Classifier(pl.LightningModule):
         self._count(batch)
 
     def on_test_epoch_end(self) -> None:
-        self.test_acc = self._correct / max(self._seen, 1)
+        self.test_quality = self._correct / max(self._seen, 1)
 
     def trained_parameters(self):
         """The parameters the optimizer updates (all of them here)."""
@@ -181,7 +181,7 @@ def val_quality(module: pl.LightningModule, trainer: pl.Trainer, metric: str) ->
     """The validation quality: a tnsearch task's own figure, or the metric a user's module
     logged (`self.log(metric, ...)`)."""
     if isinstance(module, Classifier):
-        return float(getattr(module, "val_acc", float("nan")))
+        return float(getattr(module, "val_quality", float("nan")))
     found = trainer.callback_metrics.get(metric)
     if found is None:
         logged = ", ".join(sorted(trainer.callback_metrics)) or "nothing"
@@ -195,7 +195,7 @@ def test_quality(module: pl.LightningModule, trainer: pl.Trainer, metric: str) -
     """The test quality: a tnsearch task's own, or what a user's module logged as the metric
     with `val` read as `test` (val_f1 -> test_f1), or under the metric's own name."""
     if isinstance(module, Classifier):
-        return float(module.test_acc)
+        return float(module.test_quality)
     for name in (metric.replace("val", "test", 1), metric):
         if name in trainer.callback_metrics:
             return float(trainer.callback_metrics[name])
@@ -232,7 +232,7 @@ def check_logs(module: pl.LightningModule, datamodule: pl.LightningDataModule, m
 
 
 class EpochEnd(pl.Callback):
-    """Hands each epoch's train_loss and validation quality (as "val_acc") to `sink` (MLflow,
+    """Hands each epoch's train_loss and validation quality (as "val_quality") to `sink` (MLflow,
     learning curve, pruning)."""
 
     def __init__(self, sink: EpochSink, metric: str = "accuracy") -> None:
@@ -243,7 +243,7 @@ class EpochEnd(pl.Callback):
             {
                 "epoch": trainer.current_epoch,
                 "train_loss": _train_loss(module, trainer),
-                "val_acc": val_quality(module, trainer, self._metric),
+                "val_quality": val_quality(module, trainer, self._metric),
             }
         )
 
@@ -284,8 +284,8 @@ class BondsPerEpoch(pl.Callback):
 class TrainResult:
     """What training gave: the final qualities (accuracy, fidelity, ...) and the learning curve."""
 
-    val_acc: float
-    test_acc: float | None
+    val_quality: float
+    test_quality: float | None
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -353,13 +353,13 @@ def fit(
             trainer.validate(module, datamodule=datamodule, verbose=False)
             on_zero_shot(val_quality(module, trainer, metric))
         trainer.fit(module, datamodule=datamodule)
-        val_acc = history[-1]["val_acc"] if history else float("nan")
+        quality = history[-1]["val_quality"] if history else float("nan")
     else:
         trainer.validate(module, datamodule=datamodule, verbose=False)
-        val_acc = val_quality(module, trainer, metric)
-        if on_zero_shot is not None:  # untrained: the evaluation is the zero-shot accuracy
-            on_zero_shot(val_acc)
+        quality = val_quality(module, trainer, metric)
+        if on_zero_shot is not None:  # untrained: the evaluation is the zero-shot quality
+            on_zero_shot(quality)
     trainer.test(module, datamodule=datamodule, verbose=False)
     return TrainResult(
-        val_acc=val_acc, test_acc=test_quality(module, trainer, metric), history=history
+        val_quality=quality, test_quality=test_quality(module, trainer, metric), history=history
     )

@@ -112,7 +112,7 @@ def snapshot(study: optuna.Study, target: int, elapsed: float, *, workers: int =
         target=target,
         elapsed=elapsed,
         eta=0.0 if left == 0 else eta,
-        best_accuracy=max(accuracies) if accuracies else None,
+        best_quality=max(accuracies) if accuracies else None,
         front=len(record.front(study)),
         metric=record.quality_metric(study),
     )
@@ -195,9 +195,9 @@ def pretrain(setup: Setup) -> dict[str, torch.Tensor]:
             setup.datamodule,
             epochs=epochs,
             trainer_cfg=cfg.trainer,
-            on_epoch=lambda m: steps.advance(note=f"val acc {m.get('val_acc', float('nan')):.4f}"),
+            on_epoch=lambda m: steps.advance(note=f"val acc {m['val_quality']:.4f}"),
         )
-    setup.console.say(f"pretrained dense model: val acc {result.val_acc:.4f}")
+    setup.console.say(f"pretrained dense model: val acc {result.val_quality:.4f}")
     return model.state_dict()
 
 

@@ -74,10 +74,10 @@ class ParetoPruner:
         finished: Sequence[Record],
         mine: Record,
         epoch: int,
-        val_acc: float,
+        quality: float,
     ) -> str | None:
         """The reason to prune, or None. `epoch` counts from 0 (`ZERO_SHOT`: before the first,
-        `val_acc` is then the zero-shot quality); `mine` holds params/latency."""
+        `quality` is then the zero-shot one); `mine` holds params/latency."""
         if not self.judges(epoch):
             return None
         for other in finished:
@@ -86,7 +86,7 @@ class ParetoPruner:
             if not self.no_worse(other, mine):
                 continue
             theirs = accuracy_at(other, epoch)
-            if theirs is not None and theirs > val_acc + self.margin:
+            if theirs is not None and theirs > quality + self.margin:
                 where = (
                     f"at zero-shot by trial {other.number}:"
                     if epoch == ZERO_SHOT
@@ -94,7 +94,7 @@ class ParetoPruner:
                 )
                 return (
                     f"dominated {where} "
-                    f"quality {val_acc:.4f} < {theirs:.4f} - {self.margin} with no fewer params "
+                    f"quality {quality:.4f} < {theirs:.4f} - {self.margin} with no fewer params "
                     f"({mine.params:,} >= {other.params:,}) and no lower latency "
                     f"({mine.latency_ratio:.2f}x >= {other.latency_ratio:.2f}x dense)"
                 )
@@ -109,7 +109,7 @@ def accuracy_at(trial: Record, epoch: int) -> float | None:
         return trial.zero_shot_quality
     for point in trial.history or ():
         if int(point["epoch"]) == epoch:
-            return float(point["val_acc"])
+            return float(point["val_quality"])
     return trial.quality
 
 

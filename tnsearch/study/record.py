@@ -36,8 +36,9 @@ __all__ = [
 
 #: Version of the user-attribute schema below; stored with every study (study user attribute
 #: `SCHEMA_ATTR`) so that a later tnsearch can read an older study. 2: the task's quality is
-#: `quality` (1 stored it as `accuracy`, read as such).
-SCHEMA_VERSION = 2
+#: `quality` (1 stored it as `accuracy`, read as such). 3: the learning curve's validation
+#: quality is `val_quality` (2 stored `val_acc`, read as such); `measures`.
+SCHEMA_VERSION = 3
 SCHEMA_ATTR = "tnsearch_schema"
 QUALITY_ATTR = "quality_metric"  # the task's name of its quality: accuracy, fidelity, val_f1...
 #: The names schema 1 stored the quality under.
@@ -106,7 +107,7 @@ class Record:
     latency_device: str | None = None  # e.g. "NVIDIA H200", or the CPU model and threads
     latency_noisy: bool | None = None  # the paired ratios spread wider than NOISY_SPREAD
     measures: Mapping[str, float] | None = None  # measured objectives by metric (`objectives`)
-    history: Sequence[Mapping[str, float]] | None = None  # {"epoch", "train_loss", "val_acc"}
+    history: Sequence[Mapping[str, float]] | None = None  # {"epoch", "train_loss", "val_quality"}
     seconds: float | None = None
     fail_reason: str | None = None
     surplus: bool | None = None  # FAIL only because the study reached its target meanwhile
@@ -130,7 +131,7 @@ class Record:
             if old in attrs and new not in stored:
                 stored[new] = attrs[old]
         if stored.get("history") is not None:
-            stored["history"] = tuple(stored["history"])
+            stored["history"] = tuple(map(_point, stored["history"]))
         if stored.get("plan") is not None:
             stored["plan"] = _plan(stored["plan"])
         return cls(
@@ -260,6 +261,13 @@ def write_fields(trial: optuna.Trial, **fields: Any) -> None:
         if key not in _ATTRS:
             raise KeyError(f"{key!r} is not a field of a trial record")
         trial.set_user_attr(key, _stored(key, value))
+
+
+def _point(point: Mapping[str, float]) -> Mapping[str, float]:
+    """A learning curve's point as schema 3 names it (`val_acc` before: `val_quality`)."""
+    if "val_acc" in point and "val_quality" not in point:
+        point = {("val_quality" if k == "val_acc" else k): v for k, v in point.items()}
+    return point
 
 
 def _stored(name: str, value: Any) -> Any:

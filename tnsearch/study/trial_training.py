@@ -64,10 +64,10 @@ def fit(trial: Training, model: torch.nn.Module) -> dict[str, Any]:
         trial.tracker.log_metrics(
             trial.run_id,
             # the validation quality by epoch, under the name of the final one: one figure
-            {"train_loss": metrics["train_loss"], setup.metric: metrics["val_acc"]},
+            {"train_loss": metrics["train_loss"], setup.metric: metrics["val_quality"]},
             step=int(metrics["epoch"]),
         )
-        judge(int(metrics["epoch"]), metrics["val_acc"])
+        judge(int(metrics["epoch"]), metrics["val_quality"])
 
     def on_zero_shot(value: float) -> None:  # kept even when the trial is pruned here
         trial.update(zero_shot_quality=value)
@@ -88,8 +88,8 @@ def fit(trial: Training, model: torch.nn.Module) -> dict[str, Any]:
         trial.tracker.log_metrics(trial.run_id, {"bonds_seconds": spectra.seconds})
     return {
         "trained": True,
-        "quality": result.val_acc,
-        "test_quality": result.test_acc,
+        "quality": result.val_quality,
+        "test_quality": result.test_quality,
         "history": tuple(result.history),
     }
 

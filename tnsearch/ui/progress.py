@@ -33,7 +33,7 @@ class Snapshot:
     target: int
     elapsed: float  # seconds since the display started
     eta: float | None  # seconds to the target, None before a trial finished
-    best_accuracy: float | None  # the best quality (accuracy, fidelity...) of finished trials
+    best_quality: float | None  # the best quality (accuracy, fidelity...) of finished trials
     front: int  # Pareto-optimal trials
     metric: str = "accuracy"  # the quality's name
 
@@ -56,7 +56,7 @@ def render(s: Snapshot, width: int = 100) -> str:
         f"{clock(s.elapsed)} elapsed",
         f"ETA {clock(s.eta)}" if s.eta is not None else "ETA -",
         f"best {short_name(s.metric)} "
-        + (f"{s.best_accuracy:.4f}" if s.best_accuracy is not None else "-"),
+        + (f"{s.best_quality:.4f}" if s.best_quality is not None else "-"),
         f"front {s.front}",
     ]
     line = " | ".join(parts)
