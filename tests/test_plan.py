@@ -103,3 +103,17 @@ def test_flatten_names_the_searched_layers_a_plan_keeps_dense():
     assert flat["fc1.topology"] == "mpo" and flat["fc1.rank"] == "4"
     assert flat["fc2.topology"] == "dense" and flat["fc2.rank"] == "0"
     assert "fc2.topology" not in plans.flatten(plan)
+
+
+def test_precision_travels_with_the_plan_and_float32_is_left_out(tmp_path):
+    layers = {"fc1": {"topology": "mpo", "order": 2, "in_modes": [8, 8], "out_modes": [10, 10],
+                      "rank": 4}}  # fmt: skip
+    plan = plans.make({"_target_": "m.MLP"}, {}, layers, {"fc1": "int8", "fc2": "fp32"})
+    assert plan.precision == {"fc1": "int8"}
+    assert plans.Plan.from_json(plan.to_json()) == plan
+    assert "precision" not in plans.make({"_target_": "m.MLP"}, {}, layers).to_json()
+    assert plans.summary(plan) == "mpo x1 (o2, r4), int8 x1"
+    assert plans.summary(plans.make({}, {}, {}, {"fc1": "int8", "fc2": "int8"})) == "dense, int8 x2"
+    assert plans.flatten(plan)["fc1.precision"] == "int8"
+    with pytest.raises(ValueError, match="precision"):
+        plans.Plan.from_json({"precision": {"fc1": 8}})

@@ -63,6 +63,34 @@ def test_dense_params_keep_every_layer_dense():
     assert s.suggest(trial) == {}
 
 
+def test_precisions_are_one_choice_per_group_dense_or_tensorized():
+    s = Space.from_config(space(granularity="group", precisions=["fp32", "int8"]), resnet())
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        layers, precision = s.suggest(trial), s.suggest_precision(trial)
+        assert set(precision) == {layer.name for layer in s.layers}  # dense ones too
+        for group, members in s.groups.items():
+            assert len({precision[m.name] for m in members}) == 1
+            assert trial.params[f"{group}.precision"] == precision[members[0].name]
+            seen.add((precision[members[0].name], members[0].name in layers))
+        # enqueuing the plan asks for the same choices again
+        again = optuna.trial.FixedTrial(s.params_for(layers, precision))
+        assert s.suggest(again) == layers and s.suggest_precision(again) == precision
+        study.tell(trial, 0.0)
+    assert {("int8", True), ("int8", False), ("fp32", True), ("fp32", False)} <= seen
+    dense = optuna.trial.FixedTrial(s.dense_params())
+    assert set(s.suggest_precision(dense).values()) == {"fp32"} and s.suggest(dense) == {}
+
+
+def test_one_precision_asks_nothing():
+    s = Space.from_config(SPACE, resnet())
+    trial = optuna.trial.FixedTrial(s.dense_params())
+    assert set(s.suggest_precision(trial).values()) == {"fp32"}
+    assert not any(k.endswith(".precision") for k in s.dense_params())
+
+
 def test_suggested_modes_multiply_to_at_least_the_dimension():
     s = Space.from_config(SPACE, resnet())
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -99,6 +127,9 @@ def _prod(values):
         ({"min_size": 10**9}, "space.layers"),
         ({"granularity": "block"}, "space.granularity"),
         ({"factorizations": "all"}, "space.factorizations"),
+        ({"precisions": ["fp32", "int4"]}, "space.precisions"),
+        ({"precisions": []}, "space.precisions"),
+        ({"precisions": ["int8", "int8"]}, "space.precisions"),
     ],
 )
 def test_bad_space_values_name_the_key(changes, key):

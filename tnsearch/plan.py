@@ -9,10 +9,12 @@ reads back::
      "inputs": {"in_channels": 1, "image_size": 28, "num_classes": 10},
      "layers": {"layer1.0.conv1": {"topology": "tucker", "order": 2, "in_modes": [4, 4],
                                    "out_modes": [4, 4], "rank": 8}, ...},
-     "params": 61402}
+     "params": 61402,
+     "precision": {"layer1.0.conv1": "int8"}}
 
-Layers not listed stay dense. `build(plan)` rebuilds the model from the plan alone. Every
-function here takes a `Plan` or its JSON object (`Plan.of`).
+Layers not listed stay dense; layers not under `precision` (tensorized or dense) keep float32
+weights (the key is left out when every layer does). `build(plan)` rebuilds the model from the
+plan alone. Every function here takes a `Plan` or its JSON object (`Plan.of`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from tnsearch.files import write_text
 from tnsearch.models import as_linear, is_conv1d
 
 VERSION = 1
+#: The precision of a layer the plan does not quantize.
+FLOAT32 = "fp32"
 #: Config keys of the `model/` group that are not constructor arguments.
 NON_MODEL_KEYS = ("checkpoint",)
 
@@ -52,13 +56,16 @@ def model_config(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
 class Plan:
     """One trial's model: its constructor (`model`, with `_target_`), the data's facts it is
     built for (`inputs`), the layers it tensorizes (name -> spec: topology, order, in_modes,
-    out_modes, rank[, path]) and, once built, its parameter count."""
+    out_modes, rank[, path]), the layers whose weights are quantized (name -> precision, e.g.
+    "int8"; any layer the space may search, tensorized or dense) and, once built, its parameter
+    count."""
 
     model: Mapping[str, Any] = field(default_factory=dict)
     inputs: Mapping[str, Any] = field(default_factory=dict)
     layers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     params: int | None = None
     version: int = VERSION
+    precision: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, plan: Plan | Mapping[str, Any]) -> Plan:
@@ -81,7 +88,13 @@ class Plan:
             if not isinstance(value, Mapping):
                 raise ValueError(f"plan: {key!r} must be a JSON object, got {type(value).__name__}")
         params = data.get("params")
+        precision = data.get("precision", {})
+        if not isinstance(precision, Mapping) or not all(
+            isinstance(v, str) for v in precision.values()
+        ):
+            raise ValueError("plan: 'precision' must map layer names to precision names")
         return cls(
+            precision={str(name): value for name, value in precision.items()},
             model=copy.deepcopy(dict(parts["model"])),
             inputs=dict(parts["inputs"]),
             layers={str(name): dict(spec) for name, spec in parts["layers"].items()},
@@ -99,6 +112,8 @@ class Plan:
         }
         if self.params is not None:
             out["params"] = self.params
+        if self.precision:
+            out["precision"] = dict(self.precision)
         return out
 
     def but(self, **changes: Any) -> Plan:
@@ -107,13 +122,18 @@ class Plan:
 
 
 def make(
-    model_cfg: Mapping[str, Any], inputs: Mapping[str, int], layers: Mapping[str, Any]
+    model_cfg: Mapping[str, Any],
+    inputs: Mapping[str, int],
+    layers: Mapping[str, Any],
+    precision: Mapping[str, str] | None = None,
 ) -> Plan:
-    """A plan for `model_cfg` on data of shape `inputs`, tensorizing `layers`."""
+    """A plan for `model_cfg` on data of shape `inputs`, tensorizing `layers`, with the
+    weights of the layers under `precision` quantized (float32 ones left out)."""
     return Plan(
         model=model_config(model_cfg),
         inputs=dict(inputs),
         layers={name: dict(spec) for name, spec in layers.items()},
+        precision={k: v for k, v in (precision or {}).items() if v != FLOAT32},
     )
 
 
@@ -281,11 +301,14 @@ def trusted_models(model_cfg: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def summary(plan: Plan | Mapping[str, Any], *, eligible: int | None = None) -> str:
-    """One line: e.g. "tucker x6, mpo x2 (order 1-2, rank 4-16)" or "dense" (a mapping with
-    only `layers` will do)."""
+    """One line: e.g. "tucker x6, mpo x2 (o1-2, r4-16)", "dense", and the quantized layers'
+    count: "dense, int8 x3" (a mapping with only `layers` will do)."""
     layers = plan.layers if isinstance(plan, Plan) else plan["layers"]
+    precision = plan.precision if isinstance(plan, Plan) else plan.get("precision", {})
+    counted = Counter(precision.values()).most_common()
+    quantized = "".join(f", {name} x{n}" for name, n in counted)
     if not layers:
-        return "dense"
+        return "dense" + quantized
     counts = Counter(spec["topology"] for spec in layers.values())
     parts = ", ".join(f"{topology} x{n}" for topology, n in counts.most_common())
     # A rank is one bond dimension, or one per bond (e.g. after tnsearch.truncate).
@@ -294,7 +317,7 @@ def summary(plan: Plan | Mapping[str, Any], *, eligible: int | None = None) -> s
     rank = f"r{ranks[0]}" if len(ranks) == 1 else f"r{ranks[0]}-{ranks[-1]}"
     order = f"o{orders[0]}" if len(orders) == 1 else f"o{orders[0]}-{orders[-1]}"
     dense = f", {eligible - len(layers)} dense" if eligible is not None else ""
-    return f"{parts} ({order}, {rank}){dense}"
+    return f"{parts} ({order}, {rank}){dense}{quantized}"
 
 
 def _as_list(value: Any) -> list:
@@ -316,6 +339,8 @@ def flatten(plan: Plan | Mapping[str, Any], dense: Sequence[str] = ()) -> dict[s
             if isinstance(value, list | tuple):
                 value = "x".join(str(v) for v in value)
             flat[f"{name}.{key}"] = str(value)
+    for name, precision in plan.precision.items():
+        flat[f"{name}.precision"] = precision
     flat["tensorized_layers"] = str(len(plan.layers))
     return flat
 

@@ -22,6 +22,10 @@ from tnsearch.tn import shapes
 
 GRANULARITIES = ("layer", "group")
 FACTORIZATIONS = ("search", "balanced")
+#: The weights' precisions a group may take (`space.precisions`): float32, or int8 weights
+#: (per-channel scales; activations quantized at run time), see `tnsearch.measure.quantize`.
+PRECISIONS = ("fp32", "int8")
+FLOAT32 = PRECISIONS[0]
 
 
 @dataclass(frozen=True)
@@ -78,9 +82,10 @@ def _orders_for(layer: Layer, orders: Sequence[int]) -> tuple[int, ...]:
 
 
 #: What a trial chooses per group, besides the modes: the Optuna parameter `<group>.<choice>`.
-CHOICES = ("tensorize", "topology", "order", "rank")
+CHOICES = ("tensorize", "topology", "order", "rank", "precision")
 _PARAM = re.compile(
-    r"^(?P<group>.+)\.(?P<choice>tensorize|topology|order|rank|(?:in|out)_modes\.order\d+)$"
+    r"^(?P<group>.+)\.(?P<choice>tensorize|topology|order|rank|precision"
+    r"|(?:in|out)_modes\.order\d+)$"
 )
 
 
@@ -129,6 +134,7 @@ class Space:
     ranks: tuple[int, ...]
     factorizations: str
     lr: tuple[float, ...] = ()  # learning rates to choose from; empty: the trainer's own
+    precisions: tuple[str, ...] = ("fp32",)  # a group's weights: one of these (asked if > 1)
     # per group, when a profile narrowed the choices (`restrict`); else the space's own
     group_topologies: dict[str, tuple[str, ...]] = field(default_factory=dict)
     group_ranks: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -212,6 +218,17 @@ class Space:
                     "space.orders",
                     f"no eligible layer can be split into {order} modes of size >= 2",
                 )
+        precisions = tuple(space.precisions)
+        if not precisions:
+            raise ConfigError("space.precisions", "must name at least one precision")
+        for precision in precisions:
+            if precision not in PRECISIONS:
+                raise ConfigError(
+                    "space.precisions",
+                    f"unknown {precision!r} (known: {', '.join(PRECISIONS)})",
+                )
+        if len(set(precisions)) != len(precisions):
+            raise ConfigError("space.precisions", f"duplicates in {list(precisions)}")
         raw_lr = space.lr or ()
         if not isinstance(raw_lr, list | tuple):
             raise ConfigError("space.lr", f"must be a list of learning rates, got {raw_lr!r}")
@@ -223,6 +240,7 @@ class Space:
             raise ConfigError("space.lr", f"learning rates must be > 0, got {list(lr)}")
         return cls(
             lr=lr,
+            precisions=precisions,
             groups={k: tuple(v) for k, v in groups.items() if group_orders[k]},
             topologies=topologies,
             orders={k: v for k, v in group_orders.items() if v},
@@ -234,9 +252,24 @@ class Space:
     def layers(self) -> list[Layer]:
         return [layer for members in self.groups.values() for layer in members]
 
-    def dense_params(self) -> dict[str, bool]:
-        """The Optuna parameters of the plan that tensorizes nothing (the reference trial)."""
-        return {param_name(group, "tensorize"): False for group in self.groups}
+    def dense_params(self) -> dict[str, Any]:
+        """The Optuna parameters of the plan that tensorizes and quantizes nothing (the
+        reference trial)."""
+        params: dict[str, Any] = {param_name(g, "tensorize"): False for g in self.groups}
+        if len(self.precisions) > 1:
+            params.update({param_name(g, "precision"): FLOAT32 for g in self.groups})
+        return params
+
+    def suggest_precision(self, trial) -> dict[str, str]:
+        """Ask `trial` for each group's precision (when the space offers more than one);
+        return {layer: precision} of every searchable layer, tensorized or dense."""
+        if len(self.precisions) == 1:
+            return {layer.name: self.precisions[0] for layer in self.layers}
+        chosen = {}
+        for group, members in self.groups.items():
+            found = trial.suggest_categorical(param_name(group, "precision"), list(self.precisions))
+            chosen.update({layer.name: found for layer in members})
+        return chosen
 
     def suggest(self, trial) -> dict[str, dict[str, Any]]:
         """Ask `trial` for a choice per group; return {layer: plan} of the tensorized layers."""
@@ -276,12 +309,20 @@ class Space:
             self, groups=groups, orders=orders, group_topologies=topologies, group_ranks=ranks
         )
 
-    def params_for(self, layers: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-        """The Optuna parameters under which `suggest` proposes the plan's `layers` (for
-        `study.enqueue_trial`). Every layer of a group must share its group's choice, and
-        ranks and orders must be among the space's."""
+    def params_for(
+        self, layers: Mapping[str, Mapping[str, Any]], precision: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The Optuna parameters under which `suggest` (and `suggest_precision`) propose the
+        plan's `layers` (and `precision`: float32 where it names no layer), for
+        `study.enqueue_trial`. Every layer of a group must share its group's choice, and ranks
+        and orders must be among the space's."""
         params: dict[str, Any] = {}
         for group, members in self.groups.items():
+            if len(self.precisions) > 1:
+                found = {(precision or {}).get(layer.name, FLOAT32) for layer in members}
+                if len(found) > 1:
+                    raise ValueError(f"precision: the layers of group {group!r} differ")
+                params[param_name(group, "precision")] = found.pop()
             specs = [layers.get(layer.name) for layer in members]
             if all(spec is None for spec in specs):
                 params[param_name(group, "tensorize")] = False

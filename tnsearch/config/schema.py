@@ -62,6 +62,7 @@ class SpaceConfig(Section):
     orders: list[int] = _list(1, 2, 3)
     ranks: list[int] = _list(2, 4, 8, 16, 32)
     factorizations: str = "search"
+    precisions: list[str] = _list("fp32")  # the weights' precisions a group chooses among
     lr: Any = None  # a list of learning rates, or null
     from_profile: bool = False
     hopeless: float = 0.5
@@ -161,6 +162,7 @@ class ConstraintsConfig(Section):
     max_params: Any = None
     max_latency: Any = None
     max_latency_ms: Any = None
+    max_bytes: Any = None  # the weights as deployed (the `size` objective)
 
     def limits(self) -> dict[str, float]:
         """The limits that are set, by key."""

@@ -167,8 +167,8 @@ class Record:
 
     @property
     def is_dense(self) -> bool:
-        """Whether this is the dense reference: a plan that tensorizes nothing."""
-        return self.plan is not None and not self.plan.layers
+        """Whether this is the dense reference: a plan that tensorizes and quantizes nothing."""
+        return self.plan is not None and not self.plan.layers and not self.plan.precision
 
     @property
     def layers(self) -> Mapping[str, Mapping[str, Any]]:

@@ -105,11 +105,11 @@ class _Trial:
     def propose(self) -> None:
         """Ask the sampler for this trial's plan (and training choices)."""
         setup, trial = self.setup, self.trial
-        self.plan = plans.make(self.cfg.model, setup.inputs, setup.space.suggest(trial))
+        layers, precision = setup.space.suggest(trial), setup.space.suggest_precision(trial)
+        self.plan = plans.make(self.cfg.model, setup.inputs, layers, precision)
         self.training_choices = setup.space.suggest_training(trial)
-        self.optimizer = trial_training.healing_optimizer(
-            self.cfg, warm=setup.pretrained is not None
-        )
+        warm = setup.pretrained is not None
+        self.optimizer = trial_training.healing_optimizer(self.cfg, warm=warm)
         self.optimizer.update(self.training_choices)  # a searched lr is used as chosen
 
     def duplicate(self, earlier: Record) -> Outcome:
