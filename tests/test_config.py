@@ -108,7 +108,7 @@ def test_trainer_optimizer_is_a_partial():
 @pytest.mark.parametrize(
     ("override", "key"),
     [
-        ("objectives=[accuracy,size]", "objectives"),
+        ("objectives=[accuracy,memory]", "objectives"),
         ("objectives=[]", "objectives"),
         ("trials=0", "trials"),
         ("workers=0", "workers"),

@@ -66,6 +66,9 @@ class Objective:
         label: how axes and prose name it ("parameters").
         decimals: decimals it is logged and shown with (None: 4 significant digits).
         log: whether its axes are logarithmic (sizes span decades).
+        own_columns: the views show it in columns of their own (the parameters beside the
+            compression, the latency beside its spread and milliseconds); the others go in
+            one column each, after those, by metric name (`Record.extras`).
     """
 
     key: str
@@ -78,6 +81,7 @@ class Objective:
     label: str = ""
     decimals: int | None = None
     log: bool = False
+    own_columns: bool = False
 
     def __post_init__(self) -> None:
         if self.direction not in ("minimize", "maximize"):
@@ -188,7 +192,14 @@ def import_modules(modules: Sequence[str]) -> None:
 
 # -- built in ------------------------------------------------------------------------------------
 register(  # not "params" in MLflow: its runs table already has "Parameters", the run's settings
-    Objective(key="params", metric="param_count", field="params", label="parameters", log=True)
+    Objective(
+        key="params",
+        metric="param_count",
+        field="params",
+        label="parameters",
+        log=True,
+        own_columns=True,
+    )
 )
 register(  # see measure.latency: time / the dense model's, timed beside it
     Objective(
@@ -199,6 +210,7 @@ register(  # see measure.latency: time / the dense model's, timed beside it
         reference=3.0,
         label="latency",
         decimals=3,
+        own_columns=True,
     )
 )
 
@@ -216,4 +228,7 @@ def _flops(model: Any, example: Any) -> float:
 
 
 register(Objective(key="flops", metric="flops", measure=_flops, label="FLOPs", log=True))
+register(  # bytes of the weights as deployed (int8 codes and scales where the plan says)
+    Objective(key="size", metric="size_bytes", field="size_bytes", label="bytes", log=True)
+)
 _BUILT_IN = frozenset(_REGISTRY)

@@ -261,3 +261,49 @@ def test_a_text_model_in_mlflow_takes_strings_and_gives_one_embedding_each(bert,
     assert not {".pkl", ".pickle", ".py", ".pt", ".bin"} & set(stored), stored
     example = json.loads(Path(local, "input_example.json").read_text())
     assert set(bert.data.raw_inputs("val", 2)) <= set(json.dumps(example).split('"'))
+
+
+def test_an_int8_package_is_the_int8_model_that_was_timed(tmp_path):
+    import onnx
+    import onnxruntime
+
+    from tnsearch import plan as plans
+    from tnsearch.data import DigitsDataModule
+    from tnsearch.measure import precision
+    from tnsearch.results.export import write_package
+    from tnsearch.study.record import Record
+
+    data = DigitsDataModule(batch_size=64, seed=0)
+    data.setup()
+    fc1 = {"topology": "mpo", "order": 2, "rank": 4, "in_modes": [8, 8], "out_modes": [4, 8]}
+    inputs = {"in_channels": 1, "image_size": 8, "num_classes": 10}
+    int8 = {"fc1": "int8", "fc2": "int8"}
+    plan = plans.make(
+        {"_target_": "tnsearch.models.MLP", "hidden": [32]}, inputs, {"fc1": fc1}, int8
+    )
+    torch.manual_seed(0)
+    trained = plans.build(plan)
+    torch.save(trained.state_dict(), tmp_path / "weights.pt")
+    trial = Record(number=2, plan=plan, quality=0.5, params=1000, compression=2.0)
+    out = write_package(
+        trial, tmp_path / "weights.pt", tmp_path / "pkg", study_name="d", data=data, timed=False
+    )
+    assert json.loads((out / "plan.json").read_text())["precision"] == int8
+    graph = onnx.load(str(out / "model.onnx")).graph
+    int8_bytes = sum(
+        len(i.raw_data) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8
+    )
+    assert int8_bytes > 0 and "MatMulInteger" in {n.op_type for n in graph.node}
+    # Loaded in torch it is the int8 copy of the trained weights, as the study measured it.
+    loaded = tnsearch.load(out)
+    normalized, _ = data.tensors("val")
+    with torch.no_grad():
+        expected = precision.deployed(trained.eval(), int8)(normalized)
+        assert torch.equal(loaded(normalized), expected)
+    raw = tnsearch.load(out, raw=True)
+    pixels = normalized * data.std[0] + data.mean[0]
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"))
+    (got,) = session.run(None, {"input": pixels.numpy()})
+    with torch.no_grad():
+        want = raw(pixels).numpy()
+    assert np.abs(got - want).max() / np.abs(want).max() < 0.1

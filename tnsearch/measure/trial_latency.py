@@ -5,7 +5,7 @@ beside it on the same inputs, all as the study's `latency.Timing` says: in torch
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from tnsearch import tn
-from tnsearch.measure import latency
+from tnsearch.measure import latency, precision
+from tnsearch.plan import Plan
 
 __all__ = ["freeze_paths", "trial_latency"]
 
@@ -23,13 +24,14 @@ def trial_latency(
     datamodule: Any,
     timing: latency.Timing,
     *,
-    tensorized: bool,
+    plan: Plan,
     reference: Callable[[], nn.Module],
     reference_onnx: Callable[[Any], Path],
     train_compile: str = "none",
 ) -> latency.PairedStats:
-    """The latency of a trial's `model` (`tensorized`: a plan that tensorizes a layer) on a batch
-    of `datamodule`'s, paired with the dense model.
+    """The latency of a trial's `model` (built from `plan`), as deployed (in int8 where the
+    plan's precision says: `precision.deployed`, `precision.deployed_onnx`), on a batch of
+    `datamodule`'s, paired with the dense float32 model.
 
     Args:
         reference: the dense model (built when needed: a dense plan is its own reference).
@@ -37,11 +39,11 @@ def trial_latency(
         train_compile: `trainer.compile`: a compiled training needs the layers' paths fixed too.
     """
     example = latency.example_batch(datamodule, timing.batch_size)
-    if not tensorized and timing.runtime == "torch":
+    if not plan.layers and not plan.precision and timing.runtime == "torch":
         return _dense(model, example, timing)
     if timing.runtime == "onnxruntime":
-        return _onnx(model, example, timing, reference_onnx(example))
-    return _torch(model, example, timing, reference(), datamodule, train_compile)
+        return _onnx(model, example, timing, reference_onnx(example), plan.precision)
+    return _torch(model, example, timing, reference(), datamodule, train_compile, plan.precision)
 
 
 def _dense(model: nn.Module, example: Any, timing: latency.Timing) -> latency.PairedStats:
@@ -60,13 +62,16 @@ def _torch(
     reference: nn.Module,
     datamodule: Any,
     train_compile: str,
+    quantized: Mapping[str, str],
 ) -> latency.PairedStats:
-    """In torch, beside `reference`, both compiled as `timing.compile` says."""
+    """In torch, as deployed (`quantized`: the plan's precision), beside `reference`, both
+    compiled as `timing.compile` says."""
     if timing.compile != "none" or train_compile != "none":
         # Every trial is a new model behind the same forward functions: start Dynamo afresh,
         # or its per-function recompile limit turns compilation off after 8 trials.
         torch._dynamo.reset()
         freeze_paths(model, datamodule, timing.batch_size, torch.device(timing.device))
+    model = precision.deployed(model, quantized)
     if timing.compile != "none":
         model = latency.compiled(model, timing.compile)
         reference = latency.compiled(reference, timing.compile)
@@ -74,10 +79,15 @@ def _torch(
 
 
 def _onnx(
-    model: nn.Module, example: Any, timing: latency.Timing, reference: Path
+    model: nn.Module,
+    example: Any,
+    timing: latency.Timing,
+    reference: Path,
+    quantized: Mapping[str, str],
 ) -> latency.PairedStats:
-    """The trial's exported ONNX (each layer on the path it takes for `example`) timed in
-    onnxruntime beside the dense model's, on the CPU: what a deployment runs."""
+    """The trial's exported ONNX (each layer on the path it takes for `example`; int8 where
+    `quantized`, the plan's precision, says) timed in onnxruntime beside the dense float32
+    model's, on the CPU: what a deployment runs."""
     import tempfile
 
     from tnsearch.measure import onnx
@@ -85,6 +95,7 @@ def _onnx(
     with tempfile.TemporaryDirectory(prefix="tnsearch-latency-") as tmp:
         path = Path(tmp) / "model.onnx"
         onnx.export(model.cpu(), example, path, check=False)
+        path = precision.deployed_onnx(model, path, quantized)
         return onnx.paired(path, reference, example, timing)
 
 

@@ -31,7 +31,7 @@ PROJECTIONS = (("params", "quality"), ("latency", "quality"), ("params", "latenc
 
 def projections(data: ReportData) -> list[tuple[str, str]]:
     """PROJECTIONS, then the quality against each objective the study's trials measured."""
-    extra = dict.fromkeys(k for t in data.done for k in t.measures or {})
+    extra = dict.fromkeys(k for t in data.done for k in t.extras)
     return [*PROJECTIONS, *((name, "quality") for name in extra)]
 
 
@@ -209,7 +209,7 @@ def _hover(t: Record) -> str:
         f"trial {t.number}<br>{plans.summary(t.plan)}<br>quality {t.quality:.4f}"
         f"<br>params {t.params:,} ({t.compression or 1.0:.1f}x)"
         f"<br>latency {t.latency_text()}"
-        + "".join(f"<br>{k} {objectives.text(k, v)}" for k, v in (t.measures or {}).items())
+        + "".join(f"<br>{k} {objectives.text(k, v)}" for k, v in t.extras.items())
         + (f"<br>on {t.latency_device}" if t.latency_device else "")
     )
 

@@ -151,7 +151,9 @@ def write_package(
                 record["output"] = output_name(model, batch)
                 record["pooling"] = "mean" if record["output"] == "last_hidden_state" else None
             try:
-                exported = package_onnx.write(model, record, batch, work / "model.onnx")
+                exported = package_onnx.write(
+                    model, record, batch, work / "model.onnx", plan.get("precision")
+                )
             except Exception as exc:  # noqa: BLE001 - the package is still worth writing
                 if not isinstance(batch, Mapping):
                     raise  # image models have always exported: a failure here is a bug

@@ -437,6 +437,6 @@ def _objective_tags(trial: Record, metric: str) -> dict[str, str]:
         tags["compression"] = f"{trial.compression:.2f}"
     if trial.latency_ratio is not None:
         tags["latency_ratio"] = f"{trial.latency_ratio:.3f}"
-    for name, value in (trial.measures or {}).items():  # the measured objectives
+    for name, value in trial.extras.items():  # the other objectives (size, measured ones)
         tags[name] = str(rounded(name, value))
     return tags

@@ -202,6 +202,10 @@ def load(
         text = " ".join(str(exc).split())[:200]
         raise PackageError(folder, "model.safetensors", f"cannot be read ({text})") from None
     model.eval()
+    if plan.get("precision"):  # the int8 model that was measured (torch's int8 copy)
+        from tnsearch.measure.precision import deployed
+
+        model = deployed(model, plan["precision"]).eval()
     if _is_hf(model):
         _guard_save_pretrained(model, plan, folder)
     if raw:

@@ -22,9 +22,10 @@ from torch import nn
 from tnsearch.measure import onnx as onnx_export
 from tnsearch.measure.latency import PairedStats
 from tnsearch.measure.onnx import Exported, Inputs
+from tnsearch.measure.precision import deployed, deployed_onnx, int8_layers
 from tnsearch.results.package import raw_model
 
-__all__ = ["ONNX_PAIRS", "example", "speed", "write"]
+__all__ = ["INT8_TOLERANCE", "ONNX_PAIRS", "example", "speed", "write"]
 
 #: Timed pairs of the README's onnxruntime latency (model.onnx beside the dense model's ONNX).
 ONNX_PAIRS = 30
@@ -70,16 +71,60 @@ def _graph(model: nn.Module, record: Mapping[str, Any]) -> nn.Module:
     return raw_model(model, record)  # an image model behind its normalization
 
 
-def write(model: nn.Module, record: Mapping[str, Any], batch: Inputs, path: str | Path) -> Exported:
-    """Write `model` as ``path`` (checked against PyTorch); see the module docstring."""
-    if isinstance(batch, Mapping):
-        return onnx_export.export(model, batch, path, output_name=record["output"])
-    graph = _graph(model, record)
-    exported = onnx_export.export(graph, batch, path)
-    if graph is model:
-        return exported
-    paths = {name.removeprefix("1."): p for name, p in exported.paths.items()}  # (Normalize, model)
+#: The largest relative difference between an int8 model.onnx and the int8 torch model that
+#: export accepts (onnxruntime also quantizes the activations, per batch; torch does for its
+#: dense Linear layers only).
+INT8_TOLERANCE = 0.1
+
+
+def write(
+    model: nn.Module,
+    record: Mapping[str, Any],
+    batch: Inputs,
+    path: str | Path,
+    precision: Mapping[str, str] | None = None,
+) -> Exported:
+    """Write `model` as ``path`` (checked against PyTorch); see the module docstring. With
+    `precision` (the plan's: layer -> int8) the file is the int8 model that was timed, checked
+    against the int8 torch model (`measure.precision.deployed`) within INT8_TOLERANCE."""
+    text = isinstance(batch, Mapping)
+    graph = model if text else _graph(model, record)
+    if text:
+        exported = onnx_export.export(model, batch, path, output_name=record["output"])
+    else:
+        exported = onnx_export.export(graph, batch, path)
+    prefix = "" if graph is model else "1."  # (Normalize, model)
+    if precision and int8_layers(precision):
+        named = {prefix + name: found for name, found in precision.items()}
+        exported = Exported(exported.paths, _int8(graph, Path(path), named, batch))
+    paths = {name.removeprefix(prefix): p for name, p in exported.paths.items()}
     return Exported(paths, exported.error)
+
+
+def _int8(graph: nn.Module, path: Path, precision: Mapping[str, str], batch: Inputs) -> float:
+    """Quantize `path` in place as `precision` says; its largest relative difference to the
+    int8 torch model on `batch` (raises ValueError above INT8_TOLERANCE)."""
+    import numpy as np
+
+    from tnsearch.measure import onnx as runtime
+
+    deployed_onnx(graph, path, precision, dst=path)
+    torch_int8 = deployed(graph, precision).eval()
+    inputs = dict(batch) if isinstance(batch, Mapping) else {"input": batch}
+    with torch.no_grad():
+        found = torch_int8(**batch) if isinstance(batch, Mapping) else torch_int8(batch)
+    expected = getattr(found, "last_hidden_state", found)
+    expected = expected[0] if isinstance(expected, tuple) else expected
+    session = runtime.session(path, threads=1)
+    got = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+    want = expected.numpy()
+    error = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
+    if error > INT8_TOLERANCE:
+        raise ValueError(
+            f"model.onnx: the int8 graph differs from the int8 torch model by {error:.3g} "
+            f"(more than {INT8_TOLERANCE})"
+        )
+    return error
 
 
 def speed(

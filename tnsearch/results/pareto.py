@@ -62,17 +62,17 @@ COLUMNS = columns()
 
 
 def row(trial: Record, metric: str = "accuracy") -> dict[str, Any]:
-    """One line of pareto.csv for a finished trial: the columns, its measured objectives (by
-    metric name) before the plan."""
+    """One line of pareto.csv for a finished trial: the columns, the other objectives'
+    figures (`Record.extras`: size, measured ones, by metric name) before the plan."""
     return {
         **{shown(field, metric): getattr(trial, field) for field in _FIELDS[:-1]},
-        **(trial.measures or {}),
+        **trial.extras,
         "plan": plans.summary(trial.plan) if trial.plan else "",
     }
 
 
 def measured(rows: Sequence[dict[str, Any]], metric: str = "accuracy") -> list[str]:
-    """The measured objectives' columns of `rows` (see `row`), in the order they come."""
+    """The other objectives' columns of `rows` (see `row`), in the order they come."""
     known = set(columns(metric))
     return list(dict.fromkeys(k for r in rows for k in r if k not in known))
 

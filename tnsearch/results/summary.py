@@ -74,7 +74,7 @@ def description(study: optuna.Study, names: Sequence[str]) -> str:
     table (MLflow renders it on the run's page)."""
     metric = record.quality_metric(study)
     front = record.front(study)
-    extra = list(dict.fromkeys(k for t in front for k in t.measures or {}))
+    extra = list(dict.fromkeys(k for t in front for k in t.extras))
     found = metrics(study)
     lines = [
         f"**tnsearch study `{study.study_name}`**: objectives {', '.join(names)}; "
@@ -99,11 +99,10 @@ def _row(t: Record, extra: Sequence[str]) -> str:
         return "-" if value is None else format(value, spec)
 
     noisy = " (noisy)" if t.latency_noisy else ""
-    measures = t.measures or {}
     return (
         f"| {t.number} | {num(t.quality, '.4f')} | {num(t.params, ',d')} | "
         f"{num(t.compression, '.2f')}x | {num(t.latency_ratio, '.3f')}x{noisy} | "
         f"{num(t.latency_ms, '.3f')} | "
-        + "".join(f"{objectives.text(name, measures.get(name))} | " for name in extra)
+        + "".join(f"{objectives.text(name, t.extras.get(name))} | " for name in extra)
         + f"{plans.summary(t.plan) if t.plan else ''} |"
     )

@@ -1,8 +1,8 @@
 """Repeated plans: samplers do propose a plan again, and a study trains each plan once.
 
-A trial whose plan (its tensorized layers and training choices) an earlier trial trained tells
-that trial's values again (`trial._Trial.duplicate`); one whose plan another worker is training
-waits for that trial to end first.
+A trial whose plan (its tensorized layers, precisions and training choices) an earlier trial
+trained tells that trial's values again (`trial._Trial.duplicate`); one whose plan another
+worker is training waits for that trial to end first.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ __all__ = ["copied", "find", "same_plan"]
 
 
 def same_plan(one: Record, other: Record) -> bool:
-    """Whether `one` and `other` are two trials of one plan: the same tensorized layers and
-    training choices."""
+    """Whether `one` and `other` are two trials of one plan: the same tensorized layers,
+    precisions and training choices."""
     return (
         other.number != one.number
         and other.plan is not None
         and other.layers == one.layers
+        and dict(other.plan.precision) == dict(one.plan.precision if one.plan else {})
         and dict(other.training_choices or {}) == dict(one.training_choices or {})
     )
 

@@ -96,6 +96,7 @@ class Record:
     test_quality: float | None = None
     zero_shot_quality: float | None = None  # warm start: right after the decomposition
     params: int | None = None
+    size_bytes: int | None = None  # the weights as deployed, in the plan's precisions
     compression: float | None = None
     latency_ratio: float | None = None  # the latency objective: time / the dense model's, paired
     latency_ratio_p10: float | None = None
@@ -220,6 +221,18 @@ class Record:
             return f"{self.latency_ms:.3f} ms" if self.latency_ms is not None else "latency -"
         noisy = ", noisy" if self.latency_noisy else ""
         return f"{self.latency_ratio:.2f}x dense ({self.latency_ms:.3f} ms{noisy})"
+
+    @property
+    def extras(self) -> dict[str, float]:
+        """The figures of the objectives the views show one column each (by metric name):
+        registered ones a record field holds, then the measured ones (`measures`); not the
+        quality, parameters or latency, which have columns of their own."""
+        out = {
+            o.metric: getattr(self, o.field)
+            for o in objectives.registered().values()
+            if o.field and not o.own_columns and getattr(self, o.field) is not None
+        }
+        return {**out, **(self.measures or {})}
 
     def value(self, name: str) -> float:
         """The value of objective `name` (by key or metric name): a registered objective's

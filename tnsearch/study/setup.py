@@ -18,7 +18,7 @@ import torch
 from tnsearch import objectives, tn
 from tnsearch import plan as plans
 from tnsearch.config import Config, ConfigError, load
-from tnsearch.measure import latency
+from tnsearch.measure import latency, quantize
 from tnsearch.space import Space
 from tnsearch.study import identity, pruning, record, warmstart
 from tnsearch.study.pruning import ParetoPruner
@@ -187,6 +187,18 @@ def check_objectives(cfg: Config) -> None:
         raise ConfigError("task.direction", f"must be maximize or minimize, got {direction!r}")
 
 
+def check_precisions(cfg: Config) -> None:
+    """Each of `space.precisions` must run where trials are timed and deployed (`latency.runtime`
+    on the trial's device): int8 in torch has CPU kernels only."""
+    device = cfg.latency.device or str(trial_device(cfg))
+    for name in cfg.space.precisions:
+        try:
+            quantize.check_precision(name, cfg.latency.runtime, device)
+        except ValueError as exc:
+            reason = str(exc).removeprefix("precision: ")
+            raise ConfigError("space.precisions", reason) from None
+
+
 def prepare(cfg: Config | Mapping[str, Any], console: Console | None = None) -> Setup:
     """Check the whole configuration against the model, data and storage; write nothing
     (`cfg` as plain data is loaded first: `tnsearch.config.load`)."""
@@ -196,6 +208,7 @@ def prepare(cfg: Config | Mapping[str, Any], console: Console | None = None) -> 
     cfg = cfg if isinstance(cfg, Config) else load(cfg, Config)
     check_task(cfg)
     check_objectives(cfg)
+    check_precisions(cfg)
     use_threads(cfg)
     cfg = resolve_compile(cfg)
     try:

@@ -26,6 +26,7 @@ from tnsearch.files import atomic_path
 from tnsearch.interrupts import Interrupted
 from tnsearch.measure import latency
 from tnsearch.measure.measured import measured
+from tnsearch.measure.precision import size_bytes
 from tnsearch.measure.trial_latency import trial_latency
 from tnsearch.study import duplicates, liveness, record, sensitivity, trial_mlflow, trial_training
 from tnsearch.study.record import Outcome, Record
@@ -139,17 +140,17 @@ class _Trial:
         return model
 
     def measure(self, model: torch.nn.Module) -> None:
-        """Time the model beside the dense model (`latency.Timing`), then measure the rest."""
+        """Time the deployed model beside the dense one, count its bytes, measure the rest."""
         stats = trial_latency(
             model,
             self.setup.datamodule,
             self.setup.timing,
-            tensorized=bool(self.plan.layers),
+            plan=self.plan,
             reference=self.setup.latency_reference,
             reference_onnx=self.setup.latency_reference_onnx,
             train_compile=self.cfg.trainer.compile,
         )
-        self.update(**stats.fields())
+        self.update(**stats.fields(), size_bytes=size_bytes(model, self.plan.precision))
         if found := objectives.measured(self.cfg.objectives):
             example = latency.example_batch(self.setup.datamodule, self.setup.timing.batch_size)
             self.update(measures=measured(model, example, found))
@@ -245,5 +246,6 @@ def _constraints(constraints: ConstraintsConfig, rec: Record) -> dict[str, float
         "max_params": rec.params,
         "max_latency": rec.latency_ratio,
         "max_latency_ms": rec.latency_ms,
+        "max_bytes": rec.size_bytes,
     }
     return {key: float(values[key] - limit) for key, limit in constraints.limits().items()}

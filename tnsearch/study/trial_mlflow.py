@@ -86,9 +86,10 @@ def end_run(
 
 def final_metrics(rec: Record, metric: str) -> dict[str, float]:
     """A trial's final MLflow metrics, the quality under the task's name `metric` (e.g.
-    `accuracy`, `test_accuracy`, `zero_shot_accuracy`), then the measured objectives."""
+    `accuracy`, `test_accuracy`, `zero_shot_accuracy`), then the other objectives'
+    (`Record.extras`)."""
     found = {shown(field, metric): getattr(rec, field) for field in FIGURES}
-    found.update(rec.measures or {})  # the measured objectives, by metric name
+    found.update(rec.extras)  # the other objectives (size, measured ones), by metric name
     return {name: rounded(name, value) for name, value in found.items() if value is not None}
 
 

@@ -11,7 +11,7 @@ import torch
 from optuna.trial import TrialState
 
 from tnsearch.config import Config
-from tnsearch.measure import latency, training
+from tnsearch.measure import latency, precision, training
 from tnsearch.plan import Plan
 from tnsearch.study import pruning, record
 from tnsearch.study.record import Record
@@ -86,12 +86,32 @@ def fit(trial: Training, model: torch.nn.Module) -> dict[str, Any]:
     )
     if spectra is not None:
         trial.tracker.log_metrics(trial.run_id, {"bonds_seconds": spectra.seconds})
+    quality, test = result.val_quality, result.test_quality
+    if trial.plan.precision:  # what is deployed: the int8 copy of the trained weights
+        quality, test = _deployed_quality(trial, model)
     return {
         "trained": True,
-        "quality": result.val_quality,
-        "test_quality": result.test_quality,
+        "quality": quality,
+        "test_quality": test,
         "history": tuple(result.history),
     }
+
+
+def _deployed_quality(trial: Training, model: torch.nn.Module) -> tuple[float, float | None]:
+    """The validation and test quality of `model` as deployed: its trained weights quantized
+    as the plan's precision says (post-training, on the CPU: `measure.precision.deployed`)."""
+    setup = trial.setup
+    module = setup.task(
+        precision.deployed(model, trial.plan.precision), _instantiate(trial.optimizer)
+    )
+    result = training.fit(
+        module,
+        setup.datamodule,
+        epochs=0,
+        trainer_cfg=setup.cfg.trainer.but(accelerator="cpu", precision="32-true"),
+        metric=setup.metric,
+    )
+    return result.val_quality, result.test_quality
 
 
 def _bond_logger(trial: Training, model: torch.nn.Module) -> training.BondsPerEpoch | None:

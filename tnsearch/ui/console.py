@@ -55,7 +55,7 @@ class Figures(Protocol):
     duplicate_of: int | None
     fail_reason: str | None
     prune_reason: str | None
-    measures: Mapping[str, float] | None  # the measured objectives, by metric name
+    extras: Mapping[str, float]  # the other objectives' figures, by metric name
 
     def latency_text(self) -> str: ...
 
@@ -71,7 +71,7 @@ def trial_line(
     if outcome == "complete":
         return (
             f"{head}  {short_name(metric)} {rec.quality:.4f}  params {rec.params:>10,} "
-            f"({rec.compression:.1f}x)  {rec.latency_text()}{measured_text(rec.measures)}  "
+            f"({rec.compression:.1f}x)  {rec.latency_text()}{extras_text(rec.extras)}  "
             f"{seconds:.1f} s"
         )
     if outcome == "infeasible":
@@ -82,9 +82,10 @@ def trial_line(
     return f"{head}  {outcome.upper()}: {reason}"
 
 
-def measured_text(measures: Mapping[str, float] | None) -> str:
-    """The measured objectives as the console shows them: `  flops 1.2M` ('' for none)."""
-    return "".join(f"  {k} {objectives.text(k, v)}" for k, v in (measures or {}).items())
+def extras_text(extras: Mapping[str, float]) -> str:
+    """The other objectives' figures as the console shows them: `  flops 1.2M` ('' for
+    none)."""
+    return "".join(f"  {k} {objectives.text(k, v)}" for k, v in extras.items())
 
 
 def warn(text: str) -> None:

@@ -46,8 +46,8 @@ def rounded(name: str, value: float) -> float:
     if name in DECIMALS:
         return round(value, DECIMALS[name])
     objective = objectives.get(name)
-    if objective is not None and objective.metric == name and objective.measure is not None:
-        return objective.rounded(value)  # a measured objective, as it says
+    if objective is not None and objective.metric == name and not objective.own_columns:
+        return objective.rounded(value)  # size, a measured objective: as it says
     if name.endswith("_ms"):
         return float(f"{value:.4g}")
     if name.startswith(("best_", "dense_")) and not value.is_integer():
