@@ -307,3 +307,18 @@ def test_an_int8_package_is_the_int8_model_that_was_timed(tmp_path):
     with torch.no_grad():
         want = raw(pixels).numpy()
     assert np.abs(got - want).max() / np.abs(want).max() < 0.1
+    # Its MLflow model is that graph too (torch's int8 Linear has no PT2 program): pixels in.
+    import mlflow
+
+    from tnsearch.results.mlflow_models import log_package_model
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(client.create_experiment("d")).info.run_id
+    model_uri = log_package_model(
+        out, tracking_uri=uri, run_id=run, name="trial-2", examples=pixels[:2].numpy(),
+        study_name="d",
+    )  # fmt: skip
+    mlflow.set_tracking_uri(uri)
+    served = mlflow.pyfunc.load_model(model_uri).predict(pixels.numpy())
+    np.testing.assert_allclose(served, got, rtol=1e-5, atol=1e-6)

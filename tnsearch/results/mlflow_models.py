@@ -291,9 +291,10 @@ def log_package_model(
 ) -> str:
     """Log the model of an export package to the MLflow run `run_id`; return its URI.
 
-    An image package logs a PT2 program of its model behind its normalization (raw pixels in),
-    a text package a pyfunc of its ONNX file behind its tokenizer (strings in); see the module
-    docstring. The package's files go with it.
+    An image package logs a PT2 program of its model behind its normalization (raw pixels in;
+    an int8 one a pyfunc of its int8 ONNX graph, the model that was timed), a text package a
+    pyfunc of its ONNX file behind its tokenizer (strings in); see the module docstring. The
+    package's files go with it.
 
     Args:
         name: the model's artifact name (distinct per run: ``trial-7``, ``compress-params-0.3``).
@@ -328,6 +329,8 @@ def log_package_model(
     with mlflow.start_run(run_id=run_id):
         if found.get("kind") == "text":
             info = _log_text(package, name, examples, tags)
+        elif json.loads((package / "plan.json").read_text()).get("precision"):
+            info = _log_onnx(package, name, examples, tags)  # int8: the ONNX graph that was timed
         else:
             info = _log_tensor(package, name, examples, tags, trusted, batch_size)
         mlflow.set_tag(MODEL_TAG, info.model_uri)
@@ -373,6 +376,30 @@ def _log_text(package: Path, name: str, examples: Any, tags: Mapping[str, str]):
             f"tokenizers=={tokenizers.__version__}",
             "numpy",
         ],
+        tags=dict(tags),
+    )
+
+
+def _log_onnx(package: Path, name: str, examples: Any, tags: Mapping[str, str]):
+    """An int8 image (one-tensor) package as a pyfunc of its int8 ONNX graph: raw inputs in."""
+    import mlflow
+    import numpy as np
+    import onnxruntime
+    from mlflow.models import infer_signature
+
+    from tnsearch.results.mlflow_pyfunc import TensorModel
+
+    if not (package / "model.onnx").is_file():
+        raise ValueError(f"{package}: no model.onnx (its export failed: see its README)")
+    x = np.asarray(examples[:EXAMPLE_ROWS], dtype=np.float32)
+    signature = infer_signature(x, TensorModel(package).predict(x))
+    return mlflow.pyfunc.log_model(
+        name=name,
+        loader_module="tnsearch.results.mlflow_pyfunc",
+        data_path=str(package),
+        signature=signature,
+        input_example=x,
+        pip_requirements=[f"onnxruntime=={onnxruntime.__version__}", "numpy"],
         tags=dict(tags),
     )
 

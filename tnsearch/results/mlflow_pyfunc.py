@@ -1,4 +1,5 @@
-"""The MLflow pyfunc of a text model's package: strings in, embeddings (or logits) out.
+"""The MLflow pyfunc of a text model's package: strings in, embeddings (or logits) out; and of
+an int8 image package (`TensorModel`: its int8 ONNX graph, raw pixels in, logits out).
 
 A text model's MLflow model names this module as its ``loader_module``: MLflow calls
 `_load_pyfunc` with the package folder stored in the model, and only this installed module's code
@@ -18,16 +19,46 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TextModel"]
+__all__ = ["TensorModel", "TextModel"]
 
 #: Sentences per onnxruntime run.
 CHUNK = 64
 _ENCODING = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 
 
-def _load_pyfunc(data_path: str) -> TextModel:
-    """MLflow's entry point (`loader_module`): the model of the package at `data_path`."""
-    return TextModel(data_path)
+def _load_pyfunc(data_path: str) -> TextModel | TensorModel:
+    """MLflow's entry point (`loader_module`): the model of the package at `data_path` (a text
+    package's, or an int8 image package's ONNX graph: raw pixels in, logits out)."""
+    record = json.loads((Path(data_path) / "preprocessing.json").read_text(encoding="utf-8"))
+    return TextModel(data_path) if record.get("kind") == "text" else TensorModel(data_path)
+
+
+class TensorModel:
+    """A one-tensor package's ONNX model (an int8 one: what was timed; torch's int8 Linear
+    cannot be exported as a PT2 program): raw inputs (batch, ...) float32 in, its output out.
+
+    Args:
+        folder: the package folder (``model.onnx``).
+        threads: onnxruntime's intra-op threads (None: its default).
+    """
+
+    def __init__(self, folder: str | Path, *, threads: int | None = None) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # errors only
+        self.session = onnxruntime.InferenceSession(
+            str(Path(folder) / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+
+    def predict(self, model_input: Any, params: dict | None = None) -> Any:
+        """The graph's output for `model_input` (an array of raw inputs, batch first)."""
+        import numpy as np
+
+        (out,) = self.session.run(None, {"input": np.asarray(model_input, dtype=np.float32)})
+        return out
 
 
 class TextModel:
