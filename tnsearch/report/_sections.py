@@ -134,9 +134,9 @@ def front_table(data: ReportData) -> str:
     if not data.front:
         return note("No Pareto-optimal trial yet.")
     rows = []
-    extra = pareto.measured([pareto.row(t, data.metric) for t in data.front], data.metric)
-    for t in data.front:
-        r = pareto.row(t, data.metric)
+    found = [pareto.row(t, data.metric) for t in data.front]
+    extra = pareto.extra_columns(found, data.metric)
+    for t, r in zip(data.front, found, strict=True):
         rows.append(
             [
                 esc(r["number"]),

@@ -354,54 +354,51 @@ def _package_files(package: Path) -> list[str]:
 
 def _log_text(package: Path, name: str, examples: Any, tags: Mapping[str, str]):
     """A text package as a pyfunc of `tnsearch.results.mlflow_pyfunc`: strings in."""
-    import mlflow
-    import onnxruntime
     import tokenizers
-    from mlflow.models import infer_signature
 
     from tnsearch.results.mlflow_pyfunc import TextModel
 
+    sentences = [str(s) for s in examples][:EXAMPLE_ROWS]
+    requirements = [f"tokenizers=={tokenizers.__version__}"]
+    return _log_pyfunc(package, name, TextModel, sentences, requirements, tags)
+
+
+def _log_pyfunc(
+    package: Path,
+    name: str,
+    model: type,
+    example: Any,
+    requirements: Sequence[str],
+    tags: Mapping[str, str],
+):
+    """A package's ONNX graph as a pyfunc of `tnsearch.results.mlflow_pyfunc` (`model`: its
+    class there), its signature from `example`; onnxruntime and numpy beside `requirements`."""
+    import mlflow
+    import onnxruntime
+    from mlflow.models import infer_signature
+
     if not (package / "model.onnx").is_file():
         raise ValueError(f"{package}: no model.onnx (its export failed: see its README)")
-    sentences = [str(s) for s in examples][:EXAMPLE_ROWS]
-    signature = infer_signature(sentences, TextModel(package).predict(sentences))
+    signature = infer_signature(example, model(package).predict(example))
     return mlflow.pyfunc.log_model(
         name=name,
         loader_module="tnsearch.results.mlflow_pyfunc",
         data_path=str(package),
         signature=signature,
-        input_example=sentences,
-        pip_requirements=[
-            f"onnxruntime=={onnxruntime.__version__}",
-            f"tokenizers=={tokenizers.__version__}",
-            "numpy",
-        ],
+        input_example=example,
+        pip_requirements=[f"onnxruntime=={onnxruntime.__version__}", *requirements, "numpy"],
         tags=dict(tags),
     )
 
 
 def _log_onnx(package: Path, name: str, examples: Any, tags: Mapping[str, str]):
     """An int8 image (one-tensor) package as a pyfunc of its int8 ONNX graph: raw inputs in."""
-    import mlflow
     import numpy as np
-    import onnxruntime
-    from mlflow.models import infer_signature
 
     from tnsearch.results.mlflow_pyfunc import TensorModel
 
-    if not (package / "model.onnx").is_file():
-        raise ValueError(f"{package}: no model.onnx (its export failed: see its README)")
     x = np.asarray(examples[:EXAMPLE_ROWS], dtype=np.float32)
-    signature = infer_signature(x, TensorModel(package).predict(x))
-    return mlflow.pyfunc.log_model(
-        name=name,
-        loader_module="tnsearch.results.mlflow_pyfunc",
-        data_path=str(package),
-        signature=signature,
-        input_example=x,
-        pip_requirements=[f"onnxruntime=={onnxruntime.__version__}", "numpy"],
-        tags=dict(tags),
-    )
+    return _log_pyfunc(package, name, TensorModel, x, (), tags)
 
 
 def _log_tensor(

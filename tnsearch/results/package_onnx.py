@@ -96,14 +96,22 @@ def write(
     prefix = "" if graph is model else "1."  # (Normalize, model)
     if precision and int8_layers(precision):
         named = {prefix + name: found for name, found in precision.items()}
-        exported = Exported(exported.paths, _int8(graph, Path(path), named, batch))
+        output = record["output"] if text else None
+        exported = Exported(exported.paths, _int8(graph, Path(path), named, batch, output))
     paths = {name.removeprefix(prefix): p for name, p in exported.paths.items()}
     return Exported(paths, exported.error)
 
 
-def _int8(graph: nn.Module, path: Path, precision: Mapping[str, str], batch: Inputs) -> float:
+def _int8(
+    graph: nn.Module,
+    path: Path,
+    precision: Mapping[str, str],
+    batch: Inputs,
+    output: str | None,
+) -> float:
     """Quantize `path` in place as `precision` says; its largest relative difference to the
-    int8 torch model on `batch` (raises ValueError above INT8_TOLERANCE)."""
+    int8 torch model on `batch` (`output`: a token model's output the graph gives; raises
+    ValueError above INT8_TOLERANCE)."""
     import numpy as np
 
     from tnsearch.measure import onnx as runtime
@@ -113,8 +121,7 @@ def _int8(graph: nn.Module, path: Path, precision: Mapping[str, str], batch: Inp
     inputs = dict(batch) if isinstance(batch, Mapping) else {"input": batch}
     with torch.no_grad():
         found = torch_int8(**batch) if isinstance(batch, Mapping) else torch_int8(batch)
-    expected = getattr(found, "last_hidden_state", found)
-    expected = expected[0] if isinstance(expected, tuple) else expected
+    expected = found[output] if isinstance(found, Mapping) else found
     session = runtime.session(path, threads=1)
     got = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
     want = expected.numpy()

@@ -71,7 +71,7 @@ def row(trial: Record, metric: str = "accuracy") -> dict[str, Any]:
     }
 
 
-def measured(rows: Sequence[dict[str, Any]], metric: str = "accuracy") -> list[str]:
+def extra_columns(rows: Sequence[dict[str, Any]], metric: str = "accuracy") -> list[str]:
     """The other objectives' columns of `rows` (see `row`), in the order they come."""
     known = set(columns(metric))
     return list(dict.fromkeys(k for r in rows for k in r if k not in known))
@@ -79,7 +79,7 @@ def measured(rows: Sequence[dict[str, Any]], metric: str = "accuracy") -> list[s
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path, metric: str = "accuracy") -> Path:
     """Write `rows` (see `row`) to `path` atomically."""
-    names = [*columns(metric)[:-1], *measured(rows, metric), "plan"]
+    names = [*columns(metric)[:-1], *extra_columns(rows, metric), "plan"]
     with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=names)
         writer.writeheader()
@@ -119,7 +119,7 @@ def table(rows: Sequence[dict[str, Any]], metric: str = "accuracy") -> str:
     """The front as an aligned text table for the console."""
     val, test = headers(metric)
     width = max(7, len(val)), max(8, len(test))
-    extra = measured(rows, metric)
+    extra = extra_columns(rows, metric)
     header = (
         f"{'trial':>5}  {val:>{width[0]}}  {test:>{width[1]}}  {'param_count':>11}  {'x':>6}  "
         f"{'latency':>12}  {'ms':>8}  " + "".join(f"{name:>8}  " for name in extra) + "plan"
