@@ -58,6 +58,34 @@ def test_compress_writes_a_package_that_loads_with_the_printed_quality(compresse
 
 
 @pytest.mark.slow
+def test_compress_to_a_byte_budget_chooses_int8_and_writes_the_int8_model(tmp_path):
+    """`budget.bytes` with int8 in the space: the allocation puts layers in int8, and the
+    package is the int8 model whose quality and bytes the command printed."""
+    done = run(
+        "tnsearch.compress",
+        [f"root={tmp_path}", "budget.bytes=0.1", "space.precisions=[fp32,int8]", *BASE],
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = tmp_path / "mlp" / "compress" / "bytes-0.1"
+    plan = json.loads((folder / "plan.json").read_text())
+    assert plan["precision"] and set(plan["precision"].values()) == {"int8"}
+    row = r"\| weights \(bytes\) \| ([\d,]+) \| ([\d,]+) \| ([\d.]+)x \|"
+    printed = re.search(row, done.stdout)
+    assert printed and float(printed[3]) <= 0.1, done.stdout
+    model = tnsearch.load(folder)  # the int8 model, as deployed
+    from tnsearch.measure import quantize
+
+    layers = [n for n, m in model.named_modules() if n in plan["precision"]]
+    assert layers and quantize.weight_bytes(build_dense(plan)) == int(printed[1].replace(",", ""))
+    quality = re.search(r"\| accuracy \(validation\) \| ([\d.]+) \| ([\d.]+) \|", done.stdout)
+    dm = DigitsDataModule(batch_size=64, seed=0)
+    dm.setup("validate")
+    assert val_accuracy(model, dm) == pytest.approx(float(quality[2]), abs=1e-4)
+    assert "Layers whose weights are int8" in (folder / "README.md").read_text()
+
+
+@pytest.mark.slow
 def test_the_profile_is_reused(compressed):
     root, _ = compressed
     cached = list((root / "mlp" / "profile").glob("*.json"))
@@ -83,7 +111,8 @@ def test_the_profile_is_reused(compressed):
     ("args", "expected"),
     [
         (["budget.params=1.5"], r"budget\.params: must be a fraction in \(0, 1\], got 1\.5"),
-        ([], r"budget\.params: give budget\.params=FRACTION and/or budget\.latency=FRACTION"),
+        ([], r"budget\.params: give budget\.params=FRACTION, budget\.latency=FRACTION and/or budget\.bytes=FRACTION"),  # noqa: E501
+        (["budget.bytes=0"], r"budget\.bytes: must be a fraction in \(0, 1\], got 0"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, expected):
@@ -98,6 +127,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, expect
     ("args", "key", "expected"),
     [
         (["budget.params=0.0001"], "budget.params", r"no plan meets 0\.0001; the smallest reachable is 0\.0\d+"),  # noqa: E501
+        (["budget.bytes=0.01"], "budget.bytes", r"no plan meets 0\.01; the smallest reachable is 0\.0\d+ \(widen space\.ranks, space\.orders, space\.precisions"),  # noqa: E501
+        (["budget.bytes=0.02", "space.precisions=[fp32,int8]"], "budget.bytes", r"no plan meets 0\.02; the smallest reachable is 0\.0[2-9]"),  # noqa: E501
         (["budget.params=0.5", "pretrain.epochs=0"], "model.checkpoint", r"needs trained weights"),
         (["budget.params=0.5", "decompose.calibration=0"], "decompose.calibration", r"must be a number of examples >= 1"),  # noqa: E501
     ],

@@ -1,6 +1,8 @@
 """`python -m tnsearch.compress budget.params=0.5 [key=value ...]`: compress a study's trained
 model to a budget in one shot (the profile's allocation, data-aware decomposition, optional
-`heal.epochs`), and write the same package as `tnsearch.export`.
+`heal.epochs`, the int8 weights the allocation chose), and write the same package as
+`tnsearch.export`. Budgets: `budget.params`, `budget.latency`, `budget.bytes` (fractions of the
+dense float32 model's).
 
 `compress` allocates the budget over the profile (`tnsearch.profile`), builds the model by
 data-aware decomposition, optionally heals it, measures it against the dense model and writes
@@ -44,7 +46,7 @@ def compress(cfg: Config, console: Console | None = None) -> Path:
 
     from tnsearch import plan as plans
     from tnsearch import tn
-    from tnsearch.measure import latency, training
+    from tnsearch.measure import latency, precision, training
     from tnsearch.results.export import write_package
     from tnsearch.study import sensitivity, tracking
     from tnsearch.study.record import Record
@@ -62,15 +64,18 @@ def compress(cfg: Config, console: Console | None = None) -> Path:
         raise ConfigError("compress.out", f"cannot write {out}: {existing} is a file")
 
     def reachable(ready) -> None:
-        if budget["params"] is None:
+        """A budget no plan of the space meets stops the command before it trains anything."""
+        if budget["params"] is None and budget["bytes"] is None:
             return
-        smallest = sensitivity.smallest_params(ready)
-        if smallest > budget["params"]:
-            raise ConfigError(
-                "budget.params",
-                f"no plan meets {budget['params']:g}; the smallest reachable is {smallest:.4g} "
-                "(widen space.ranks, space.orders or space.layers to go further)",
-            )
+        least = sensitivity.smallest(ready)
+        for key, widen in (("params", ""), ("bytes", ", space.precisions")):
+            if budget[key] is not None and least[key] > budget[key] + 1e-12:
+                raise ConfigError(
+                    f"budget.{key}",
+                    f"no plan meets {budget[key]:g}; the smallest reachable is "
+                    f"{least[key]:.4g} (widen space.ranks, space.orders{widen} or space.layers "
+                    "to go further)",
+                )
 
     from tnsearch.study import loop
 
@@ -80,15 +85,17 @@ def compress(cfg: Config, console: Console | None = None) -> Path:
     chosen = sensitivity.budget_plan(ready, found, **budget)
     asked = ", ".join(f"budget.{k}={v:g}" for k, v in budget.items() if v is not None)
     console.say(
-        f"allocation for {asked}: {plans.summary({'layers': chosen.layers})}; predicted "
-        f"params {chosen.params_fraction:.3f}, latency {chosen.latency_fraction:.3f} of dense, "
-        f"{found.metric} loss {chosen.loss:.4f}"
+        f"allocation for {asked}: "
+        f"{plans.summary({'layers': chosen.layers, 'precision': chosen.precision})}; predicted "
+        f"params {chosen.params_fraction:.3f}, bytes {chosen.bytes_fraction:.3f}, latency "
+        f"{chosen.latency_fraction:.3f} of dense, {found.metric} loss {chosen.loss:.4f}"
     )
     model, errors = sensitivity.build(ready, chosen.layers, say=console.say)
     dense = sensitivity.dense_model(ready)
     full = sensitivity.evaluator(ready, dense, examples=None)
     dense_quality = full()
-    zero_shot = sensitivity.evaluator(ready, model, examples=None)()
+    zero_shot = sensitivity.evaluator(ready, precision.deployed(model, chosen.precision),
+                                      examples=None)()  # fmt: skip
     quality = zero_shot
     test = sensitivity.evaluator(ready, dense, examples=None, split="test")
     if heal:
@@ -101,17 +108,24 @@ def compress(cfg: Config, console: Console | None = None) -> Path:
         result = training.fit(
             module, ready.datamodule, epochs=heal, trainer_cfg=cfg.trainer, metric=ready.metric
         )
-        quality = result.val_quality
         model = model.cpu().eval()
+        quality = result.val_quality
+        if chosen.precision:  # what is deployed: the healed weights in int8
+            quality = sensitivity.evaluator(
+                ready, precision.deployed(model, chosen.precision), examples=None
+            )()
+    deployed = precision.deployed(model, chosen.precision)
     dense_test = test()
-    test_quality = sensitivity.evaluator(ready, model, examples=None, split="test")()
+    test_quality = sensitivity.evaluator(ready, deployed, examples=None, split="test")()
     timing = ready.timing  # as a trial's objective is measured
     example = latency.example_batch(ready.datamodule, timing.batch_size)
-    timed = latency.paired(model, dense, example, timing)
+    timed = latency.paired(deployed, dense, example, timing)
     model, dense = model.cpu(), dense.cpu()  # timed where trials are; written from the CPU
     ratio, dense_s = timed.ratio, timed.reference_ms / 1e3
     params, dense_params = tn.n_params(model), tn.n_params(dense)
-    plan = plans.make(cfg.model, ready.inputs, chosen.layers).but(params=params)
+    size = precision.size_bytes(model, chosen.precision)
+    dense_size = precision.size_bytes(dense, {})
+    plan = plans.make(cfg.model, ready.inputs, chosen.layers, chosen.precision).but(params=params)
     metric = ready.metric
     rows = [
         (f"{metric} (validation)", f"{dense_quality:.4f}", f"{quality:.4f}",
@@ -120,6 +134,7 @@ def compress(cfg: Config, console: Console | None = None) -> Path:
         (f"{metric} (test)", f"{dense_test:.4f}", f"{test_quality:.4f}",
          f"{test_quality - dense_test:+.4f}"),
         ("parameters", f"{dense_params:,}", f"{params:,}", f"{params / dense_params:.3f}x"),
+        ("weights (bytes)", f"{dense_size:,}", f"{size:,}", f"{size / dense_size:.3f}x"),
         (f"latency (ms / batch of {latency.batch_size(example)})", f"{dense_s * 1e3:.3f}",
          f"{dense_s * ratio * 1e3:.3f}", f"{ratio:.3f}x"),
     ]  # fmt: skip
@@ -136,6 +151,7 @@ def compress(cfg: Config, console: Console | None = None) -> Path:
         params=params,
         compression=dense_params / params,
         latency_ms=dense_s * ratio * 1e3,
+        size_bytes=size,
     )
     readme = _readme(cfg.name, asked, plan, lines, heal, errors)
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,6 +185,7 @@ def compress(cfg: Config, console: Console | None = None) -> Path:
             f"test_{metric}": test_quality,
             f"dense_{metric}": dense_quality,
             "param_count": params,
+            "size_bytes": size,
             "compression": round(dense_params / params, 2),  # as a study's runs show them
             "latency_ratio": round(ratio, 3),
         },
@@ -225,6 +242,7 @@ def _next_lines(cfg: Config, out: Path, experiment_id: str | None) -> str:
 
 
 def _readme(name, asked, plan, lines, heal, errors) -> str:
+    quantized = sorted(plan.precision)
     layers = "\n".join(
         f"- `{n}`: {s['topology']}, order {s['order']}, modes {s['in_modes']} -> "
         f"{s['out_modes']}, rank {s['rank']} (output error {errors.get(n, float('nan')):.3f})"
@@ -240,6 +258,8 @@ allocation, data-aware decomposition of each layer, {healed}.
 
 Tensorized layers (the others are dense):
 {layers or "- none"}
+
+Layers whose weights are int8 (the others are float32): {", ".join(quantized) or "none"}
 
 ## Use
 ```python

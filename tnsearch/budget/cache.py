@@ -26,6 +26,7 @@ from typing import Any
 
 from tnsearch.budget.profile import VERSION, Entry, Group
 from tnsearch.files import write_text
+from tnsearch.plan import FLOAT32
 
 __all__ = ["OptionCache"]
 
@@ -46,10 +47,13 @@ class OptionCache:
         self.warn = warn or (lambda _text: None)
 
     # -- names --------------------------------------------------------------------------------
-    def path(self, key: tuple[str, str, int, int]) -> Path:
-        group, topology, order, rank = key
+    def path(self, key: tuple) -> Path:
+        """An option's file: (group, topology, order, rank[, precision]); float32 has no
+        suffix (the name profiles had before precisions)."""
+        group, topology, order, rank, *rest = key
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", group)
-        return self.folder / f"{safe}--{topology}-o{order}-r{rank}.json"
+        suffix = "" if not rest or rest[0] == FLOAT32 else f"-{rest[0]}"
+        return self.folder / f"{safe}--{topology}-o{order}-r{rank}{suffix}.json"
 
     # -- the dense reference ----------------------------------------------------------------------
     def dense(self) -> dict[str, Any] | None:
@@ -57,7 +61,8 @@ class OptionCache:
         if data is None:
             return None
         try:
-            groups = {k: Group(tuple(v["layers"]), int(v["params"]), float(v["latency_ms"]))
+            groups = {k: Group(tuple(v["layers"]), int(v["params"]), float(v["latency_ms"]),
+                               int(v.get("bytes", 0)))
                       for k, v in data["groups"].items()}  # fmt: skip
             return {**data, "groups": groups}
         except (KeyError, TypeError, ValueError):
@@ -69,7 +74,7 @@ class OptionCache:
         write_text(self.folder / DENSE, json.dumps({"version": VERSION, **data}, indent=1) + "\n")
 
     # -- options ----------------------------------------------------------------------------------
-    def entries(self) -> dict[tuple[str, str, int, int], Entry]:
+    def entries(self) -> dict[tuple, Entry]:
         """Every measured option in the folder, by key (damaged files set aside, once warned)."""
         found, damaged = {}, []
         for path in sorted(self.folder.glob("*--*.json")):
@@ -99,7 +104,7 @@ class OptionCache:
         data = {"version": VERSION, **asdict(entry)}
         write_text(self.path(entry.option), json.dumps(data, indent=1) + "\n")
 
-    def read(self, key: tuple[str, str, int, int]) -> Entry | None:
+    def read(self, key: tuple) -> Entry | None:
         data = self._read(self.path(key), quiet=True)
         if data is None:
             return None
@@ -110,7 +115,7 @@ class OptionCache:
             return None
 
     @contextlib.contextmanager
-    def claim(self, key: tuple[str, str, int, int]) -> Iterator[bool]:
+    def claim(self, key: tuple) -> Iterator[bool]:
         """Hold the option's lock if no other process does (True), else yield False at once."""
         lock = self.path(key).with_suffix(".lock")
         with open(lock, "w") as handle:
@@ -125,7 +130,7 @@ class OptionCache:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
-    def hold(self, key: tuple[str, str, int, int]) -> Iterator[None]:
+    def hold(self, key: tuple) -> Iterator[None]:
         """Hold the option's lock, waiting for any other process that holds it."""
         lock = self.path(key).with_suffix(".lock")
         with open(lock, "w") as handle:
@@ -135,7 +140,7 @@ class OptionCache:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def wait(self, key: tuple[str, str, int, int]) -> None:
+    def wait(self, key: tuple) -> None:
         """Block until no process holds the option's lock."""
         with self.hold(key):
             pass

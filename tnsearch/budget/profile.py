@@ -1,9 +1,11 @@
 """The sensitivity profile: what tensorizing each layer (group) alone costs and saves.
 
 For every group of the search space and every option open to it (topology x order x rank, the
-modes balanced), the profile holds the group's parameters, its latency as a ratio to the dense
-layers, the data-aware decomposition's output error on the calibration inputs, and the whole
-model's quality when only that group is tensorized (zero-shot, no training). Allocation
+modes balanced, at each precision of `space.precisions`, and the group left dense in int8 when
+int8 is among them), the profile holds the group's parameters and the bytes of its weights as
+deployed, its latency as a ratio to the dense layers, the data-aware decomposition's output
+error on the calibration inputs (plus, in int8, the error the int8 weights add), and the whole
+model's quality when only that group is changed (zero-shot, no training). Allocation
 (`tnsearch.budget.allocate`) reads only this.
 
 Measuring an option takes a data-aware fit and a zero-shot evaluation of the whole model, so the
@@ -22,7 +24,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from tnsearch import plan as plans
 from tnsearch import tn
 from tnsearch.budget import calibration, predict
 from tnsearch.files import write_text
-from tnsearch.measure import latency
+from tnsearch.measure import latency, quantize
 from tnsearch.space import Space
 from tnsearch.tn import shapes
 
@@ -46,6 +48,11 @@ VERSION = 2
 PAIRS = 9
 #: What the profile changes of the study's timing (`latency.Timing.but`).
 TIMING = {"repeats": PAIRS, "warmup": 2, "attempts": 1}
+#: The topology name of an option that leaves the group's layers dense (in int8).
+DENSE = "dense"
+
+#: An option's key: (group, topology, order, rank, precision).
+Key = tuple[str, str, int, int, str]
 
 
 @dataclass(frozen=True)
@@ -64,11 +71,21 @@ class Entry:
     measured: bool = True  # False: `quality` and `latency_ratio` are predicted, not measured
     predicted_error: float | None = None  # the spectra's prediction of `error`
     bonds: dict[str, float] = field(default_factory=dict)  # bond quantities (tnsearch.bonds)
+    precision: str = plans.FLOAT32  # its weights' precision (int8: as `measure.quantize` does)
+    bytes: int = 0  # the group's weights as deployed (0: a profile from before: 4 x params)
 
     @property
-    def option(self) -> tuple[str, str, int, int]:
-        """(group, topology, order, rank): the option's key."""
-        return self.group, self.topology, self.order, self.rank
+    def option(self) -> Key:
+        """(group, topology, order, rank, precision): the option's key."""
+        return self.group, self.topology, self.order, self.rank, self.precision
+
+    @property
+    def name(self) -> str:
+        return option_name(self.option)
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.bytes or 4 * self.params
 
     def loss(self, dense_quality: float, maximize: bool) -> float:
         """The quality this option loses (never negative), with the output error breaking
@@ -84,6 +101,11 @@ class Group:
     layers: tuple[str, ...]
     params: int  # weights and biases of its layers, dense
     latency_ms: float  # its dense layers alone, per batch
+    bytes: int = 0  # its dense layers' weights in float32 (0: a profile from before)
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.bytes or 4 * self.params
 
 
 @dataclass
@@ -101,6 +123,11 @@ class Profile:
     entries: list[Entry]
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    dense_bytes: int = 0  # the whole model's weights in float32 (0: a profile from before)
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.dense_bytes or 4 * self.dense_params
 
     def options(self, group: str) -> list[Entry]:
         return [e for e in self.entries if e.group == group]
@@ -120,8 +147,8 @@ class Profile:
             raise ValueError(f"profile: unsupported version {data.get('version')!r}")
         data = dict(data)
         data.pop("version")
-        groups = {k: Group(tuple(v["layers"]), v["params"], v["latency_ms"]) for k, v in
-                  data.pop("groups").items()}  # fmt: skip
+        groups = {k: Group(tuple(v["layers"]), v["params"], v["latency_ms"], v.get("bytes", 0))
+                  for k, v in data.pop("groups").items()}  # fmt: skip
         entries = [Entry(**e) for e in data.pop("entries")]
         known = {f for f in cls.__dataclass_fields__}
         return cls(groups=groups, entries=entries, **{k: v for k, v in data.items() if k in known})
@@ -155,6 +182,13 @@ def options(space: Space, group: str) -> Iterator[tuple[str, int, int, dict[str,
                     for layer in space.groups[group]
                 }
                 yield topology, order, rank, layers
+
+
+def option_name(key: tuple) -> str:
+    """How people read an option's key: "fc1 mpo o2 r8", "fc1 mpo o2 r8 int8", "fc1 dense int8"."""
+    group, topology, order, rank, precision = key
+    words = [group, topology] if topology == DENSE else [group, topology, f"o{order}", f"r{rank}"]
+    return " ".join(words + ([precision] if precision != plans.FLOAT32 else []))
 
 
 def fingerprint(model: nn.Module, settings: Mapping[str, Any]) -> str:
@@ -215,14 +249,16 @@ class Option:
     params: int  # exact: the shells' sizes
     predicted_error: float  # mean over its layers of the spectra's predicted output error
     macs_ratio: float  # the group's multiply-adds tensorized / dense: latency's stand-in
+    precision: str = plans.FLOAT32
+    bytes: int = 0  # exact: the group's weights as deployed
 
     @property
-    def key(self) -> tuple[str, str, int, int]:
-        return self.group, self.topology, self.order, self.rank
+    def key(self) -> Key:
+        return self.group, self.topology, self.order, self.rank, self.precision
 
     @property
     def name(self) -> str:
-        return f"{self.group} {self.topology} o{self.order} r{self.rank}"
+        return option_name(self.key)
 
     def entry(self, *, error: float, latency_ratio: float, quality: float, measured: bool,
               bonds: dict[str, float] | None = None) -> Entry:  # fmt: skip
@@ -240,6 +276,8 @@ class Option:
             measured=measured,
             predicted_error=self.predicted_error,
             bonds=dict(bonds or {}),
+            precision=self.precision,
+            bytes=self.bytes,
         )
 
 
@@ -283,6 +321,7 @@ class Profiler:
             for g, originals in self.originals.items()
         }
         self._bond_spectra: dict[str, bond_spectra.SpectrumCache] = {}
+        self._last: tuple | None = None  # the last option's decomposition (`_fitted`)
 
     def dense(self) -> dict[str, Any]:
         """The dense reference: quality, whole-model latency (ms per batch) and each group."""
@@ -293,10 +332,12 @@ class Profiler:
             mods = list(self.dense_modules[g].values())
             ms = self._ratio(mods, mods, g)[1] * 1e3
             params = sum(_dense_params(m) for m in originals.values())
-            groups[g] = Group(tuple(originals), params, ms)
+            size = sum(quantize.weight_bytes(m) for m in originals.values())
+            groups[g] = Group(tuple(originals), params, ms, size)
         return {"quality": float(quality), "latency_ms": whole.p50, "groups": groups,
                 "batch_size": latency.batch_size(self.example),
-                "params": tn.n_params(self.model)}  # fmt: skip
+                "params": tn.n_params(self.model),
+                "bytes": quantize.weight_bytes(self.model)}  # fmt: skip
 
     def menu(self, group: str) -> list[Option]:
         """Every option of `group` that saves parameters, predicted (once per distinct clipped
@@ -305,7 +346,25 @@ class Profiler:
         spectra = {n: predict.Spectra(m, self.stats.get(n)) for n, m in modules.items()}
         group_params = sum(_dense_params(m) for m in originals.values())
         dense_macs = sum(_macs(m, self.inputs[n]) for n, m in modules.items())
+        int8 = INT8 in self.space.precisions and all(_quantizable(m) for m in modules.values())
+        if int8:  # the error int8 adds: the dense weights' (per tensor, once per core)
+            noise = statistics.fmean(_int8_error(m, per_channel=False) for m in modules.values())
         seen, found = set(), []
+        if int8:  # the group left dense, its weights in int8 (per output feature where Linear)
+            found.append(
+                Option(
+                    group,
+                    DENSE,
+                    0,
+                    0,
+                    {},
+                    group_params,
+                    statistics.fmean(_int8_error(m) for m in modules.values()),
+                    1.0,
+                    precision=INT8,
+                    bytes=sum(quantize.weight_bytes(m, INT8) for m in originals.values()),
+                )  # fmt: skip
+            )
         for topology, order, rank, layers in options(self.space, group):
             shells = {  # random factors: only the sizes and the structure are read
                 n: plans.tensorize_module(m, layers[n], init="random") for n, m in modules.items()
@@ -321,23 +380,62 @@ class Profiler:
                 continue  # order 1: a rank-r matrix with an r x r core): measured once
             seen.add(same)
             macs = sum(_macs(m, self.inputs[n]) for n, m in shells.items())
-            found.append(
-                Option(
-                    group,
-                    topology,
-                    order,
-                    rank,
-                    copy.deepcopy(layers),
-                    params,
-                    float(statistics.fmean(errors.values())),
-                    macs / max(dense_macs, 1),
-                )  # fmt: skip
-            )
+            error = float(statistics.fmean(errors.values()))
+            fp32 = Option(
+                group, topology, order, rank, copy.deepcopy(layers), params, error,
+                macs / max(dense_macs, 1),
+                bytes=sum(quantize.weight_bytes(m) for m in shells.values()),
+            )  # fmt: skip
+            found.append(fp32)
+            if int8:
+                cores = statistics.fmean(len(_cores(m)) for m in shells.values())
+                found.append(
+                    replace(
+                        fp32,
+                        layers=copy.deepcopy(layers),
+                        precision=INT8,
+                        predicted_error=error + cores * noise,
+                        bytes=sum(quantize.weight_bytes(m, INT8) for m in shells.values()),
+                    )
+                )
         return found
 
     def measure(self, option: Option) -> Entry:
-        """Decompose the option's layers data-aware, score the model with only them tensorized
-        and time them beside the dense layers."""
+        """Decompose the option's layers data-aware (none for a dense option), put them in int8
+        when its precision says so, score the model with only them changed and time them beside
+        the dense layers. An option's int8 and float32 versions share one decomposition (the
+        last one is kept)."""
+        originals = self.originals[option.group]
+        dense_mods = self.dense_modules[option.group]
+        quantities: dict[str, float] = {}
+        if option.topology == DENSE:
+            changed = {n: originals[n] for n in originals}
+            error = 0.0
+        else:
+            changed, error, quantities = self._fitted(option)
+        try:
+            if option.precision == INT8:
+                exact, changed = changed, {n: _int8(m) for n, m in changed.items()}
+                error += statistics.fmean(
+                    _added_error(changed[n], exact[n], dense_mods[n], self.inputs[n])
+                    for n in originals
+                )
+            for n, m in changed.items():
+                self.model.set_submodule(n, m)
+            quality = self.evaluate(self.model)
+            modules = [calibration._module_for(self.model, n) for n in originals]
+            ratio, _ = self._ratio(list(dense_mods.values()), modules, option.group)
+        finally:
+            _restore(self.model, originals)
+        return option.entry(
+            error=error, latency_ratio=ratio, quality=quality, measured=True, bonds=quantities
+        )
+
+    def _fitted(self, option: Option) -> tuple[dict[str, nn.Module], float, dict[str, float]]:
+        """(tensorized layers, mean output error, bond quantities) of the option's plan."""
+        key = (option.group, option.topology, option.order, option.rank)
+        if self._last is not None and self._last[0] == key:
+            return dict(self._last[1]), self._last[2], dict(self._last[3])
         originals = self.originals[option.group]
         errors = calibration.tensorize(
             _Swap(self.model, originals), option.layers, self.stats, steps=self.steps
@@ -347,9 +445,6 @@ class Profiler:
             for m in tensorized.values():
                 if isinstance(m, tn.TNLayer):
                     m.freeze()  # the path of fewest MACs: no measuring of paths per option
-            quality = self.evaluate(self.model)
-            dense_mods = list(self.dense_modules[option.group].values())
-            ratio, _ = self._ratio(dense_mods, list(tensorized.values()), option.group)
             quantities = bond_spectra.option_quantities(  # the group's options share unfoldings
                 tensorized,
                 self.dense_modules[option.group],
@@ -358,17 +453,53 @@ class Profiler:
             )
         finally:
             _restore(self.model, originals)
-        return option.entry(
-            error=statistics.fmean(errors.values()),
-            latency_ratio=ratio,
-            quality=quality,
-            measured=True,
-            bonds=quantities,
-        )
+        self._last = (key, tensorized, float(statistics.fmean(errors.values())), quantities)
+        return dict(tensorized), self._last[2], dict(quantities)
 
     def _ratio(self, dense: list[nn.Module], other: list[nn.Module], group: str):
         xs = [self.inputs[n] for n in self.originals[group]]
         return paired_ratio(dense, other, xs, self.timing)
+
+
+INT8 = "int8"
+
+
+def _quantizable(module: nn.Module) -> bool:
+    """Whether `measure.quantize` puts `module` in int8 (a Linear, Conv or Embedding)."""
+    return isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Embedding)
+
+
+def _int8(module: nn.Module) -> nn.Module:
+    """An int8 copy of one layer, as `measure.quantize` deploys it in a model."""
+    holder = nn.ModuleDict({"layer": module})
+    return quantize.quantize(holder, INT8, layers=["layer"])["layer"]
+
+
+def _int8_error(module: nn.Module, *, per_channel: bool = True) -> float:
+    """The relative squared error of `module`'s weight in int8 (symmetric; per output feature
+    where a Linear's and `per_channel`, else per tensor)."""
+    w = module.weight.detach().double()
+    rows = per_channel and isinstance(module, nn.Linear)
+    peak = w.abs().amax(1, keepdim=True) if rows else w.abs().max()
+    scale = (peak / quantize.QMAX).clamp_min(1e-30)
+    q = torch.round(w / scale).clamp(-quantize.QMAX, quantize.QMAX) * scale
+    return float(((q - w) ** 2).sum() / (w**2).sum().clamp_min(1e-30))
+
+
+@torch.inference_mode()
+def _added_error(
+    quantized: nn.Module, exact: nn.Module, dense: nn.Module, x: torch.Tensor
+) -> float:
+    """The relative squared output error int8 adds to `exact` (its float32 self) on the batch
+    `x`, as a share of the dense layer's output: it adds to the decomposition's error."""
+    ref = calibration.call(dense, x).double()
+    diff = calibration.call(quantized, x).double() - calibration.call(exact, x).double()
+    return float((diff**2).sum() / (ref**2).sum().clamp_min(1e-30))
+
+
+def _cores(module: nn.Module) -> list[str]:
+    inner = module.layer if isinstance(module, tn.TNEmbedding) else module
+    return list(inner.network.names)
 
 
 def _rank(module: nn.Module) -> tuple[int, ...]:
@@ -497,15 +628,20 @@ def assemble(
     def loss_of(e: Entry) -> float:
         return e.loss(q0, maximize)
 
-    bound = _pooled(
+    bound = _pooled(  # the bound's looseness is the topology's (and the precision's)
         done,
-        lambda e: ((e.topology, e.order), (e.topology,)),  # the bound's looseness is the topology's
+        lambda e: ((e.topology, e.order, e.precision), (e.topology, e.precision), (e.topology,)),
         lambda e: None if e.predicted_error is None else (e.predicted_error, e.error),
     )
     curve = _pooled(done, lambda e: ((e.group,), ("*",)), lambda e: (e.error, loss_of(e)), least=1)
     latency = _pooled(
         done,
-        lambda e: ((e.group, e.topology), (e.topology,), ("*",)),
+        lambda e: (
+            (e.group, e.topology, e.precision),
+            (e.topology, e.precision),
+            (e.precision,),
+            ("*",),
+        ),
         lambda e: (macs[e.option], e.latency_ratio),
     )
     entries = []
@@ -536,6 +672,7 @@ def assemble(
         dense_quality=q0,
         dense_params=int(dense["params"]),
         dense_latency_ms=float(dense["latency_ms"]),
+        dense_bytes=int(dense.get("bytes", 0)),
         batch_size=int(dense["batch_size"]),
         groups=dict(dense["groups"]),
         entries=entries,

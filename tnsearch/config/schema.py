@@ -100,6 +100,7 @@ class BudgetConfig(Section):
 
     params: Any = None  # a fraction in (0, 1], or null (checked with the allocation's words)
     latency: Any = None
+    bytes: Any = None
 
 
 @dataclass
@@ -108,6 +109,7 @@ class SearchConfig(Section):
 
     budgets: list[float] = _list(0.5, 0.25, 0.125, 0.0625)
     latency: list[float] = _list()
+    bytes: list[float] | None = None  # null: `budgets` when int8 is in space.precisions
 
 
 @dataclass

@@ -20,7 +20,7 @@ from torch import nn
 
 from tnsearch import plan as plans
 from tnsearch.budget import allocate, calibration
-from tnsearch.budget.profile import Profile
+from tnsearch.budget.profile import DENSE, Profile
 from tnsearch.config import Config, ConfigError
 from tnsearch.study import record
 from tnsearch.study.setup import Setup, task_metric
@@ -147,16 +147,29 @@ def _settings(setup: Setup) -> dict[str, Any]:
 
 
 def profile_budgets(setup: Setup) -> list[dict[str, float | None]]:
-    """The budgets the profile must be right for: `budget.params` / `budget.latency` when given
-    (compress), else the ladder's (`search.budgets`) and `profile.budgets`."""
+    """The budgets the profile must be right for: `budget.params` / `budget.latency` /
+    `budget.bytes` when given (compress), else the ladder's (`search.budgets`) and
+    `profile.budgets`."""
     cfg = setup.cfg
     given = cfg.budget.to_dict()
     if any(v is not None for v in given.values()):
         return [{k: None if v is None else float(v) for k, v in given.items()}]
     fractions = [*(cfg.search.budgets or ()), *(cfg.profile.budgets or ())]
-    asked = [{"params": float(f), "latency": None} for f in sorted(set(fractions), reverse=True)]
+    asked = [{"params": float(f)} for f in sorted(set(fractions), reverse=True)]
     latency = sorted(set(cfg.search.latency or ()), reverse=True)
-    return asked + [{"params": a["params"], "latency": float(g)} for a in asked for g in latency]
+    asked += [{"params": a["params"], "latency": float(g)} for a in asked for g in latency]
+    return asked + [{"bytes": f} for f in byte_rungs(setup)]
+
+
+def byte_rungs(setup: Setup) -> list[float]:
+    """The ladder's fractions of the dense float32 bytes (`search.bytes`; null: those of
+    `search.budgets` when int8 is in `space.precisions`), largest first."""
+    from tnsearch.budget.profile import INT8
+
+    found = setup.cfg.search.bytes
+    if found is None:
+        found = setup.cfg.search.budgets if INT8 in setup.space.precisions else ()
+    return sorted({float(f) for f in found or ()}, reverse=True)
 
 
 def profile(
@@ -290,7 +303,7 @@ NEIGHBOURS = 1
 
 def _note(entry, metric: str) -> str:
     return (
-        f"{entry.group} {entry.topology} o{entry.order} r{entry.rank}: {entry.params:,} params, "
+        f"{entry.name}: {entry.params:,} params, {entry.weight_bytes:,} bytes, "
         f"{metric} {entry.quality:.4f}, latency {entry.latency_ratio:.2f}x"
     )
 
@@ -318,7 +331,8 @@ def build(
 
 
 def budget_plan(setup: Setup, profile_: Profile, **budget: float | None) -> allocate.Allocation:
-    """The allocation for `budget` (params=, latency=), UnreachableBudget as a ConfigError."""
+    """The allocation for `budget` (params=, latency=, bytes=), UnreachableBudget as a
+    ConfigError."""
     try:
         return allocate.allocate(profile_, **budget, measured_only=bool(profile_.measured))
     except allocate.UnreachableBudget as exc:
@@ -331,6 +345,8 @@ def hopeless(setup: Setup, found: Profile) -> dict[str, set[tuple[str, int, int]
     limit = float(setup.cfg.space.hopeless) * abs(found.dense_quality)
     keep: dict[str, set[tuple[str, int, int]]] = {g: set() for g in found.groups}
     for e in found.entries:
+        if e.topology == DENSE or e.precision != plans.FLOAT32:
+            continue  # the space's options are its tensorized ones; a precision is asked apart
         if e.loss(found.dense_quality, found.maximize) <= limit:
             keep[e.group].add((e.topology, e.order, e.rank))
     return keep
@@ -356,43 +372,54 @@ def narrow(setup: Setup, *, say: Callable[[str], None] | None = None) -> None:
 
 def enqueue_ladder(setup: Setup, study, *, say: Callable[[str], None] | None = None) -> int:
     """Enqueue, once per study, the budget plans of `search.budgets` (fractions of the dense
-    parameters, largest first), and of each of them within each of `search.latency` (fractions
-    of its latency), right after the dense trial; return how many were enqueued."""
+    parameters, largest first), of each of them within each of `search.latency` (fractions
+    of its latency), and of `byte_rungs` (fractions of its float32 bytes: where int8 at a higher
+    rank may beat float32 at a lower one), right after the dense trial; return how many were
+    enqueued."""
     budgets = list(setup.cfg.search.budgets or ())
     latency = list(setup.cfg.search.latency or ())
-    if not budgets or setup.pretrained is None or record.ladder(study) is not None:
+    sizes = byte_rungs(setup)
+    if not (budgets or sizes) or setup.pretrained is None or record.ladder(study) is not None:
         return 0
     found, _ = profile(setup, say=say)
     if setup.cfg.space.from_profile:
         allowed = hopeless(setup, found)
         found = replace(
             found,
-            entries=[e for e in found.entries if (e.topology, e.order, e.rank) in allowed[e.group]],
+            entries=[
+                e
+                for e in found.entries
+                if (e.topology, e.order, e.rank) in allowed[e.group] or e.topology == DENSE
+            ],
         )
     enqueued, count = [], 0
-    rungs = [(float(f), None) for f in sorted(budgets, reverse=True)]
-    rungs += [(f, float(g)) for f, _ in list(rungs) for g in sorted(latency, reverse=True)]
-    for fraction, slower in rungs:
-        name = f"{fraction:g}" + ("" if slower is None else f" within latency {slower:g}x")
+    rungs = [{"params": float(f)} for f in sorted(budgets, reverse=True)]
+    slower = sorted(latency, reverse=True)
+    rungs += [{**r, "latency": float(g)} for r in list(rungs) for g in slower]
+    rungs += [{"bytes": f} for f in sizes]
+    for rung in rungs:
+        fraction, slower = rung.get("params"), rung.get("latency")
+        name = (f"bytes {rung['bytes']:g}" if "bytes" in rung else f"{fraction:g}") + (
+            "" if slower is None else f" within latency {slower:g}x")  # fmt: skip
         try:
-            chosen = allocate.allocate(
-                found, params=fraction, latency=slower, measured_only=bool(found.measured)
-            )
+            chosen = allocate.allocate(found, **rung, measured_only=bool(found.measured))
         except allocate.UnreachableBudget as exc:
             if say is not None:
                 say(f"search.budgets: {name} skipped ({str(exc).split(': ', 1)[1]})")
             continue
-        if not chosen.layers:  # the dense model: it is trial 0 already
+        if not chosen.layers and not chosen.precision:  # the dense model: trial 0 already
             continue
-        params = setup.space.params_for(chosen.layers)
+        params = setup.space.params_for(chosen.layers, chosen.precision)
         study.enqueue_trial(params, skip_if_exists=True)
         count += 1
-        if slower is None:
+        if slower is None and fraction is not None:
             enqueued.append(fraction)
         if say is not None:
             say(
-                f"budget {name}: enqueued {plans.summary({'layers': chosen.layers})} "
-                f"({chosen.params:,} params, predicted latency {chosen.latency_fraction:.2f}x, "
+                f"budget {name}: enqueued "
+                f"{plans.summary({'layers': chosen.layers, 'precision': chosen.precision})} "
+                f"({chosen.params:,} params, {chosen.bytes_fraction:.3f} of the bytes, "
+                f"predicted latency {chosen.latency_fraction:.2f}x, "
                 f"{setup.metric} loss {chosen.loss:.4f})"
             )
     record.set_ladder(study, enqueued)
@@ -400,7 +427,8 @@ def enqueue_ladder(setup: Setup, study, *, say: Callable[[str], None] | None = N
 
 
 def check_budget(cfg: Config) -> dict[str, float | None]:
-    """`budget.params` / `budget.latency`: fractions in (0, 1], at least one given."""
+    """`budget.params` / `budget.latency` / `budget.bytes`: fractions in (0, 1], at least one
+    given."""
     given = {}
     for key, value in cfg.budget.to_dict().items():
         if value is not None and (
@@ -408,34 +436,47 @@ def check_budget(cfg: Config) -> dict[str, float | None]:
         ):
             raise ConfigError(f"budget.{key}", f"must be a fraction in (0, 1], got {value!r}")
         given[key] = None if value is None else float(value)
-    if given["params"] is None and given["latency"] is None:
+    if all(v is None for v in given.values()):
         raise ConfigError(
-            "budget.params", "give budget.params=FRACTION and/or budget.latency=FRACTION"
+            "budget.params",
+            "give budget.params=FRACTION, budget.latency=FRACTION and/or budget.bytes=FRACTION",
         )
     return given
 
 
-def smallest_params(setup: Setup) -> float:
-    """The least fraction of the dense parameters any plan of the space reaches (every group
-    at its smallest option), known without measuring anything."""
+def smallest(setup: Setup) -> dict[str, float]:
+    """The least fractions of the dense parameters and of the dense float32 bytes any plan of
+    the space reaches (every group at its smallest option, in int8 where `space.precisions`
+    allows it), known without measuring anything."""
     from tnsearch import tn
     from tnsearch.budget import profile as profiles
+    from tnsearch.measure import quantize
 
     dense = plans.build_dense(  # the structure is enough: no trained weights needed
         plans.make(setup.cfg.model, setup.inputs, {}),
         trusted=plans.trusted_models(setup.cfg.model),
     )
-    total = tn.n_params(dense)
-    left = total
+    int8 = profiles.INT8 in setup.space.precisions
+    params, size = tn.n_params(dense), quantize.weight_bytes(dense)
+    left = {"params": params, "bytes": size}
+
+    def weighs(module) -> int:
+        if int8 and (profiles._quantizable(module) or isinstance(module, tn.TNLayer)):
+            return quantize.weight_bytes(module, profiles.INT8)
+        return quantize.weight_bytes(module)
+
     for group, members in setup.space.groups.items():
         modules = {m.name: calibration._module_for(dense, m.name) for m in members}
-        size = sum(sum(p.numel() for p in mod.parameters()) for mod in modules.values())
-        best = size
+        count = sum(sum(p.numel() for p in mod.parameters()) for mod in modules.values())
+        weight = sum(quantize.weight_bytes(mod) for mod in modules.values())
+        least = {"params": count, "bytes": sum(weighs(mod) for mod in modules.values())}
         for *_, layers in profiles.options(setup.space, group):
             shells = [
                 plans.tensorize_module(modules[n], spec, init="random")
                 for n, spec in layers.items()
             ]
-            best = min(best, sum(tn.n_params(s) for s in shells))
-        left -= size - best
-    return left / total
+            least["params"] = min(least["params"], sum(tn.n_params(s) for s in shells))
+            least["bytes"] = min(least["bytes"], sum(weighs(s) for s in shells))
+        left["params"] -= count - least["params"]
+        left["bytes"] -= weight - least["bytes"]
+    return {"params": left["params"] / params, "bytes": left["bytes"] / size}

@@ -197,6 +197,9 @@ def check_precisions(cfg: Config) -> None:
         except ValueError as exc:
             reason = str(exc).removeprefix("precision: ")
             raise ConfigError("space.precisions", reason) from None
+    for value in cfg.search.bytes or ():  # the ladder's byte rungs (`sensitivity.byte_rungs`)
+        if not 0 < value <= 1:
+            raise ConfigError("search.bytes", f"must be fractions in (0, 1], got {value!r}")
 
 
 def prepare(cfg: Config | Mapping[str, Any], console: Console | None = None) -> Setup:
