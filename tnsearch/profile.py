@@ -43,19 +43,21 @@ def profile_command(cfg: Config, console: Console | None = None) -> Path:
 
 
 def table(found, per_group: int = 3) -> str:
-    """The options that lose least per unit of parameters saved, per group (markdown)."""
-    rows = ["| group | option | params (vs dense) | latency | quality | output error |",
-            "|---|---|---|---|---|---|"]  # fmt: skip
+    """The options that lose least per byte of weights saved, per group (markdown)."""
+    rows = ["| group | option | params (vs dense) | bytes (vs dense) | latency | quality | "
+            "output error |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for group, g in found.groups.items():
         options = sorted(
             found.options(group),
-            key=lambda e: e.loss(found.dense_quality, found.maximize) / max(g.params - e.params, 1),
+            key=lambda e: e.loss(found.dense_quality, found.maximize)
+            / max(g.weight_bytes - e.weight_bytes, 1),
         )
         for e in options[:per_group]:
             rows.append(
-                f"| {group} | {e.topology} o{e.order} r{e.rank} | {e.params:,} "
-                f"({e.params / g.params:.2f}) | {e.latency_ratio:.2f}x | {e.quality:.4f}"
-                f"{'' if e.measured else ' (predicted)'} | {e.error:.3f} |"
+                f"| {group} | {e.name.removeprefix(group + ' ')} | {e.params:,} "
+                f"({e.params / g.params:.2f}) | {e.weight_bytes:,} "
+                f"({e.weight_bytes / g.weight_bytes:.2f}) | {e.latency_ratio:.2f}x | "
+                f"{e.quality:.4f}{'' if e.measured else ' (predicted)'} | {e.error:.3f} |"
             )
     return "\n".join(rows)
 
