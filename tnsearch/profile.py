@@ -49,8 +49,10 @@ def table(found, per_group: int = 3) -> str:
     for group, g in found.groups.items():
         options = sorted(
             found.options(group),
-            key=lambda e: e.loss(found.dense_quality, found.maximize)
-            / max(g.weight_bytes - e.weight_bytes, 1),
+            key=lambda e: (
+                e.loss(found.dense_quality, found.maximize)
+                / max(g.weight_bytes - e.weight_bytes, 1)
+            ),
         )
         for e in options[:per_group]:
             rows.append(
