@@ -236,7 +236,14 @@ class MlflowTracker:
         status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}.get(
             state, "KILLED"
         )
-        self.client.set_terminated(run_id, status=status)
+        for attempt in range(3):  # a store locked for a moment (a shutdown's writes) is retried
+            try:
+                self.client.set_terminated(run_id, status=status)
+                return
+            except Exception:  # noqa: BLE001 - the last one is reported by _safe
+                if attempt == 2:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
 
     # -- a run of its own (profile, compress) ------------------------------------------------
     @_safe
