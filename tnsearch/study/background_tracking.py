@@ -198,8 +198,12 @@ class BackgroundTracker:
                 self._lagging = False
 
         self._queue("start_trial", start)
-        if not self._lagging and not self._closed and not run._made.wait(RUN_WAIT_S):
-            self._lagging = True
+        try:
+            if not self._lagging and not self._closed and not run._made.wait(RUN_WAIT_S):
+                self._lagging = True
+        except BaseException:  # a signal while waiting: the trial never gets the handle, so
+            self.end_trial(run, state="KILLED")  # its run is ended here (else left RUNNING)
+            raise
         return run
 
     def log_metrics(
