@@ -465,8 +465,9 @@ INT8 = "int8"
 
 
 def _quantizable(module: nn.Module) -> bool:
-    """Whether `measure.quantize` puts `module` in int8 (a Linear, Conv or Embedding)."""
-    return isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Embedding)
+    """Whether `measure.quantize` puts `module` in int8 (a Linear, Conv, Embedding or
+    tensorized layer): its own test, not a copy of it."""
+    return bool(quantize._quantizable(module, per_channel=True))
 
 
 def _int8(module: nn.Module) -> nn.Module:

@@ -461,7 +461,7 @@ def smallest(setup: Setup) -> dict[str, float]:
     left = {"params": params, "bytes": size}
 
     def weighs(module) -> int:
-        if int8 and (profiles._quantizable(module) or isinstance(module, tn.TNLayer)):
+        if int8 and profiles._quantizable(module):
             return quantize.weight_bytes(module, profiles.INT8)
         return quantize.weight_bytes(module)
 
