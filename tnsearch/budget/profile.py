@@ -479,12 +479,10 @@ def _int8(module: nn.Module) -> nn.Module:
 def _int8_error(module: nn.Module, *, per_channel: bool = True) -> float:
     """The relative squared error of `module`'s weight in int8 (symmetric; per output feature
     where a Linear's and `per_channel`, else per tensor)."""
-    w = module.weight.detach().double()
-    rows = per_channel and isinstance(module, nn.Linear)
-    peak = w.abs().amax(1, keepdim=True) if rows else w.abs().max()
-    scale = (peak / quantize.QMAX).clamp_min(1e-30)
-    q = torch.round(w / scale).clamp(-quantize.QMAX, quantize.QMAX) * scale
-    return float(((q - w) ** 2).sum() / (w**2).sum().clamp_min(1e-30))
+    w = module.weight.detach().float()
+    codes, scale = quantize.symmetric(w, per_row=per_channel and isinstance(module, nn.Linear))
+    q = codes.double() * scale.double()
+    return float(((q - w.double()) ** 2).sum() / (w.double() ** 2).sum().clamp_min(1e-30))
 
 
 @torch.inference_mode()

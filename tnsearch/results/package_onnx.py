@@ -71,9 +71,13 @@ def _graph(model: nn.Module, record: Mapping[str, Any]) -> nn.Module:
     return raw_model(model, record)  # an image model behind its normalization
 
 
-#: The largest relative difference between an int8 model.onnx and the int8 torch model that
-#: export accepts (onnxruntime also quantizes the activations, per batch; torch does for its
-#: dense Linear layers only).
+#: An int8 model.onnx is accepted when its largest relative difference to the int8 torch model
+#: is at most this, or when it is no further from the float32 model than the int8 torch model is
+#: (relative Frobenius distance, this fraction of slack). Both runtimes quantize activations per
+#: batch but round apart, and in a deep model those differences grow: in all-MiniLM-L6-v2 (int8
+#: everywhere) the two int8 copies differ by 0.11 while each is 0.18-0.19 from float32. torch's
+#: convolutions are weight-only where onnxruntime's ConvInteger quantizes activations too, so
+#: there the first test is the one that holds. A wrong graph (a misplaced core) is ~1 on both.
 INT8_TOLERANCE = 0.1
 
 
@@ -117,19 +121,28 @@ def _int8(
     from tnsearch.measure import onnx as runtime
 
     deployed_onnx(graph, path, precision, dst=path)
-    torch_int8 = deployed(graph, precision).eval()
     inputs = dict(batch) if isinstance(batch, Mapping) else {"input": batch}
-    with torch.no_grad():
-        found = torch_int8(**batch) if isinstance(batch, Mapping) else torch_int8(batch)
-    expected = found[output] if isinstance(found, Mapping) else found
+
+    def run(module: nn.Module) -> np.ndarray:
+        with torch.no_grad():
+            found = module(**batch) if isinstance(batch, Mapping) else module(batch)
+        return (found[output] if isinstance(found, Mapping) else found).numpy()
+
+    want = run(deployed(graph, precision).eval())
     session = runtime.session(path, threads=1)
     got = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
-    want = expected.numpy()
     error = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
-    if error > INT8_TOLERANCE:
+    if error <= INT8_TOLERANCE:
+        return error
+    fp32 = run(graph.eval())
+    scale = max(float(np.linalg.norm(fp32)), 1e-12)
+    deployed_drift = float(np.linalg.norm(got - fp32)) / scale
+    measured_drift = float(np.linalg.norm(want - fp32)) / scale
+    if deployed_drift > (1 + INT8_TOLERANCE) * measured_drift:
         raise ValueError(
             f"model.onnx: the int8 graph differs from the int8 torch model by {error:.3g} "
-            f"(more than {INT8_TOLERANCE})"
+            f"(more than {INT8_TOLERANCE}) and is further from float32 than it "
+            f"({deployed_drift:.3g} against {measured_drift:.3g})"
         )
     return error
 
