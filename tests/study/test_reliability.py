@@ -151,9 +151,7 @@ def test_train_loss_is_the_epochs_own(tmp_path):
         MLP(in_channels=1, image_size=8, num_classes=10, hidden=[32]),
         optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
     )
-    result = training.fit(
-        module, dm, epochs=2, trainer_cfg={"accelerator": "cpu"}
-    )
+    result = training.fit(module, dm, epochs=2, trainer_cfg={"accelerator": "cpu"})
     losses = [point["train_loss"] for point in result.history]
     assert all(math.isfinite(v) for v in losses), losses
     assert losses[1] < losses[0]  # each epoch's own mean: the second one is lower
