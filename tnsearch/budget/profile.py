@@ -481,8 +481,9 @@ def _int8_error(module: nn.Module, *, per_channel: bool = True) -> float:
     where a Linear's and `per_channel`, else per tensor)."""
     w = module.weight.detach().float()
     codes, scale = quantize.symmetric(w, per_row=per_channel and isinstance(module, nn.Linear))
+    w = w.double()
     q = codes.double() * scale.double()
-    return float(((q - w.double()) ** 2).sum() / (w.double() ** 2).sum().clamp_min(1e-30))
+    return float(((q - w) ** 2).sum() / (w**2).sum().clamp_min(1e-30))
 
 
 @torch.inference_mode()
