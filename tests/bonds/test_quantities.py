@@ -64,7 +64,9 @@ def by_hand_tensor(dense: nn.Module, layer: tn.TNLayer, x: torch.Tensor | None):
         w = dense.weight.detach().numpy().T  # (D, V)
         if x is not None:
             counts = np.bincount(x.numpy(), minlength=dense.num_embeddings)
-            w = w * np.sqrt(counts + 0.25)[None, :]  # tn._calibrate.UNSEEN
+            prior = 1.0 / (np.arange(len(counts)) + 100.0)  # tn._calibrate.PRIOR_OFFSET
+            prior = counts.sum() * prior / prior.sum()  # Zipf over the ids, the counts' mass
+            w = w * np.sqrt(counts + 0.25 + prior)[None, :]  # tn._calibrate.UNSEEN
     else:
         w = dense.weight.detach().numpy().reshape(dense.weight.shape[0], -1)  # (O, I*K)
         if x is not None:

@@ -68,6 +68,31 @@ def test_an_embedding_fits_the_frequent_tokens_best():
     assert tn.output_error(fitted, dense, stats) < tn.output_error(plain, dense, stats)
 
 
+@pytest.mark.parametrize("topology", ["tucker", "tree", "cp"])
+def test_an_order_1_embedding_starts_from_the_weighted_truncated_svd(topology):
+    """With the vocabulary on one factor the fit's start is the weighted optimum (SVD-LLM's
+    closed form), which L-BFGS from the plain decomposition does not reach in a few steps."""
+    torch.manual_seed(0)
+    dense = nn.Embedding(300, 24)
+    counts = (torch.rand(300) < 0.03) * 10_000 + torch.randint(0, 3, (300,))  # a few frequent
+    ids = torch.repeat_interleave(torch.arange(300), counts)
+    stats = tn.InputStats()
+    stats.add(dense, ids.reshape(1, -1))
+    rank = 6
+    w = tn._calibrate._row_weights(stats, 300).sqrt()[:, None]
+    table = dense.weight.detach().double()
+    u, s, vh = torch.linalg.svd(table * w, full_matrices=False)
+    best = (u[:, :rank] * s[:rank]) @ vh[:rank] / w  # the weighted rank-6 optimum
+    optimum = float((((best - table) * w) ** 2).sum() / ((table * w) ** 2).sum())
+
+    fitted = tn.tensorize(dense, topology=topology, rank=rank, order=1)
+    error = tn.fit_to_inputs(fitted, dense, stats, steps=0)
+    plain = tn.tensorize(dense, topology=topology, rank=rank, order=1)
+    assert error == pytest.approx(optimum, rel=0.02)
+    assert error < 0.9 * tn.output_error(plain, dense, stats)
+    assert error == pytest.approx(tn.output_error(fitted, dense, stats), rel=1e-4)
+
+
 def test_no_inputs_is_an_error():
     dense = nn.Linear(8, 8)
     layer = tn.tensorize(dense, topology="mpo", rank=2, order=2)

@@ -10,7 +10,13 @@ decomposition and refines all factors together by L-BFGS on that loss (any topol
 needs the layer's ``dense_weight()``), then corrects the bias.
 
 For an ``nn.Embedding`` the input is a one-hot token, so ``C`` is diagonal: each row of the table
-is weighted by how often its token occurs (plus a floor, so that unseen tokens keep a fit).
+is weighted by how often its token occurs (plus a floor, so that unseen tokens keep a fit). Where
+the vocabulary index lies on one axis of one factor (order 1: Tucker's or a tree's vocabulary
+factor, CP's) the weighted optimum has a closed form, as SVD-LLM's: decompose the table with its
+rows scaled by the square roots of those weights, then divide that axis by them (for Tucker, the
+weighted truncated SVD). The fit starts there: from the plain decomposition, 50 L-BFGS steps over
+a 30522-row factor left all-MiniLM-L6-v2's embedding (Tucker, rank 192, int8) at fidelity 0.885
+on held-out sentences; the weighted start alone keeps 0.98.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tnsearch.tn._base import TNLayer
-from tnsearch.tn._embedding import TNEmbedding
+from tnsearch.tn._embedding import TNEmbedding, _gathers
 
 __all__ = ["InputStats", "fit_to_inputs", "output_error"]
 
@@ -35,6 +41,14 @@ DAMPING = 1e-4
 #: all-MiniLM-L6-v2's embedding at rank 192, fidelity on held-out sentences: a weighted SVD
 #: with 0.1 added keeps 0.983, with 1 added 0.973; the profile with ~0.01 added kept 0.89.
 UNSEEN = 0.25
+#: A vocabulary learned by WordPiece, BPE or a unigram model lists its tokens roughly from the
+#: most frequent to the rarest ("the" is token 1996 of all-MiniLM-L6-v2's 30522, "cuckoo" token
+#: 29010), so the fit adds a prior to the calibration's counts: Zipf's law over the token id,
+#: ``1 / (id + PRIOR_OFFSET)``, with as much mass as the calibration's tokens hold. Calibrated
+#: on 2,000 lines of documentation, all-MiniLM-L6-v2's embedding as a rank-192 matrix kept a
+#: cosine of 0.946 on everyday English with the counts alone, 0.953 with this prior (0.985 and
+#: 0.984 on held-out documentation); the offset mattered little (100 to 3,000: 0.951-0.953).
+PRIOR_OFFSET = 100
 #: Tokens never seen that stand for all of them in an embedding's fit.
 UNSEEN_SAMPLE = 2048
 
@@ -86,7 +100,7 @@ class InputStats:
         """What the weight is multiplied by so that its Frobenius norm is the output energy that
         :func:`fit_to_inputs` weighs: ``W S`` with ``S = C^(1/2)`` ``(F, F)``, symmetric, from
         the (damped, as in the fit) covariance; for an embedding the ``(V,)`` scales of the
-        table's rows, ``sqrt(count + UNSEEN)`` (the table ``(V, D)`` as ``diag(s) T``), float64.
+        table's rows, ``sqrt(count + UNSEEN + prior)`` (the table ``(V, D)`` as ``diag(s) T``), float64.
 
         ``centered``: the covariance about the mean (a layer with a bias: the fit corrects the
         mean output through it), else ``E[x x^T]``.
@@ -94,7 +108,7 @@ class InputStats:
         if self.count == 0 or self.first is None:
             raise ValueError("stats: no calibration inputs were recorded for this layer")
         if self.second is None:
-            return (self.first.double() + UNSEEN).sqrt()
+            return _row_weights(self, len(self.first)).sqrt()
         c = self.covariance(centered=centered)
         c = c + DAMPING * c.diagonal().mean().clamp(min=1e-12) * torch.eye(c.shape[0]).double()
         values, vectors = torch.linalg.eigh(c)
@@ -171,7 +185,11 @@ def _embedding_rows(stats: InputStats, rows: int) -> tuple[torch.Tensor, torch.T
 
 
 def _row_weights(stats: InputStats, rows: int) -> torch.Tensor:
-    return stats.first.double() + UNSEEN
+    """Each token's weight in an embedding's fit: its calibration count, `UNSEEN`, and the
+    vocabulary order's Zipf prior (`PRIOR_OFFSET`) holding as many occurrences as the counts."""
+    counts = stats.first.double()
+    prior = 1.0 / (torch.arange(len(counts), dtype=torch.float64) + PRIOR_OFFSET)
+    return counts + UNSEEN + counts.sum() * prior / prior.sum()
 
 
 def fit_to_inputs(
@@ -201,6 +219,8 @@ def fit_to_inputs(
     target = module.weight.detach() if embedding else _target(module)
     target = target.to(device, torch.float32)
     if embedding:
+        if _start_weighted(layer, module, _row_weights(stats, module.num_embeddings)):
+            steps = 0  # the weighted optimum: L-BFGS on a sample of the rows would leave it
         rows, w = _embedding_rows(stats, module.num_embeddings)
         rows, scale = rows.to(device), w.sqrt()[:, None].to(device, torch.float32)
         target = target[rows]
@@ -229,6 +249,41 @@ def fit_to_inputs(
             layer.bias.add_(shift.to(dtype))
     with torch.no_grad():
         return float((residual() ** 2).sum()) / norm
+
+
+@torch.no_grad()
+def _start_weighted(layer: TNEmbedding, module: nn.Embedding, weights: torch.Tensor) -> bool:
+    """Decompose `module`'s table with its rows scaled by ``sqrt(weights)`` and unscale them,
+    when the vocabulary index lies on one axis of one of `layer`'s factors; keep the result if
+    its weighted error is below the current factors'. Return whether it was kept."""
+    gathered = [(k, g) for k, g in enumerate(_gathers(layer.layer.network)) if g.axes]
+    if len(layer.in_modes) != 1 or len(gathered) != 1 or len(gathered[0][1].axes) != 1:
+        return False
+    (k, gather), inner = gathered[0], layer.layer
+    params = inner.factors()
+    dtype = params[0].dtype
+    scale = weights.to(params[0].device, torch.float64).sqrt()
+    table = module.weight.detach().to(scale.device, torch.float64)  # (V, D)
+    padded = torch.ones(layer.in_modes[0], dtype=torch.float64, device=scale.device)
+    padded[: len(scale)] = scale  # padding rows: zero in the table, any scale will do
+
+    def error() -> float:
+        return float(((layer.dense_weight().double() - table) ** 2 * scale[:, None] ** 2).sum())
+
+    before, start = error(), [p.detach().clone() for p in params]
+    factors = inner.decompose(inner._weight_tensor((table * scale[:, None]).t().to(dtype)))
+    for j, (p, f) in enumerate(zip(params, factors, strict=True)):
+        f = f.reshape(p.shape)
+        if j == k:
+            shape = [1] * f.dim()
+            shape[gather.axes[0]] = len(padded)
+            f = (f.double() / padded.reshape(shape)).to(dtype)
+        p.copy_(f)
+    if error() <= before:
+        return True
+    for p, s in zip(params, start, strict=True):
+        p.copy_(s)
+    return False
 
 
 def _lbfgs(layer: nn.Module, residual, norm: float, steps: int) -> None:
