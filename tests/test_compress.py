@@ -34,7 +34,8 @@ def run(module: str, args: list[str], cwd) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def compressed(tmp_path_factory):
     root = tmp_path_factory.mktemp("compress")
-    done = run("tnsearch.compress", [f"root={root}", "budget.params=0.3", *BASE], root)
+    args = [f"root={root}", "budget.params=0.3", "heal.epochs=1", "heal.layers=tensorized"]
+    done = run("tnsearch.compress", [*args, *BASE], root)
     assert done.returncode == 0, done.stderr[-3000:]
     return root, done.stdout
 
@@ -51,6 +52,7 @@ def test_compress_writes_a_package_that_loads_with_the_printed_quality(compresse
     assert val_accuracy(model, dm) == pytest.approx(float(printed[2]), abs=1e-4)
     plan = json.loads((folder / "plan.json").read_text())
     assert plan["layers"] and plan["params"] <= 0.3 * tn.n_params(build_dense(plan))
+    assert plan["params"] == tn.n_params(model)  # healed with the dense layers held, all counted
     assert (
         "| parameters |" in out
         and "compressed to budget.params=0.3" in (folder / "README.md").read_text()

@@ -105,9 +105,11 @@ def compress(cfg: Config, console: Console | None = None) -> Path:
         from tnsearch.study.trial_training import healing_optimizer
 
         module = ready.task(model, instantiate(healing_optimizer(cfg, warm=True)))
-        result = training.fit(
-            module, ready.datamodule, epochs=heal, trainer_cfg=cfg.trainer, metric=ready.metric
-        )
+        with training.dense_frozen(model, cfg.heal.layers == "tensorized"):
+            result = training.fit(
+                module, ready.datamodule, epochs=heal, trainer_cfg=cfg.trainer,
+                metric=ready.metric,
+            )  # fmt: skip
         model = model.cpu().eval()
         quality = result.val_quality
         if chosen.precision:  # what is deployed: the healed weights in int8

@@ -83,6 +83,10 @@ def check_basic(cfg: Mapping[str, Any]) -> None:
             )
 
 
+#: What healing trains: every parameter, or only the tensorized layers' (the dense ones kept).
+HEAL_LAYERS = ("all", "tensorized")
+
+
 def check_heal(heal: Mapping[str, Any] | None) -> None:
     """`heal.*`: distillation healing's switches, temperature (> 0) and KL weight (in [0, 1])."""
     if heal is None:
@@ -98,6 +102,9 @@ def check_heal(heal: Mapping[str, Any] | None) -> None:
     scale = heal.get("lr_scale", 1.0)
     if not _number(scale) or scale <= 0:
         raise ConfigError("heal.lr_scale", f"must be a number > 0, got {scale!r}")
+    layers = heal.get("layers", "all")
+    if layers not in HEAL_LAYERS:
+        raise ConfigError("heal.layers", f"must be one of {', '.join(HEAL_LAYERS)}, got {layers!r}")
     epochs = heal.get("epochs", 0)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ConfigError("heal.epochs", f"must be an int >= 0, got {epochs!r}")

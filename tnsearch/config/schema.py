@@ -125,6 +125,7 @@ class HealConfig(Section):
 
     epochs: int = 0
     lr_scale: float = 1.0
+    layers: str = "all"
     distill: bool = False
     temperature: float = 2.0
     alpha: float = 0.5

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tnsearch import bonds
+from tnsearch import bonds, tn
 from tnsearch.config import TrainerConfig
 
 #: Epoch metrics handed to the epoch callback: {"epoch", "train_loss", "val_quality"} (floats).
@@ -311,6 +312,25 @@ def make_trainer(
         gradient_clip_val=gradient_clip_val,
         callbacks=callbacks or [],
     )
+
+
+@contextlib.contextmanager
+def dense_frozen(model: nn.Module, frozen: bool = True) -> Iterator[int]:
+    """While open (and `frozen`), every parameter of `model` outside its tensorized layers
+    (``tn.TNLayer``, ``tn.TNEmbedding``) stays as it is during training (``requires_grad=False``;
+    optimizers skip a parameter without a gradient, weight decay included); yields how many
+    parameters that holds. On leaving, those parameters are trainable again, so counts of
+    trainable parameters (``tn.n_params``) see the whole model."""
+    kept = {id(p) for m in model.modules() if isinstance(m, tn.TNLayer | tn.TNEmbedding)
+            for p in m.parameters()}  # fmt: skip
+    held = [p for p in model.parameters() if frozen and id(p) not in kept and p.requires_grad]
+    for p in held:
+        p.requires_grad_(False)
+    try:
+        yield sum(p.numel() for p in held)
+    finally:
+        for p in held:
+            p.requires_grad_(True)
 
 
 def fit(

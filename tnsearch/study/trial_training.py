@@ -74,16 +74,17 @@ def fit(trial: Training, model: torch.nn.Module) -> dict[str, Any]:
         judge(pruning.ZERO_SHOT, value)
 
     spectra = _bond_logger(trial, model)
-    result = training.fit(
-        module,
-        setup.datamodule,
-        epochs=epochs,
-        trainer_cfg=cfg.trainer,
-        on_epoch=on_epoch,
-        metric=setup.metric,
-        on_zero_shot=on_zero_shot if warm and trial.plan.layers else None,
-        callbacks=[spectra] if spectra is not None else [],
-    )
+    with training.dense_frozen(model, warm and cfg.heal.layers == "tensorized"):
+        result = training.fit(
+            module,
+            setup.datamodule,
+            epochs=epochs,
+            trainer_cfg=cfg.trainer,
+            on_epoch=on_epoch,
+            metric=setup.metric,
+            on_zero_shot=on_zero_shot if warm and trial.plan.layers else None,
+            callbacks=[spectra] if spectra is not None else [],
+        )
     if spectra is not None:
         trial.tracker.log_metrics(trial.run_id, {"bonds_seconds": spectra.seconds})
     quality, test = result.val_quality, result.test_quality

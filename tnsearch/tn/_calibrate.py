@@ -100,7 +100,8 @@ class InputStats:
         """What the weight is multiplied by so that its Frobenius norm is the output energy that
         :func:`fit_to_inputs` weighs: ``W S`` with ``S = C^(1/2)`` ``(F, F)``, symmetric, from
         the (damped, as in the fit) covariance; for an embedding the ``(V,)`` scales of the
-        table's rows, ``sqrt(count + UNSEEN + prior)`` (the table ``(V, D)`` as ``diag(s) T``), float64.
+        table's rows, ``sqrt(count + UNSEEN + prior)`` (the table ``(V, D)`` as
+        ``diag(s) T``), float64.
 
         ``centered``: the covariance about the mean (a layer with a bias: the fit corrects the
         mean output through it), else ``E[x x^T]``.
